@@ -1,0 +1,276 @@
+"""Run configuration: dataclasses <-> YAML, with ``--set section.key=value`` overrides.
+
+A run is fully described by one :class:`Config`; the engine saves it as ``config.yaml`` beside
+its checkpoints, and ``resdist train --config that.yaml`` re-runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid (the message names it)."""
+
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+METHODS = ("ce", "kd", "feature-kd", "jointrd")
+SCHEDULES = ("multistep", "step", "cosine", "onecycle", "constant")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched and augmented."""
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None  # None: the data set's default location
+    download: bool = False  # fetch through torchvision when the files are missing (needs network)
+    batch_size: int = 128  # per process; the global batch is batch_size * world size
+    eval_batch_size: int = 512
+    limit_train: int | None = None  # use only the first N training images
+    limit_test: int | None = None
+    val_split: float = 0.0  # held out of the training set: a fraction (<1) or a count (>=1)
+    augment: bool = True
+    crop_padding: int | None = None  # random-crop padding; None: 4 for CIFAR, 2 for Fashion-MNIST
+    hflip: bool = True
+    image_size: int = 224  # ImageFolder training crop (eval: resize image_size*8/7, centre crop)
+    num_workers: int = 4  # ImageFolder DataLoader workers
+    in_memory: bool = True  # Fashion-MNIST/CIFAR/synthetic: keep the set as one device tensor
+    synthetic_samples: int = 512
+    synthetic_classes: int = 10
+    synthetic_size: int = 32
+    synthetic_channels: int = 3
+
+
+@dataclass
+class ModelConfig:
+    """The network being trained (the student for distillation methods)."""
+
+    name: str = "plain56"
+    stem: str | None = None  # None: the builder's default ("cifar" for thin nets)
+    width_mult: float | None = None  # thin CIFAR ResNets only
+    dirac: bool = False  # Dirac-parametrised block convs (plain students)
+    keep_downsample_shortcuts: bool = False
+    weights: str | None = None  # torchvision weights name or state-dict file
+    init_from_teacher: bool = False  # copy the teacher's matching tensors into the student
+
+
+@dataclass
+class TeacherConfig:
+    """The ResNet that guides a plain student (methods kd, feature-kd, jointrd)."""
+
+    name: str | None = None  # None: the student's ResNet counterpart (plain56 -> resnet56)
+    checkpoint: str | None = None  # a resdist checkpoint
+    weights: str | None = None  # torchvision weights name ("DEFAULT") or state-dict file
+    train: bool = False  # co-train the teacher (the released code's JOINT mode) instead of freezing
+
+
+@dataclass
+class DistillConfig:
+    """The training objective. Defaults are the released CIFAR values (METHOD.md section 3)."""
+
+    method: str = "ce"  # ce | kd | feature-kd | jointrd
+    dc: float = 0.5  # floor of the decay factor m(e)
+    decay_fraction: float = 0.3  # m(e) decays over this fraction of the run (60 of 200 epochs)
+    feature_weight: float = 1e-3  # lambda; 0 turns the margin feature loss off
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
+    path_loss: str = "ce"  # loss on the mixed paths: "ce" or "kd" (Hinton KD)
+    mixed_paths_in_loss: bool = True  # False: the released README's mode (a baseline)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with Nesterov momentum and a learning-rate schedule."""
+
+    lr: float = 0.1  # for the global batch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"  # multistep | step | cosine | onecycle | constant
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run
+    gamma: float = 0.1
+    step_size: int = 30  # epochs, for schedule "step"
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, device, precision, logging and checkpoints."""
+
+    epochs: int = 200
+    seed: int = 0
+    out: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str | None = None  # None | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    progress: bool = True
+    tensorboard: bool = True  # when tensorboard is installed
+    eval_every: int = 1
+    resume: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        """Check enumerated values and ranges; raise :class:`ConfigError` naming the key."""
+        checks = [
+            ("data.name", self.data.name, DATASETS),
+            ("distill.method", self.distill.method, METHODS),
+            ("optim.schedule", self.optim.schedule, SCHEDULES),
+            ("distill.path_loss", self.distill.path_loss, ("ce", "kd")),
+        ]
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        if self.train.amp not in (None, "bf16", "fp16"):
+            raise ConfigError(f"train.amp={self.train.amp!r} is not one of bf16, fp16 (or null)")
+        positive = {
+            "train.epochs": self.train.epochs, "data.batch_size": self.data.batch_size,
+            "data.eval_batch_size": self.data.eval_batch_size, "optim.lr": self.optim.lr,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be positive, got {value}")
+        if not 0.0 <= self.distill.dc <= 1.0:
+            raise ConfigError(f"distill.dc must lie in [0, 1], got {self.distill.dc}")
+        if not 0.0 < self.distill.decay_fraction <= 1.0:
+            raise ConfigError(
+                f"distill.decay_fraction must lie in (0, 1], got {self.distill.decay_fraction}"
+            )
+        if self.distill.feature_weight < 0:
+            raise ConfigError("distill.feature_weight must be >= 0")
+        if self.data.val_split < 0:
+            raise ConfigError("data.val_split must be >= 0")
+        return self
+
+    # --- YAML -----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Config:
+        cfg = cls()
+        for section, values in (d or {}).items():
+            if section not in _sections(cfg):
+                raise ConfigError(
+                    f"unknown config section {section!r} (valid: {', '.join(_sections(cfg))})"
+                )
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a mapping")
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        try:
+            return cls.from_dict(yaml.safe_load(text))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form section.key=value")
+            key, raw = item.split("=", 1)
+            _set(self, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        return self
+
+
+def _sections(cfg: Config) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg)]
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in _sections(cfg):
+        raise ConfigError(
+            f"unknown config key {dotted!r} (keys look like section.key; sections: "
+            f"{', '.join(_sections(cfg))})"
+        )
+    section = getattr(cfg, parts[0])
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if parts[1] not in fields:
+        raise ConfigError(
+            f"unknown config key {dotted!r}; {parts[0]} has: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(type(section))
+    setattr(section, parts[1], _coerce(dotted, value, hints[parts[1]]))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(key, v, inner) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value

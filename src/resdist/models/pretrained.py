@@ -1,0 +1,92 @@
+"""Loading teacher weights: torchvision's pretrained weights by name, or state-dict files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class WeightsError(ValueError):
+    """Raised when weights cannot be found or do not fit the model."""
+
+
+def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Raise :class:`WeightsError` naming the first missing/unexpected/mis-shaped tensor."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (first: {missing[0]!r})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (first: {unexpected[0]!r})")
+        raise WeightsError(f"weights from {source} do not fit the model: {'; '.join(parts)}")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            what = ""
+            if k == "fc.weight":
+                what = f" (class count: weights have {state[k].shape[0]}, model has {v.shape[0]})"
+            elif k == "conv1.weight":
+                what = " (stem or input channels differ)"
+            raise WeightsError(
+                f"weights from {source} do not fit the model: {k} has shape "
+                f"{tuple(state[k].shape)}, model expects {tuple(v.shape)}{what}"
+            )
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict from a ``.pth`` file: a bare state dict, or a resdist/torchvision-style
+    checkpoint holding it under ``model``, ``state_dict`` or ``model_state_dict``."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or not a torch file
+        raise WeightsError(f"cannot read weights file {path}: {e}") from e
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_torchvision_weights(
+    model: nn.Module, arch: str, weights: str, progress: bool = True
+) -> nn.Module:
+    """Load ``weights`` into ``model``: a file path to a state dict, or a torchvision weights
+    name for ``arch`` (``"DEFAULT"``, ``"IMAGENET1K_V1"``, or ``"ResNet50_Weights.IMAGENET1K_V2"``),
+    fetched through torchvision's cache/download."""
+    if os.path.sep in weights or weights.endswith((".pth", ".pt")):
+        state = load_state_dict_file(weights)
+        source = weights
+    else:
+        import torchvision
+
+        enum_name = weights if "." in weights else f"{_weights_enum(arch)}.{weights}"
+        try:
+            w = torchvision.models.get_weight(enum_name)
+        except (ValueError, KeyError, AttributeError) as e:
+            raise WeightsError(f"unknown torchvision weights {enum_name!r}") from e
+        try:
+            state = w.get_state_dict(progress=progress)
+        except Exception as e:  # offline and not cached
+            raise WeightsError(
+                f"could not fetch torchvision weights {enum_name} ({e}); download them once with "
+                f"network access (they are cached under {torch.hub.get_dir()}) or pass a "
+                "state-dict file instead"
+            ) from e
+        source = f"torchvision {enum_name}"
+    check_state_dict_fits(model, state, source)
+    model.load_state_dict(state)
+    return model
+
+
+def _weights_enum(arch: str) -> str:
+    return "ResNet" + arch.removeprefix("resnet") + "_Weights"
