@@ -1,0 +1,15 @@
+"""Training engine: loop, evaluation, checkpoints, optimiser/schedules, DDP helpers."""
+
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from .metrics import evaluate
+from .optim import build_optimizer, build_scheduler, param_groups
+
+__all__ = [
+    "CheckpointError", "build_optimizer", "build_scheduler", "evaluate", "load_checkpoint",
+    "model_from_checkpoint", "param_groups", "save_checkpoint",
+]

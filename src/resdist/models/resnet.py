@@ -212,10 +212,7 @@ class ResNet(nn.Module):
             s = stride if j == 0 else 1
             out = planes * block.expansion
             needs_projection = s != 1 or self.inplanes != out
-            if self.shortcuts:
-                has_shortcut = True
-            else:
-                has_shortcut = self.keep_downsample_shortcuts and s != 1
+            has_shortcut = self.shortcuts or (self.keep_downsample_shortcuts and s != 1)
             downsample = None
             if has_shortcut and needs_projection:
                 downsample = nn.Sequential(

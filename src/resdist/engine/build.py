@@ -1,0 +1,137 @@
+"""Build the networks and the training objective a :class:`~resdist.config.Config` describes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from ..config import Config, ConfigError, DistillConfig, ModelConfig, TeacherConfig
+from ..distill import CrossEntropy, FeatureKD, HintonKD, Objective, ResidualDistiller
+from ..models import create_model, teacher_name_for
+from ..models.pretrained import WeightsError, check_state_dict_fits, load_state_dict_file
+from .checkpoint import load_checkpoint, model_from_checkpoint
+
+TEACHER_METHODS = ("kd", "feature-kd", "jointrd")
+
+
+def model_kwargs(cfg: ModelConfig, num_classes: int, in_chans: int) -> dict[str, Any]:
+    """Builder keyword arguments for the configured student/model."""
+    kw: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    if cfg.stem is not None:
+        kw["stem"] = cfg.stem
+    if cfg.width_mult is not None:
+        kw["width_mult"] = cfg.width_mult
+    if cfg.dirac:
+        kw["dirac"] = True
+    if cfg.keep_downsample_shortcuts:
+        kw["keep_downsample_shortcuts"] = True
+    return kw
+
+
+def teacher_kwargs(student_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The teacher shares the student's classes, channels, stem and width, with shortcuts."""
+    return {k: v for k, v in student_kwargs.items()
+            if k not in ("dirac", "keep_downsample_shortcuts", "shortcuts")}
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict]:
+    """The network being trained, and the kwargs that rebuild it from a checkpoint."""
+    kw = model_kwargs(cfg, num_classes, in_chans)
+    model = create_model(cfg.name, **kw)
+    if cfg.weights:
+        from ..models.pretrained import load_torchvision_weights
+
+        load_torchvision_weights(model, cfg.name, cfg.weights)
+    return model, kw
+
+
+def build_teacher(
+    cfg: TeacherConfig, student_name: str, student_kwargs: dict[str, Any]
+) -> tuple[nn.Module, str]:
+    """Build the teacher and load its weights; returns the model and where they came from.
+
+    Sources, in order: a resdist checkpoint, torchvision weights (a name such as ``DEFAULT``, or
+    a state-dict file), or none (allowed only when the teacher is co-trained).
+    """
+    if cfg.checkpoint:
+        ckpt = load_checkpoint(cfg.checkpoint)
+        teacher = model_from_checkpoint(ckpt)
+        want = student_kwargs["num_classes"]
+        got = ckpt.get("model_kwargs", {}).get("num_classes")
+        if got is not None and got != want:
+            raise WeightsError(
+                f"teacher checkpoint {cfg.checkpoint} has {got} classes, the data has {want}"
+            )
+        return teacher, f"checkpoint {cfg.checkpoint}"
+    name = cfg.name or teacher_name_for(student_name)
+    kw = teacher_kwargs(student_kwargs)
+    teacher = create_model(name, **kw)
+    if cfg.weights:
+        if cfg.weights.endswith((".pth", ".pt")) or "/" in cfg.weights:
+            state = load_state_dict_file(cfg.weights)
+            check_state_dict_fits(teacher, state, cfg.weights)
+            teacher.load_state_dict(state)
+        else:
+            from ..models.pretrained import load_torchvision_weights
+
+            load_torchvision_weights(teacher, name, cfg.weights)
+        return teacher, f"weights {cfg.weights}"
+    if not cfg.train:
+        raise ConfigError(
+            "this method needs a trained teacher: pass --teacher-checkpoint (a resdist run) or "
+            "--teacher-weights (torchvision name or state-dict file), or co-train it with "
+            "--set teacher.train=true"
+        )
+    return teacher, "random init (co-trained)"
+
+
+def build_objective(
+    cfg: DistillConfig,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    *,
+    train_teacher: bool = False,
+    input_shape: Sequence[int] | None = None,
+) -> Objective:
+    """The objective for ``cfg.method``: ce, kd, feature-kd or jointrd."""
+    if cfg.method == "ce":
+        return CrossEntropy(student)
+    if teacher is None:
+        raise ConfigError(f"method {cfg.method!r} needs a teacher")
+    if cfg.method == "kd":
+        return HintonKD(teacher, student, cfg.kd_alpha, cfg.kd_temperature)
+    if cfg.method == "feature-kd":
+        return FeatureKD(teacher, student, cfg.feature_weight)
+    if cfg.method == "jointrd":
+        return ResidualDistiller(
+            teacher, student, dc=cfg.dc, decay_fraction=cfg.decay_fraction,
+            feature_weight=cfg.feature_weight, path_loss=cfg.path_loss, kd_alpha=cfg.kd_alpha,
+            kd_temperature=cfg.kd_temperature, train_teacher=train_teacher,
+            input_shape=input_shape,
+        )
+    raise ConfigError(f"unknown method {cfg.method!r}")
+
+
+def init_from(student: nn.Module, teacher: nn.Module) -> int:
+    """Copy every teacher tensor whose name and shape match into the student; returns count."""
+    own = student.state_dict()
+    copied = {k: v for k, v in teacher.state_dict().items()
+              if k in own and own[k].shape == v.shape}
+    student.load_state_dict(copied, strict=False)
+    return len(copied)
+
+
+def build_all(cfg: Config, num_classes: int, in_chans: int, input_shape: Sequence[int]):
+    """Student/model, optional teacher and the objective for a run."""
+    model, kw = build_model(cfg.model, num_classes, in_chans)
+    teacher, source = None, None
+    if cfg.distill.method in TEACHER_METHODS:
+        teacher, source = build_teacher(cfg.teacher, cfg.model.name, kw)
+        if cfg.model.init_from_teacher:
+            init_from(model, teacher)
+    objective = build_objective(
+        cfg.distill, model, teacher, train_teacher=cfg.teacher.train, input_shape=input_shape
+    )
+    return model, kw, teacher, source, objective

@@ -1,0 +1,239 @@
+"""The training loop: one config in, a run directory with checkpoints and metrics out.
+
+``train(cfg)`` builds data, networks and the objective from a :class:`~resdist.config.Config`,
+then steps SGD over the objective's loss, evaluates every epoch, writes ``last.pth`` (and
+``best.pth``) atomically, appends ``metrics.csv``/``metrics.jsonl`` (and TensorBoard), and can
+resume. Under ``torchrun`` it uses DistributedDataParallel; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data import build_data
+from .build import build_all
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device
+from .metrics import MetricsLogger, evaluate, topk_correct
+from .optim import build_optimizer, build_scheduler
+
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_time_s: float = 0.0
+    num_params: int = 0
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+    def best(self, key: str = "test_top1") -> float | None:
+        vals = [r[key] for r in self.history if key in r]
+        return max(vals) if vals else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: Config) -> RunResult:
+    """Run the training ``cfg`` describes and return its history (see module docstring)."""
+    cfg.validate()
+    info = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, info)
+    seed_everything(cfg.train.seed + info.rank)
+    data = build_data(cfg.data, device=device, seed=cfg.train.seed, rank=info.rank,
+                      world_size=info.world_size)
+    input_shape = (data.in_chans, data.image_size, data.image_size)
+    model, kw, teacher, source, objective = build_all(
+        cfg, data.num_classes, data.in_chans, input_shape
+    )
+    objective.to(device)
+    if cfg.train.channels_last:
+        objective.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and info.enabled:
+        objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+        model = objective.student
+    trainer = Trainer(cfg, objective, model, data, device, info, kw, input_shape)
+    if teacher is not None and info.is_main:
+        trainer.say(f"teacher: {cfg.teacher.name or type(teacher).__name__} from {source}")
+    return trainer.fit()
+
+
+class Trainer:
+    """Owns the optimiser, scheduler, AMP scaler, loggers and checkpoints of one run."""
+
+    def __init__(self, cfg: Config, objective: nn.Module, model: nn.Module, data, device,
+                 info: DistInfo, model_kwargs: dict, input_shape: tuple[int, int, int]) -> None:
+        self.cfg, self.objective, self.model, self.data = cfg, objective, model, data
+        self.device, self.info = device, info
+        self.model_kwargs, self.input_shape = model_kwargs, input_shape
+        self.epochs = cfg.train.epochs
+        self.run_dir = Path(cfg.train.out)
+        self.optimizer = build_optimizer(objective, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.epochs, len(data.train))
+        self.amp_dtype = _AMP.get(cfg.train.amp) if cfg.train.amp else None
+        use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.step_module: nn.Module = objective
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+        if cfg.train.compile:
+            self.step_module = torch.compile(self.step_module)
+        self.start_epoch = 0
+        self.logger: MetricsLogger | None = None
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(self.run_dir / "config.yaml")
+            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
+        if cfg.train.resume:
+            self._resume()
+        self.num_params = sum(p.numel() for p in model.parameters())
+
+    # ------------------------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        if self.info.is_main:
+            tqdm.write(msg)
+
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pth"
+        if not path.exists():
+            self.say(f"resume: no checkpoint at {path}, starting from scratch")
+            return
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.objective.load_state_dict(ckpt["objective"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("rng") and not self.info.enabled:
+            set_rng_state(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"])
+        if self.logger is not None:
+            self.logger.truncate(self.start_epoch)
+        self.say(f"resumed from {path} after epoch {self.start_epoch}")
+
+    def _checkpoint(self, epoch: int, metrics: dict[str, Any], best: bool) -> None:
+        if not self.info.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(), "model_name": self.cfg.model.name,
+            "model_kwargs": self.model_kwargs, "input_shape": list(self.input_shape),
+            "epoch": epoch, "config": self.cfg.to_dict(), "metrics": metrics,
+            "objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+        }
+        save_checkpoint(state, self.run_dir / "last.pth")
+        if best:
+            save_checkpoint(state, self.run_dir / "best.pth")
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, loader = self.cfg, self.data.train
+        loader.set_epoch(epoch)
+        self.objective.train()
+        n_batches = len(loader)
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                   disable=not (cfg.train.progress and self.info.is_main), unit="batch")
+        for i, (images, labels) in enumerate(loader):
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            self.objective.set_progress(epoch + i / n_batches, self.epochs)
+            with self._autocast():
+                out = self.step_module(images, labels)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            bs = labels.shape[0]
+            seen += bs
+            for k, v in out.items():
+                if k != "logits":
+                    sums[k] = sums.get(k, 0) + v.detach().float() * bs
+            correct += topk_correct(out["logits"].detach(), labels, (1,))[0]
+            if i % 10 == 0 or i == n_batches - 1:
+                rate = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+            bar.update(1)
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        keys = sorted(sums)
+        totals = torch.stack([sums[k] for k in keys] + [correct.float(),
+                             torch.tensor(float(seen), device=self.device)])
+        all_reduce_sum(totals)
+        n = max(totals[-1].item(), 1.0)
+        row = {f"train_{k}": totals[j].item() / n for j, k in enumerate(keys)}
+        row["train_top1"] = 100.0 * totals[-2].item() / n
+        row["epoch_time_s"] = elapsed
+        row["images_per_s"] = n / max(elapsed, 1e-9)
+        return row
+
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        best_key = "val_top1" if self.data.val is not None else "test_top1"
+        history = self.logger.read() if self.logger else []
+        best = max((r.get(best_key, -1) for r in history), default=-1.0)
+        train_time = sum(r.get("epoch_time_s", 0.0) for r in history)
+        for epoch in range(self.start_epoch, self.epochs):
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update(self.train_epoch(epoch))
+            train_time += row["epoch_time_s"]
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
+                kw = {"amp_dtype": self.amp_dtype, "channels_last": cfg.train.channels_last}
+                if self.data.val is not None:
+                    row.update({f"val_{k}": v for k, v in
+                                evaluate(self.model, self.data.val, **kw).items()})
+                row.update({f"test_{k}": v for k, v in
+                            evaluate(self.model, self.data.test, **kw).items()})
+            is_best = row.get(best_key, -1) > best
+            best = max(best, row.get(best_key, -1))
+            history.append(row)
+            if self.logger is not None:
+                self.logger.log(row)
+            self._checkpoint(epoch + 1, row, is_best)
+            msg = (f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  "
+                   f"train {row['train_top1']:.2f}%")
+            if "val_top1" in row:
+                msg += f"  val {row['val_top1']:.2f}%"
+            if "test_top1" in row:
+                msg += f"  test {row['test_top1']:.2f}% (top-5 {row['test_top5']:.2f}%)"
+            msg += f"  {row['images_per_s']:.0f} img/s"
+            self.say(msg)
+        barrier()
+        if self.logger is not None:
+            self.logger.close()
+        return RunResult(self.run_dir, history, train_time, self.num_params)
