@@ -60,6 +60,8 @@ def train(cfg: Config) -> RunResult:
     cfg.validate()
     info = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, info)
+    if device.type == "cpu":  # deep plain nets at init produce denormals: 10x slower on CPU
+        torch.set_flush_denormal(True)
     seed_everything(cfg.train.seed + info.rank)
     data = build_data(cfg.data, device=device, seed=cfg.train.seed, rank=info.rank,
                       world_size=info.world_size)

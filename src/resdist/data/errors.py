@@ -1,0 +1,7 @@
+"""The one exception type the data package raises for user errors."""
+
+from __future__ import annotations
+
+
+class DataError(RuntimeError):
+    """Data cannot be found, read or split as asked (the message says which file and why)."""

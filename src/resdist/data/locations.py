@@ -1,0 +1,34 @@
+"""Where each data set is looked for when ``data.data_dir`` is not given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package installs the four gzipped IDX files."""
+
+LOCAL_DATA = Path("data")
+"""The default download root (relative to the working directory), as in torchvision examples."""
+
+_DEFAULTS: dict[str, list[Path]] = {
+    "fashion-mnist": [DEBIAN_FASHION_MNIST, LOCAL_DATA],
+    "cifar10": [LOCAL_DATA],
+    "cifar100": [LOCAL_DATA],
+    "imagefolder": [LOCAL_DATA / "imagenet"],
+    "synthetic": [],
+}
+DATASET_NAMES = tuple(_DEFAULTS)
+
+
+def default_data_dir(name: str) -> list[Path]:
+    """The folders searched, in order, for data set ``name`` when no ``data_dir`` is given."""
+    if name not in _DEFAULTS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(_DEFAULTS)}")
+    return list(_DEFAULTS[name])
+
+
+def show(path: Path) -> str:
+    """A path as messages print it: absolute, so a relative default is unambiguous."""
+    return str(path.absolute())

@@ -1,0 +1,120 @@
+"""Normalisation constants and augmentation: on-device batch ops and ImageFolder pipelines."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DataError
+
+# Per-channel statistics of the training sets, in [0, 1] pixel units.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SYNTHETIC_MEAN = 0.5
+SYNTHETIC_STD = 0.25
+
+# Random-crop padding of the standard recipes (METHOD.md section 5).
+DEFAULT_CROP_PADDING = {"cifar10": 4, "cifar100": 4, "fashion-mnist": 2}
+
+
+class RandomCropFlip:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once.
+
+    The batch is padded once; each sample then gets its own offset (and flip) through two
+    gathers with per-sample index arithmetic, so the cost is a few tensor ops per batch and it
+    runs on whatever device the batch is on. Works on any dtype; applied to raw uint8 pixels it
+    pads with black, as torchvision's ``RandomCrop(padding=p)`` does before normalisation.
+
+    Args:
+        padding: pixels of zero padding on each side (0: no crop, output = input size).
+        flip: flip each sample horizontally with probability 1/2.
+    """
+
+    def __init__(self, padding: int = 4, flip: bool = True) -> None:
+        if padding < 0:
+            raise DataError(f"crop padding must be >= 0, got {padding}")
+        self.padding = int(padding)
+        self.flip = bool(flip)
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``, same dtype and device."""
+        if self.padding == 0 and not self.flip:
+            return x
+        b, c, h, w = x.shape
+        p = self.padding
+        dev = x.device
+        rows = torch.arange(h, device=dev).expand(b, h)
+        cols = torch.arange(w, device=dev).expand(b, w)
+        if p:
+            x = torch.nn.functional.pad(x, (p, p, p, p))
+            oy = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
+            ox = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
+            rows = rows + oy
+            cols = cols + ox
+            x = x.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * p))
+        if self.flip:
+            flip = torch.rand((b, 1), device=dev, generator=generator) < 0.5
+            cols = torch.where(flip, cols.flip(1), cols)
+        return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+class Normalize:
+    """uint8 pixels -> float32 ``(x / 255 - mean) / std`` per channel, in one fused op."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        if len(mean) != len(std) or min(std) <= 0:
+            raise DataError(f"bad normalisation: mean {mean}, std {std}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._cache:
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self._cache[device] = (1.0 / (255.0 * std), -mean / std)
+        return self._cache[device]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self._constants(x.device)
+        if x.shape[1] != scale.shape[1]:
+            raise DataError(f"{x.shape[1]}-channel images but {scale.shape[1]}-channel mean/std")
+        return torch.addcmul(shift, x.to(torch.float32), scale)
+
+
+def imagefolder_train_transform(
+    image_size: int, *, augment: bool = True, hflip: bool = True
+):  # -> torchvision.transforms.Compose
+    """ImageNet training pipeline: random-resized crop + flip, tensor, normalise."""
+    from torchvision import transforms as T
+
+    if not augment:
+        return imagefolder_eval_transform(image_size)
+    steps = [T.RandomResizedCrop(image_size)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
+
+
+def imagefolder_eval_transform(image_size: int):  # -> torchvision.transforms.Compose
+    """ImageNet evaluation pipeline: resize to ``image_size * 256/224``, centre crop."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(round(image_size * 256 / 224)),
+        T.CenterCrop(image_size),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])

@@ -1,0 +1,114 @@
+"""The main job (``make demo``): on real Fashion-MNIST, on the CPU, train the ResNet teacher,
+its plain counterpart with cross-entropy, and the plain student with JointRD through that
+teacher; print their accuracies side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .data.locations import DEBIAN_FASHION_MNIST
+
+#: The demo's settings (configs/demo.yaml holds the same values). Depth 56 is the shallowest
+#: thin net whose plain version clearly degrades within a few CPU minutes (METHOD.md section 8).
+DEMO_DEFAULTS: dict[str, Any] = {
+    "data": {"name": "fashion-mnist", "limit_train": 20000, "batch_size": 128},
+    "model": {"name": "plain56"},
+    "distill": {"dc": 0.5, "decay_fraction": 0.3, "feature_weight": 1e-3},
+    "optim": {"lr": 0.1, "schedule": "onecycle", "weight_decay": 5e-4},
+    "train": {"epochs": 3, "seed": 0, "channels_last": True, "tensorboard": False},
+}
+
+_FMNIST_FILES = ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
+
+
+def ensure_fashion_mnist(data_dir: str | None) -> None:
+    """Install Debian's ``dataset-fashion-mnist`` when the data is missing and we can (root,
+    apt-get present); otherwise leave it to the data loader's error, which says what to do."""
+    if data_dir is not None or all((DEBIAN_FASHION_MNIST / f).exists() for f in _FMNIST_FILES):
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    print("Fashion-MNIST not found: installing Debian's dataset-fashion-mnist ...", flush=True)
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
+        if subprocess.run(cmd, check=False).returncode != 0:
+            print(f"'{' '.join(cmd)}' failed", file=sys.stderr)
+            return
+
+
+def demo_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config.from_yaml(path) if path else Config.from_dict(DEMO_DEFAULTS)
+    return cfg.override(list(overrides or []))
+
+
+def run_demo(
+    config: str | None = None,
+    data_dir: str | None = None,
+    out: str = "runs/demo",
+    overrides: list[str] | None = None,
+) -> int:
+    """Train teacher, plain CE and plain JointRD; print and save a summary table."""
+    from .engine.trainer import train
+    from .models import teacher_name_for
+
+    base = demo_config(config, overrides)
+    if data_dir:
+        base.data.data_dir = data_dir
+    if base.data.name == "fashion-mnist":
+        ensure_fashion_mnist(base.data.data_dir)
+    student = base.model.name
+    teacher = teacher_name_for(student)
+    out_dir = Path(out)
+    runs = [
+        (f"{teacher} (teacher)", teacher, "ce"),
+        (f"{student}", student, "ce"),
+        (f"{student}", student, "jointrd"),
+    ]
+    rows = []
+    for label, model, method in runs:
+        cfg = Config.from_dict(base.to_dict())
+        cfg.model.name, cfg.distill.method = model, method
+        cfg.train.out = str(out_dir / f"{model}-{method}")
+        if method == "jointrd":
+            cfg.teacher.checkpoint = str(out_dir / f"{teacher}-ce" / "last.pth")
+            cfg.model.dirac = base.model.dirac
+        print(f"\n== {label}, {method} ==", flush=True)
+        result = train(cfg.validate())
+        final = result.final
+        rows.append({
+            "model": label, "method": method, "test_top1": final.get("test_top1"),
+            "best_test_top1": result.best("test_top1"), "params": result.num_params,
+            "train_time_s": result.train_time_s,
+            "images_per_s": sum(r["images_per_s"] for r in result.history) / len(result.history),
+        })
+    table = format_table(rows, base)
+    print("\n" + table)
+    (out_dir / "summary.json").write_text(json.dumps({"config": base.to_dict(), "rows": rows},
+                                                      indent=2))
+    (out_dir / "summary.md").write_text(table + "\n")
+    print(f"\nsaved {out_dir / 'summary.md'} and {out_dir / 'summary.json'}")
+    return 0
+
+
+def format_table(rows: list[dict[str, Any]], cfg: Config) -> str:
+    n = cfg.data.limit_train or "all"
+    lines = [
+        f"Fashion-MNIST ({n} training images, {cfg.train.epochs} epochs, seed {cfg.train.seed}); "
+        "test top-1 at the final epoch",
+        "",
+        "| model | method | test top-1 (%) | best epoch (%) | params | train time (s) | img/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['test_top1']:.2f} | {r['best_test_top1']:.2f} "
+            f"| {r['params'] / 1e6:.3f}M | {r['train_time_s']:.0f} | {r['images_per_s']:.0f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from resdist.config import DataConfig
+from resdist.data import DataError, TorchLoader, build_data, read_imagefolder
+from resdist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+COLOURS = {"ant": (200, 10, 10), "bee": (10, 200, 10), "cat": (10, 10, 200)}
+
+
+def _tree(root: Path, per_class: dict[str, int]) -> Path:
+    for split, count in per_class.items():
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (40 + i, 36), colour).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return _tree(tmp_path / "imgs", {"train": 4, "val": 2})
+
+
+def _cfg(root, **kw):
+    base = dict(name="imagefolder", data_dir=str(root), image_size=16, batch_size=4,
+                eval_batch_size=4, num_workers=0)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_bundle_shapes_labels_and_eval_normalisation(tree):
+    bundle = build_data(_cfg(tree))
+    assert isinstance(bundle.train, TorchLoader)
+    assert (bundle.num_classes, bundle.in_chans, bundle.image_size) == (3, 3, 16)
+    assert bundle.class_names == ["ant", "bee", "cat"]
+    assert len(bundle.train) == 3 and bundle.train.num_samples == 12
+    x, y = next(iter(bundle.train))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    xs, ys = zip(*bundle.test)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert y.tolist() == [0, 0, 1, 1, 2, 2]
+    for img, label in zip(x, y):
+        colour = COLOURS[bundle.class_names[label]]
+        ref = [(c / 255 - m) / s for c, m, s in zip(colour, IMAGENET_MEAN, IMAGENET_STD)]
+        torch.testing.assert_close(img.mean((1, 2)), torch.tensor(ref), atol=1e-4, rtol=0)
+
+
+def test_epochs_shuffle_deterministically(tree):
+    a, b = build_data(_cfg(tree, batch_size=1), seed=3), build_data(_cfg(tree, batch_size=1),
+                                                                    seed=3)
+    ea = [torch.cat([y for _, y in a.train]) for _ in range(3)]
+    eb = [torch.cat([y for _, y in b.train]) for _ in range(3)]
+    assert all(torch.equal(p, q) for p, q in zip(ea, eb))
+    assert not (torch.equal(ea[0], ea[1]) and torch.equal(ea[1], ea[2]))
+
+
+def test_val_split_limits_and_sharding(tree):
+    bundle = build_data(_cfg(tree, val_split=3, limit_test=4))
+    assert bundle.val.dataset_size == 3 and bundle.train.dataset_size == 9
+    assert sorted(torch.cat([y for _, y in bundle.val]).tolist()) == [0, 1, 2]  # stratified
+    assert bundle.test.dataset_size == 4
+    parts = [build_data(_cfg(tree, batch_size=2), rank=r, world_size=2, shard_eval=True)
+             for r in range(2)]
+    assert len(parts[0].train) == len(parts[1].train) == 3
+    assert parts[0].test.num_samples + parts[1].test.num_samples == 6
+
+
+def test_errors(tmp_path, tree):
+    with pytest.raises(DataError, match="train/ and val/"):
+        read_imagefolder(tmp_path / "nothing")
+    (tree / "train" / "dog").mkdir()
+    (tree / "val" / "dog").mkdir()
+    with pytest.raises(DataError, match="dog"):
+        build_data(_cfg(tree))
+    (tree / "val" / "dog").rmdir()
+    Image.new("RGB", (8, 8)).save(tree / "train" / "dog" / "0.png")
+    with pytest.raises(DataError, match="different class folders"):
+        build_data(_cfg(tree))

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from resdist.config import Config
+from resdist.engine import load_checkpoint, model_from_checkpoint
+from resdist.engine.optim import lr_factor
+from resdist.engine.trainer import train
+
+
+def _cfg(tmp_path, **sets):
+    cfg = Config.from_dict({
+        "data": {"name": "synthetic", "synthetic_samples": 256, "synthetic_size": 16,
+                 "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": 32},
+        "model": {"name": "plain20", "width_mult": 0.5},
+        "optim": {"lr": 0.05, "schedule": "cosine"},
+        "train": {"epochs": 2, "out": str(tmp_path / "run"), "progress": False,
+                  "tensorboard": False},
+    })
+    return cfg.override([f"{k}={v}" for k, v in sets.items()])
+
+
+def test_train_writes_run_dir_and_resume_continues(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.epochs": 1})
+    r1 = train(cfg)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").exists() and (run / "last.pth").exists()
+    assert (run / "best.pth").exists() and (run / "metrics.csv").exists()
+    saved = Config.from_yaml(run / "config.yaml")
+    assert saved.to_dict() == cfg.to_dict()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    assert {"train_loss", "test_top1", "test_top5", "lr", "images_per_s"} <= set(rows[0])
+    ckpt = load_checkpoint(run / "last.pth")
+    assert ckpt["epoch"] == 1 and ckpt["model_name"] == "plain20"
+    assert {"optimizer", "scheduler", "rng", "config"} <= set(ckpt)
+
+    # resume: continue to 3 epochs from the checkpoint
+    cfg2 = _cfg(tmp_path, **{"train.epochs": 3, "train.resume": True})
+    r2 = train(cfg2)
+    assert [r["epoch"] for r in r2.history] == [1, 2, 3]
+    assert r2.history[0] == r1.history[0]
+    assert load_checkpoint(run / "last.pth")["epoch"] == 3
+    model = model_from_checkpoint(run / "last.pth")
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    # with a constant LR, a 1-epoch run is exactly the first epoch of a 2-epoch run
+    const = {"optim.schedule": "constant"}
+    full = train(_cfg(tmp_path / "a", **{"train.epochs": 2}, **const))
+    train(_cfg(tmp_path / "b", **{"train.epochs": 1}, **const))
+    resumed = train(_cfg(tmp_path / "b", **{"train.epochs": 2, "train.resume": True}, **const))
+    a = load_checkpoint(tmp_path / "a" / "run" / "last.pth")["model"]
+    b = load_checkpoint(tmp_path / "b" / "run" / "last.pth")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert resumed.final["test_top1"] == pytest.approx(full.final["test_top1"])
+
+
+def test_jointrd_from_teacher_checkpoint_and_val_split(tmp_path):
+    train(_cfg(tmp_path / "t", **{"model.name": "resnet20", "train.epochs": 1}))
+    cfg = _cfg(tmp_path / "s", **{
+        "distill.method": "jointrd", "teacher.checkpoint": str(tmp_path / "t/run/last.pth"),
+        "model.dirac": True, "data.val_split": 0.25, "train.epochs": 1})
+    r = train(cfg)
+    row = r.final
+    assert {"train_ce_student", "train_ce_paths", "train_feat_student", "val_top1"} <= set(row)
+    ckpt = load_checkpoint(tmp_path / "s/run/last.pth")
+    # only the student is the checkpoint's model; connectors live in the objective state
+    assert not any(k.startswith(("teacher.", "connectors.")) for k in ckpt["model"])
+    assert any(k.startswith("connectors.") for k in ckpt["objective"])
+
+
+def test_lr_schedules():
+    from resdist.config import OptimConfig
+
+    f = lr_factor(OptimConfig(schedule="multistep", milestones=[0.5, 0.75]), 200)
+    assert f(0) == 1 and f(99.9) == 1 and f(100) == pytest.approx(0.1)
+    assert f(150) == pytest.approx(0.01)
+    f = lr_factor(OptimConfig(schedule="step", step_size=30), 120)
+    assert f(29) == 1 and f(30) == pytest.approx(0.1) and f(95) == pytest.approx(1e-3)
+    f = lr_factor(OptimConfig(schedule="cosine"), 10)
+    assert f(0) == 1 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(0)
+    f = lr_factor(OptimConfig(schedule="constant", warmup_epochs=2), 10)
+    assert f(1) == pytest.approx(0.5) and f(3) == 1
