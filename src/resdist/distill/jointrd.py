@@ -88,7 +88,7 @@ class ResidualDistiller(_WithTeacher):
         """Run each boundary feature through the teacher's later stages; returns the pre-ReLU
         final features of paths ``k = 1 .. S-1``. With a frozen (eval-mode) teacher, paths that
         share a teacher stage run as one concatenated batch: exact, since BN uses running stats."""
-        te, S = self.teacher, self.num_stages
+        te, S = self.teacher_compute, self.num_stages
         if self.train_teacher:
             return [
                 te.forward_stages(h, k + 1, S, pre_relu=True) for k, h in enumerate(boundary)
@@ -102,7 +102,7 @@ class ResidualDistiller(_WithTeacher):
     def paths(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """All forward paths, with graph: ``logits`` and ``feature`` (pre-ReLU) of the student,
         ``path_logits`` and ``path_features`` of the mixed paths ``k = 1 .. S-1``."""
-        st, te, S = self.student, self.teacher, self.num_stages
+        st, te, S = self.student, self.teacher_compute, self.num_stages
         h = st.forward_stem(images)
         boundary = []
         for k in range(S - 1):
@@ -116,7 +116,7 @@ class ResidualDistiller(_WithTeacher):
                 "path_features": path_pre}
 
     def forward(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        te, S = self.teacher, self.num_stages
+        te, S = self.teacher_compute, self.num_stages
         p = self.paths(images)
         logits, s_pre = p["logits"], p["feature"]
         path_logits, path_pre = p["path_logits"], p["path_features"]
