@@ -148,3 +148,18 @@ def test_fold_dirac_whole_model():
     fold_dirac(m)
     assert not any(isinstance(mod, DiracConv2d) for mod in m.modules())
     assert (m(x) - before).abs().max() < 1e-5
+
+
+def test_from_torchvision_adapter_matches_and_serves_as_teacher():
+    from resdist.distill import ResidualDistiller
+    from resdist.models import from_torchvision
+
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    ours = from_torchvision(tv).eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(ours(x), tv(x))
+    student = from_torchvision(tv, shortcuts=False)
+    assert student.count_shortcut_adds() == 0
+    torch.testing.assert_close(student.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
+    d = ResidualDistiller(ours, student, input_shape=(3, 64, 64), feature_weight=0.0)
+    assert len(d.paths(x)["path_logits"]) == 3

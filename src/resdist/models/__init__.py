@@ -1,6 +1,7 @@
 """Teacher ResNets and plain students with one builder (see :mod:`resdist.models.resnet`)."""
 
 from . import builders
+from .adapters import from_torchvision
 from .builders import THIN_DEPTHS
 from .dirac import DiracConv2d, fold_dirac
 from .registry import (
@@ -15,6 +16,6 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
     "THIN_DEPTHS", "BasicBlock", "Bottleneck", "DiracConv2d", "ResNet", "UnknownModelError",
-    "builders", "create_model", "fold_dirac", "is_model", "list_models", "register_model",
+    "builders", "create_model", "fold_dirac", "from_torchvision", "is_model", "list_models", "register_model",
     "teacher_name_for",
 ]
