@@ -104,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.set_defaults(func=cmd_demo)
 
+    r = sub.add_parser("reproduce", help="accuracy evidence: teacher and plain students with "
+                       "every method, several seeds, one table",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("suite", choices=["fashion-mnist"])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    r.add_argument("--out", default="runs/reproduce", help="run directories (finished runs are "
+                   "reused)")
+    r.add_argument("--results", default="runs/reproduce",
+                   help="where accuracy.json/.md/.png go")
+    r.add_argument("--data-dir", help="Fashion-MNIST folder")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(func=cmd_reproduce)
+
     try:
         from .deploy.commands import add_export_parser, add_profile_parser
 
@@ -181,6 +194,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(config=args.config, data_dir=args.data_dir, out=args.out,
                     overrides=args.set)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import format_markdown, run_suite
+
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    command = "resdist " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
+                        command or f"resdist reproduce {args.suite}")
+    print(format_markdown(summary))
+    print(f"saved accuracy.json/.md/.png under {args.results}")
+    return 0
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from resdist.config import OptimConfig
 from resdist.distill import (
     FeatureKD,
     HintonKD,
@@ -13,7 +14,6 @@ from resdist.distill import (
     margin_feature_loss,
 )
 from resdist.engine import build_optimizer
-from resdist.config import OptimConfig
 from resdist.models import DiracConv2d, create_model
 
 

@@ -1,0 +1,150 @@
+"""``resdist reproduce fashion-mnist``: the accuracy evidence we can produce on a CPU.
+
+Trains, on the real Fashion-MNIST training set and evaluated on its test set, the ResNet teacher
+and the plain student with each method (CE, Hinton KD, feature KD, JointRD), with the same
+architecture, schedule and seeds; students of seed ``s`` learn from the teacher of seed ``s``.
+Writes ``accuracy.json``, ``accuracy.md`` (mean and spread over seeds) and ``accuracy.png``
+(test-accuracy curves). Finished runs are reused, so an interrupted suite can be restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+#: Shared settings of the Fashion-MNIST suite (see README "Accuracy evidence" for the choice).
+FASHION_MNIST_SUITE: dict[str, Any] = {
+    "data": {"name": "fashion-mnist", "limit_train": 30000, "batch_size": 128},
+    "model": {"name": "plain56"},
+    "distill": {"dc": 0.5, "decay_fraction": 0.3, "feature_weight": 1e-3},
+    "optim": {"lr": 0.1, "schedule": "onecycle", "weight_decay": 5e-4},
+    "train": {"epochs": 3, "channels_last": True, "tensorboard": False, "progress": False},
+}
+METHOD_ROWS = ("ce", "kd", "feature-kd", "jointrd")
+SUITES = {"fashion-mnist": FASHION_MNIST_SUITE}
+
+
+def _finished(run_dir: Path, epochs: int) -> list[dict[str, Any]] | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return rows if rows and rows[-1].get("epoch") == epochs else None
+
+
+def run_suite(
+    name: str = "fashion-mnist",
+    seeds: tuple[int, ...] = (0, 1),
+    out: str | Path = "runs/reproduce",
+    overrides: list[str] | None = None,
+    results_dir: str | Path | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train every (method, seed) of suite ``name``; return and save the summary."""
+    from .engine.trainer import train
+    from .models import teacher_name_for
+
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
+    base = Config.from_dict(SUITES[name]).override(list(overrides or [])).validate()
+    student = base.model.name
+    teacher = teacher_name_for(student)
+    out = Path(out)
+    runs: list[dict[str, Any]] = []
+    plan = [(teacher, "ce")] + [(student, m) for m in METHOD_ROWS]
+    for seed in seeds:
+        for model, method in plan:
+            run_dir = out / f"seed{seed}" / f"{model}-{method}"
+            cfg = Config.from_dict(base.to_dict())
+            cfg.model.name, cfg.distill.method = model, method
+            cfg.train.seed, cfg.train.out = seed, str(run_dir)
+            if method != "ce":
+                cfg.teacher.checkpoint = str(out / f"seed{seed}" / f"{teacher}-ce" / "last.pth")
+            history = _finished(run_dir, cfg.train.epochs)
+            if history is None:
+                print(f"== seed {seed}: {model} {method} ==", flush=True)
+                history = train(cfg).history
+            else:
+                print(f"== seed {seed}: {model} {method}: finished run reused ==", flush=True)
+            runs.append({"model": model, "method": method, "seed": seed, "history": history})
+    summary = summarize(runs, base, seeds, command)
+    if results_dir is not None:
+        write_report(summary, Path(results_dir))
+    return summary
+
+
+def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> dict[str, Any]:
+    rows = []
+    keys = []
+    for r in runs:
+        k = (r["model"], r["method"])
+        if k not in keys:
+            keys.append(k)
+    for model, method in keys:
+        rs = [r for r in runs if (r["model"], r["method"]) == (model, method)]
+        final = [r["history"][-1]["test_top1"] for r in rs]
+        best = [max(h["test_top1"] for h in r["history"]) for r in rs]
+        time_s = [sum(h["epoch_time_s"] for h in r["history"]) for r in rs]
+        rows.append({
+            "model": model, "method": method, "seeds": [r["seed"] for r in rs],
+            "final_top1": final, "final_mean": statistics.fmean(final),
+            "final_std": statistics.stdev(final) if len(final) > 1 else 0.0,
+            "best_top1": best, "best_mean": statistics.fmean(best),
+            "train_time_s_mean": statistics.fmean(time_s),
+            "curves": [[h["test_top1"] for h in r["history"]] for r in rs],
+        })
+    return {"config": cfg.to_dict(), "seeds": list(seeds), "command": command, "rows": rows}
+
+
+def format_markdown(summary: dict[str, Any]) -> str:
+    cfg = summary["config"]
+    n = cfg["data"]["limit_train"] or 60000
+    lines = [
+        f"Fashion-MNIST: first {n} training images, full 10k test set, "
+        f"{cfg['train']['epochs']} epochs ({cfg['optim']['schedule']}, LR {cfg['optim']['lr']}, "
+        f"batch {cfg['data']['batch_size']}), seeds {summary['seeds']}.",
+        "",
+        "| network | method | final top-1 (%) mean ± std | per seed | best epoch (%) | "
+        "train time (s) |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in summary["rows"]:
+        per = ", ".join(f"{v:.2f}" for v in r["final_top1"])
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['final_mean']:.2f} ± {r['final_std']:.2f} | "
+            f"{per} | {r['best_mean']:.2f} | {r['train_time_s_mean']:.0f} |"
+        )
+    if summary.get("command"):
+        lines += ["", f"Command: `{summary['command']}`"]
+    return "\n".join(lines)
+
+
+def write_report(summary: dict[str, Any], results_dir: Path) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "accuracy.json").write_text(json.dumps(summary, indent=2))
+    (results_dir / "accuracy.md").write_text(format_markdown(summary) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in summary["rows"]:
+        curves = r["curves"]
+        epochs = range(1, len(curves[0]) + 1)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(len(curves[0]))]
+        ax.plot(epochs, mean, marker="o", label=f"{r['model']} {r['method']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.set_title("Fashion-MNIST test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(results_dir / "accuracy.png", dpi=120)
+    plt.close(fig)

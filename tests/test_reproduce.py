@@ -1,0 +1,29 @@
+import json
+
+from resdist import reproduce
+from resdist.cli import main
+
+
+def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch, capsys):
+    tiny = {
+        "data": {"name": "synthetic", "synthetic_samples": 128, "synthetic_size": 16,
+                 "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": 32},
+        "model": {"name": "plain20", "width_mult": 0.25},
+        "optim": {"lr": 0.05, "schedule": "onecycle"},
+        "train": {"epochs": 2, "progress": False, "tensorboard": False},
+    }
+    monkeypatch.setitem(reproduce.SUITES, "fashion-mnist", tiny)
+    args = ["reproduce", "fashion-mnist", "--seeds", "0", "1", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "res")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "res" / "accuracy.json").read_text())
+    methods = [(r["model"], r["method"]) for r in summary["rows"]]
+    assert methods == [("resnet20", "ce"), ("plain20", "ce"), ("plain20", "kd"),
+                       ("plain20", "feature-kd"), ("plain20", "jointrd")]
+    for r in summary["rows"]:
+        assert r["seeds"] == [0, 1] and len(r["curves"][0]) == 2
+    assert (tmp_path / "res" / "accuracy.png").stat().st_size > 0
+    assert "mean ± std" in (tmp_path / "res" / "accuracy.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 0  # second time: every run is reused, nothing retrained
+    assert capsys.readouterr().out.count("finished run reused") == 10
