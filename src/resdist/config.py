@@ -83,7 +83,6 @@ class DistillConfig:
     kd_alpha: float = 0.9
     kd_temperature: float = 4.0
     path_loss: str = "ce"  # loss on the mixed paths: "ce" or "kd" (Hinton KD)
-    mixed_paths_in_loss: bool = True  # False: the released README's mode (a baseline)
 
 
 @dataclass

@@ -82,3 +82,27 @@ def write_cifar(root: Path, num_classes: int = 10, per_batch: int = 6, n_test: i
         "test_data": test_data,
         "test_labels": np.array(test_labels),
     }
+
+
+def write_imagefolder(root: Path, num_classes: int = 4, n_train: int = 4, n_val: int = 2,
+                      size: int = 40, ext: str = "JPEG", seed: int = 0) -> list[str]:
+    """An ImageNet-style tree under ``root``: ``train/<wnid>/<wnid>_<i>.<ext>`` and
+    ``val/<wnid>/...`` with WordNet-id-like class folders (``n00000000``, ...) and random-pixel
+    images of varying size. As in ILSVRC, a few images are not RGB: the first image of every
+    split is greyscale. Returns the class folder names in index order (sorted)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    classes = [f"n{c:08d}" for c in range(num_classes)]
+    for split, count in (("train", n_train), ("val", n_val)):
+        for c, wnid in enumerate(classes):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                height, width = size + (i % 3), size + 2 * (i % 2)
+                pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                img = Image.fromarray(pixels, "RGB")
+                if c == 0 and i == 0:
+                    img = img.convert("L")
+                img.save(folder / f"{wnid}_{i}.{ext}")
+    return classes
