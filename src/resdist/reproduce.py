@@ -18,7 +18,7 @@ from .config import Config
 
 #: Shared settings of the Fashion-MNIST suite (see README "Accuracy evidence" for the choice).
 FASHION_MNIST_SUITE: dict[str, Any] = {
-    "data": {"name": "fashion-mnist", "limit_train": 30000, "batch_size": 128},
+    "data": {"name": "fashion-mnist", "limit_train": 20000, "batch_size": 128},
     "model": {"name": "plain56"},
     "distill": {"dc": 0.5, "decay_fraction": 0.3, "feature_weight": 1e-3},
     "optim": {"lr": 0.1, "schedule": "onecycle", "weight_decay": 5e-4},

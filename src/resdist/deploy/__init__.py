@@ -1,0 +1,44 @@
+"""Deploy without shortcuts: fold, export and profile (METHOD.md section 7).
+
+- :func:`to_deploy` folds Dirac kernels and BatchNorm into the convolutions;
+  :func:`calibrate_bn` gives randomly initialised networks sane BatchNorm statistics.
+- :func:`export` / :func:`export_onnx` / :func:`export_torchscript` write the deploy form;
+  :func:`count_feature_adds` counts the shortcut additions left in an ONNX graph and
+  :func:`verify_onnx` checks it against PyTorch with ONNX Runtime.
+- :func:`analyze_onnx` computes peak live activation memory, bytes moved and MACs by a
+  liveness pass; :func:`profile_models` adds ONNX Runtime latency and ResNet/plain ratios;
+  :func:`write_profile_report` writes JSON, a PNG chart and markdown.
+
+ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
+"""
+
+from .errors import DeployError, MissingDependencyError
+from .export import (
+    count_feature_adds,
+    count_torchscript_feature_adds,
+    export,
+    export_onnx,
+    export_torchscript,
+    verify_onnx,
+    verify_torchscript,
+)
+from .fuse import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
+from .profile import (
+    GraphProfile,
+    analyze_onnx,
+    format_table,
+    measure_latency,
+    memory_cross_check,
+    merge_profiles,
+    profile_models,
+    torch_activation_peak,
+    write_profile_report,
+)
+
+__all__ = [
+    "DeployError", "GraphProfile", "MissingDependencyError", "analyze_onnx", "calibrate_bn",
+    "count_feature_adds", "count_torchscript_feature_adds", "export", "export_onnx",
+    "export_torchscript", "fold_batchnorms", "format_table", "fuse_conv_bn", "measure_latency",
+    "memory_cross_check", "merge_profiles", "profile_models", "to_deploy",
+    "torch_activation_peak", "verify_onnx", "verify_torchscript", "write_profile_report",
+]

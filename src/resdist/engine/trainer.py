@@ -3,7 +3,24 @@
 ``train(cfg)`` builds data, networks and the objective from a :class:`~resdist.config.Config`,
 then steps SGD over the objective's loss, evaluates every epoch, writes ``last.pth`` (and
 ``best.pth``) atomically, appends ``metrics.csv``/``metrics.jsonl`` (and TensorBoard), and can
-resume. Under ``torchrun`` it uses DistributedDataParallel; only rank 0 writes.
+resume.
+
+Distributed (``torchrun --nproc-per-node N -m resdist train ...``, any method): each process
+trains a DistributedDataParallel replica of the objective (NCCL, one GPU per process; gloo on
+CPU). Every epoch the ranks draw one shared permutation of the training set and take strided
+slices of it, so one step consumes ``data.batch_size`` images per process; the **global batch is
+``data.batch_size * world_size``** and ``optim.lr`` is the learning rate **for that global
+batch** (DDP averages gradients over ranks, so a step equals one step over the global batch:
+keep ``lr`` when you change the number of processes at a fixed global batch, scale it yourself
+when the global batch changes). Evaluation shards the validation/test sets disjointly and sums
+the counts; training metrics are averaged over all ranks. Only rank 0 writes the run directory;
+all ranks resume from its ``last.pth``. ``train.sync_bn`` computes BatchNorm statistics over the
+global batch (also on CPU); without it each process normalises with its own batch.
+
+Precision and speed: ``train.amp`` (``bf16``, or ``fp16`` with a GradScaler on CUDA) runs
+forward passes under autocast, evaluation included; ``train.channels_last`` keeps weights and
+images NHWC; ``train.compile`` wraps the step in :func:`torch.compile` (CPU needs a C++
+compiler).
 """
 
 from __future__ import annotations
@@ -24,7 +41,17 @@ from ..config import Config
 from ..data import build_data
 from .build import build_all
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    all_true,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    convert_sync_batchnorm,
+    init_distributed,
+    resolve_device,
+)
 from .metrics import MetricsLogger, evaluate, topk_correct
 from .optim import build_optimizer, build_scheduler
 
@@ -56,15 +83,22 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg: Config) -> RunResult:
-    """Run the training ``cfg`` describes and return its history (see module docstring)."""
+    """Run the training ``cfg`` describes and return its history (see module docstring).
+
+    Under torchrun every rank calls this; rank 0's result holds the full history (other ranks
+    return the rows of this session only). The process group is created on the first call and
+    reused by later ones (it is destroyed at interpreter exit).
+    """
     cfg.validate()
     info = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, info)
     if device.type == "cpu":  # deep plain nets at init produce denormals: 10x slower on CPU
         torch.set_flush_denormal(True)
-    seed_everything(cfg.train.seed + info.rank)
+    else:  # fixed batch shapes (drop_last): let cuDNN pick the fastest convolutions
+        torch.backends.cudnn.benchmark = True
+    seed_everything(cfg.train.seed + info.rank)  # DDP then copies rank 0's initial weights
     data = build_data(cfg.data, device=device, seed=cfg.train.seed, rank=info.rank,
-                      world_size=info.world_size)
+                      world_size=info.world_size, shard_eval=info.enabled)
     input_shape = (data.in_chans, data.image_size, data.image_size)
     model, kw, teacher, source, objective = build_all(
         cfg, data.num_classes, data.in_chans, input_shape
@@ -73,7 +107,7 @@ def train(cfg: Config) -> RunResult:
     if cfg.train.channels_last:
         objective.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and info.enabled:
-        objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+        objective = convert_sync_batchnorm(objective)
         model = objective.student
     trainer = Trainer(cfg, objective, model, data, device, info, kw, input_shape)
     if teacher is not None and info.is_main:
@@ -82,7 +116,13 @@ def train(cfg: Config) -> RunResult:
 
 
 class Trainer:
-    """Owns the optimiser, scheduler, AMP scaler, loggers and checkpoints of one run."""
+    """Owns the optimiser, scheduler, AMP scaler, loggers and checkpoints of one run.
+
+    ``objective`` (already on ``device``) is what a step calls; it is wrapped in
+    DistributedDataParallel when ``info`` says the job is distributed (parameters the objective
+    freezes, such as a frozen teacher's, are not synchronised) and in :func:`torch.compile` when
+    ``train.compile`` is set. ``model`` (the student) is what is evaluated and checkpointed.
+    """
 
     def __init__(self, cfg: Config, objective: nn.Module, model: nn.Module, data, device,
                  info: DistInfo, model_kwargs: dict, input_shape: tuple[int, int, int]) -> None:
@@ -95,11 +135,16 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.epochs, len(data.train))
         self.amp_dtype = _AMP.get(cfg.train.amp) if cfg.train.amp else None
         use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
+        if self.amp_dtype is torch.float16 and not use_scaler:
+            self.say(f"train.amp=fp16 on {device.type} runs without loss scaling; bf16 is safer")
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.step_module: nn.Module = objective
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            self.step_module = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+            # broadcast_buffers (default): rank 0's BatchNorm statistics at every step
+            self.step_module = nn.parallel.DistributedDataParallel(
+                objective, device_ids=ids, gradient_as_bucket_view=True
+            )
         if cfg.train.compile:
             self.step_module = torch.compile(self.step_module)
         self.start_epoch = 0
@@ -117,12 +162,25 @@ class Trainer:
         if self.info.is_main:
             tqdm.write(msg)
 
+    def _load_last(self, path: Path) -> dict | None:
+        """``last.pth`` on every rank, or None when rank 0 has none. Ranks that see the file
+        read it; if some cannot (a run directory not shared between nodes), rank 0 sends its
+        copy to all."""
+        barrier()  # rank 0 has finished writing anything it wrote before
+        here = path.exists()
+        if all_true(here, self.device):
+            return load_checkpoint(path, map_location=self.device)
+        if not broadcast_object(here):
+            return None
+        ckpt = load_checkpoint(path, map_location="cpu") if self.info.is_main else None
+        return broadcast_object(ckpt)  # type: ignore[return-value]
+
     def _resume(self) -> None:
         path = self.run_dir / "last.pth"
-        if not path.exists():
+        ckpt = self._load_last(path)
+        if ckpt is None:
             self.say(f"resume: no checkpoint at {path}, starting from scratch")
             return
-        ckpt = load_checkpoint(path, map_location=self.device)
         self.objective.load_state_dict(ckpt["objective"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -149,6 +207,16 @@ class Trainer:
         save_checkpoint(state, self.run_dir / "last.pth")
         if best:
             save_checkpoint(state, self.run_dir / "best.pth")
+
+    def _evaluate(self) -> dict[str, float]:
+        """Validation and test metrics; each rank evaluates its shard, counts are summed."""
+        broadcast_buffers(self.model)  # every rank evaluates rank 0's running statistics
+        kw = {"amp_dtype": self.amp_dtype, "channels_last": self.cfg.train.channels_last}
+        row: dict[str, float] = {}
+        if self.data.val is not None:
+            row.update({f"val_{k}": v for k, v in evaluate(self.model, self.data.val, **kw).items()})
+        row.update({f"test_{k}": v for k, v in evaluate(self.model, self.data.test, **kw).items()})
+        return row
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -185,7 +253,7 @@ class Trainer:
             seen += bs
             for k, v in out.items():
                 if k != "logits":
-                    sums[k] = sums.get(k, 0) + v.detach().float() * bs
+                    sums[k] = sums.get(k, 0) + v.detach().float().to(self.device) * bs
             correct += topk_correct(out["logits"].detach(), labels, (1,))[0]
             if i % 10 == 0 or i == n_batches - 1:
                 rate = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
@@ -215,18 +283,14 @@ class Trainer:
             row.update(self.train_epoch(epoch))
             train_time += row["epoch_time_s"]
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
-                kw = {"amp_dtype": self.amp_dtype, "channels_last": cfg.train.channels_last}
-                if self.data.val is not None:
-                    row.update({f"val_{k}": v for k, v in
-                                evaluate(self.model, self.data.val, **kw).items()})
-                row.update({f"test_{k}": v for k, v in
-                            evaluate(self.model, self.data.test, **kw).items()})
+                row.update(self._evaluate())
             is_best = row.get(best_key, -1) > best
             best = max(best, row.get(best_key, -1))
             history.append(row)
             if self.logger is not None:
                 self.logger.log(row)
             self._checkpoint(epoch + 1, row, is_best)
+            barrier()  # no rank runs ahead of rank 0's checkpoint
             msg = (f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  "
                    f"train {row['train_top1']:.2f}%")
             if "val_top1" in row:
