@@ -1,0 +1,28 @@
+"""User-facing errors of :mod:`resdist.deploy` (``ValueError`` subclasses, one clear line)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class DeployError(ValueError):
+    """Export or profiling cannot proceed; the message says why and what to do."""
+
+
+class MissingDependencyError(DeployError):
+    """An optional dependency (onnx, onnxruntime, matplotlib) is not installed."""
+
+
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot"}
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional dependency or raise :class:`MissingDependencyError` naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        extra = _EXTRAS.get(module.split(".")[0], "onnx")
+        raise MissingDependencyError(
+            f"{module} is not installed; install it with: pip install 'resdist[{extra}]'"
+        ) from e

@@ -1,0 +1,383 @@
+"""Export the deploy form of a network to ONNX or TorchScript, and check the result.
+
+The exported graph of a plain student has no elementwise ``Add`` between feature maps
+(METHOD.md section 7); :func:`count_feature_adds` counts them so tests and reports can show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._onnx_graph import (
+    activation_names,
+    graph_inputs,
+    infer_shapes,
+    load_onnx,
+    value_shapes,
+    without_weights,
+)
+from .errors import DeployError, require
+from .fuse import to_deploy
+
+__all__ = [
+    "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "count_feature_adds",
+    "count_torchscript_feature_adds", "export", "export_onnx", "export_torchscript",
+    "load_model_source", "verify_onnx", "verify_torchscript",
+]
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+Exporter = Literal["auto", "dynamo", "torchscript"]
+
+
+def _check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    if input_shape is None:
+        raise DeployError("input_shape (C, H, W) is required to export a model")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise DeployError(f"input_shape must be three positive ints (C, H, W), got {input_shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _strip_metadata(model: Any) -> None:
+    """Drop per-node exporter metadata (stack traces with local paths, FX node dumps)."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+
+
+def _export_dynamo(
+    model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool
+) -> Any:
+    require("onnxscript")
+    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic_shapes,
+            optimize=True, verbose=False, external_data=False,
+        )
+    return program.model_proto
+
+
+def _export_torchscript_based(
+    model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool
+) -> Any:
+    onnx = require("onnx")
+    buf = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], opset_version=opset, dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int],
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    exporter: Exporter = "auto",
+    deploy: bool = True,
+) -> Path:
+    """Fold ``model`` (:func:`to_deploy`) and write it as ONNX; returns the path.
+
+    The graph has one input ``"images"`` of shape ``(N, C, H, W)`` and one output ``"logits"``;
+    with ``dynamic_batch`` the batch dimension ``N`` is symbolic. ``exporter="auto"`` uses
+    torch's ``torch.export``-based exporter (default since torch 2.9; needs onnxscript) and
+    falls back to the TorchScript-based one if it fails. The written model passes
+    ``onnx.checker.check_model``. ``deploy=False`` exports ``model`` as it is (in eval mode).
+    """
+    onnx = require("onnx")
+    shape = _check_input_shape(input_shape)
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise DeployError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
+    deployed = to_deploy(model) if deploy else copy.deepcopy(model).eval()
+    deployed = deployed.float().cpu()
+    example = torch.randn(2 if dynamic_batch else 1, *shape)
+    proto = None
+    errors = []
+    if exporter in ("auto", "dynamo"):
+        try:
+            proto = _export_dynamo(deployed, example, opset, dynamic_batch)
+        except Exception as e:  # exporter failure: fall back or report
+            if exporter == "dynamo":
+                raise DeployError(f"ONNX export (torch.export-based) failed: {e}") from e
+            errors.append(e)
+            warnings.warn(
+                f"torch.export-based ONNX export failed ({type(e).__name__}: {e}); "
+                "falling back to the TorchScript-based exporter", stacklevel=2,
+            )
+    if proto is None:
+        try:
+            proto = _export_torchscript_based(deployed, example, opset, dynamic_batch)
+        except Exception as e:
+            prior = f" (torch.export-based exporter: {errors[0]})" if errors else ""
+            raise DeployError(f"ONNX export failed: {e}{prior}") from e
+    _strip_metadata(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise DeployError(f"exported ONNX model does not pass onnx.checker: {e}") from e
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, os.fspath(path))
+    return path
+
+
+def count_feature_adds(onnx_model_or_path: Any) -> int:
+    """Number of ``Add``/``Sum`` nodes adding two or more feature maps.
+
+    A feature map is an activation (computed from the graph input, not an initializer or a
+    constant such as a bias) of rank 4; an unknown rank counts as a feature map. For a ResNet
+    this is one per residual block, for a plain student 0 (or one per kept projection shortcut).
+    """
+    model = infer_shapes(without_weights(load_onnx(onnx_model_or_path)))
+    acts = activation_names(model)
+    shapes = value_shapes(model)
+    count = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Add", "Sum"):
+            continue
+        feats = 0
+        for name in node.input:
+            dims = shapes.get(name, (None, 0))[0]
+            if name in acts and (dims is None or len(dims) == 4):
+                feats += 1
+        count += feats >= 2
+    return count
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return out
+
+
+def _reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _first_output(model(x)).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
+def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    if out.shape != ref.shape:
+        raise DeployError(f"output shape {out.shape} differs from the model's {ref.shape}")
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    return float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max() / scale)
+
+
+def verify_onnx(
+    path: Any,
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    batch_sizes: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> float:
+    """Run the ONNX model with ONNX Runtime on random inputs and compare it with ``model``.
+
+    Returns the largest relative error ``max|ort - torch| / max|torch|`` over ``batch_sizes``
+    (only the fixed batch size when the graph's batch dimension is not symbolic).
+    ``input_shape`` defaults to the graph input's ``(C, H, W)``.
+    """
+    ort = require("onnxruntime")
+    proto = load_onnx(path)
+    inputs = graph_inputs(proto)
+    if len(inputs) != 1 or not proto.graph.output:
+        raise DeployError("verify_onnx expects a graph with one input and an output")
+    in_name, out_name = inputs[0].name, proto.graph.output[0].name
+    dims = value_shapes(proto)[in_name][0]
+    if input_shape is None:
+        if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+            raise DeployError("cannot read (C, H, W) from the ONNX graph; pass input_shape")
+        input_shape = dims[1:]
+    shape = _check_input_shape(input_shape)
+    if dims is not None and isinstance(dims[0], int):
+        batch_sizes = (dims[0],)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(
+        proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for b in batch_sizes:
+        x = torch.randn((b, *shape), generator=gen)
+        ref = _reference_outputs(model, x)
+        (out,) = session.run([out_name], {in_name: x.numpy()})
+        worst = max(worst, _relative_error(out, ref))
+    return worst
+
+
+def export_torchscript(
+    model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], deploy: bool = True
+) -> Path:
+    """Fold ``model`` and save it as TorchScript (``torch.jit.trace``, then ``torch.jit.save``).
+
+    The traced module accepts any batch size. ``torch.jit`` is deprecated upstream in favour of
+    ``torch.export`` but remains the format C++/mobile runtimes load; its warnings are silenced.
+    """
+    shape = _check_input_shape(input_shape)
+    deployed = to_deploy(model) if deploy else copy.deepcopy(model).eval()
+    deployed = deployed.float().cpu()
+    example = torch.randn(2, *shape)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(deployed, example)
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.jit.save(traced, os.fspath(path))
+    except DeployError:
+        raise
+    except Exception as e:
+        raise DeployError(f"TorchScript export failed: {e}") from e
+    return path
+
+
+def _load_torchscript(module_or_path: Any) -> Any:
+    if isinstance(module_or_path, (str, os.PathLike)):
+        if not os.path.isfile(module_or_path):
+            raise DeployError(f"TorchScript file not found: {module_or_path}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(os.fspath(module_or_path), map_location="cpu")
+    return module_or_path
+
+
+def count_torchscript_feature_adds(module_or_path: Any) -> int:
+    """Number of ``aten::add`` nodes in a traced module adding two computed tensors (neither a
+    constant nor a parameter): the shortcut additions."""
+    module = _load_torchscript(module_or_path)
+    skip = {"prim::Constant", "prim::GetAttr"}
+    count = 0
+    for node in module.inlined_graph.nodes():
+        if node.kind() not in ("aten::add", "aten::add_"):
+            continue
+        ins = list(node.inputs())[:2]
+        if all(i.type().kind() == "TensorType" and i.node().kind() not in skip for i in ins):
+            count += 1
+    return count
+
+
+def verify_torchscript(
+    module_or_path: Any,
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> float:
+    """Largest relative error between a saved TorchScript module and ``model`` on random inputs."""
+    module = _load_torchscript(module_or_path)
+    shape = _check_input_shape(input_shape)
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for b in batch_sizes:
+        x = torch.randn((b, *shape), generator=gen)
+        ref = _reference_outputs(model, x)
+        with torch.no_grad():
+            out = _first_output(module(x)).float().numpy()
+        worst = max(worst, _relative_error(out, ref))
+    return worst
+
+
+def load_model_source(
+    checkpoint_or_model: Any, input_shape: Sequence[int] | None = None
+) -> tuple[nn.Module, tuple[int, int, int] | None, str]:
+    """``(model, input_shape, name)`` from a checkpoint path or a module.
+
+    A checkpoint's network is rebuilt with :func:`resdist.engine.checkpoint.model_from_checkpoint`
+    and its stored ``input_shape`` is used unless one is given.
+    """
+    if isinstance(checkpoint_or_model, nn.Module):
+        name = type(checkpoint_or_model).__name__
+        shape = _check_input_shape(input_shape) if input_shape is not None else None
+        return checkpoint_or_model, shape, name
+    if not isinstance(checkpoint_or_model, (str, os.PathLike)):
+        raise DeployError(
+            f"expected a checkpoint path or an nn.Module, got {type(checkpoint_or_model).__name__}"
+        )
+    from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_or_model)
+    try:
+        model = model_from_checkpoint(ckpt)
+    except ValueError:
+        raise
+    except Exception as e:  # state dict does not fit the named model
+        raise DeployError(f"cannot rebuild the model from {checkpoint_or_model}: {e}") from e
+    shape = input_shape if input_shape is not None else ckpt.get("input_shape")
+    shape = _check_input_shape(shape) if shape is not None else None
+    return model, shape, str(ckpt["model_name"])
+
+
+def export(
+    checkpoint_or_model: Any,
+    fmt: Literal["onnx", "torchscript"],
+    out: str | os.PathLike,
+    input_shape: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
+
+    The report holds ``path``, ``format``, ``model``, ``input_shape``, ``feature_adds`` (Adds of
+    two feature maps left in the exported graph), ``expected_shortcut_adds`` (from
+    ``model.count_shortcut_adds()`` when the model has it), ``parameters`` (of the deployed
+    network) and ``max_rel_error`` (ONNX Runtime or the reloaded TorchScript module against the
+    PyTorch model on random inputs at two batch sizes; ``None`` with ``verify=False``).
+    """
+    if fmt not in ("onnx", "torchscript"):
+        raise DeployError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
+    model, shape, name = load_model_source(checkpoint_or_model, input_shape)
+    if shape is None:
+        raise DeployError(
+            "input_shape (C, H, W) is required: the checkpoint does not store one "
+            "(pass --input-shape C H W)"
+        )
+    if fmt == "onnx":
+        require("onnx")
+    deployed = to_deploy(model)
+    if fmt == "onnx":
+        path = export_onnx(deployed, out, shape, opset=opset, deploy=False)
+        adds = count_feature_adds(path)
+        err = verify_onnx(path, model, shape) if verify else None
+    else:
+        path = export_torchscript(deployed, out, shape, deploy=False)
+        adds = count_torchscript_feature_adds(path)
+        err = verify_torchscript(path, model, shape) if verify else None
+    expected = model.count_shortcut_adds() if hasattr(model, "count_shortcut_adds") else None
+    return {
+        "path": str(path),
+        "format": fmt,
+        "model": name,
+        "input_shape": list(shape),
+        "feature_adds": adds,
+        "expected_shortcut_adds": expected,
+        "parameters": sum(p.numel() for p in deployed.parameters()),
+        "max_rel_error": err,
+        "opset": opset if fmt == "onnx" else None,
+    }
