@@ -1,0 +1,207 @@
+"""DDP on CPU (gloo): two processes on one machine, checked against one process.
+
+The two-process runs are launched as torchrun would launch them (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); this file is also the worker script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resdist.config import Config
+from resdist.engine import load_checkpoint
+from resdist.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
+from resdist.engine.trainer import train
+
+WORLD = 2
+PER_RANK_BATCH = 16
+# fp32, 4 SGD steps: DDP + SyncBatchNorm over 2 x 16 images against one process over the same
+# 32 images differ only in the order of float reductions (observed <= 1e-7). The student is a
+# Dirac plain net: a 4-channel plain net without Dirac init amplifies float noise so much that
+# the same one-process run with 1 vs 2 threads already differs by 1e-1 after 4 steps.
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def _spec(out: Path, **sets) -> dict:
+    cfg = Config.from_dict({
+        "data": {"name": "synthetic", "synthetic_samples": 96, "synthetic_size": 8,
+                 "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": PER_RANK_BATCH,
+                 "limit_train": 64, "limit_test": 23, "eval_batch_size": 8, "augment": False},
+        "model": {"name": "plain20", "width_mult": 0.25, "dirac": True},
+        "optim": {"lr": 0.05, "schedule": "constant"},
+        "train": {"epochs": 2, "out": str(out), "progress": False, "tensorboard": False,
+                  "device": "cpu"},
+    })
+    return cfg.override([f"{k}={v}" for k, v in sets.items()]).to_dict()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _launch(specs: list[dict], timeout: float = 240) -> None:
+    """Run ``train(spec)`` for each spec in order, in WORLD processes (one gloo group)."""
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, json.dumps(specs)],
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD),
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for r in range(WORLD)
+    ]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for r, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {r} failed:\n{log[-4000:]}"
+
+
+def _float_state(state: dict) -> dict:
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("teacher")
+    train(Config.from_dict(_spec(out, **{"model.name": "resnet20", "model.dirac": False,
+                                         "train.epochs": 1})))
+    return str(out / "last.pth")
+
+
+def _assert_states_close(a: dict, b: dict, what: str) -> None:
+    a, b = _float_state(a), _float_state(b)
+    assert a.keys() == b.keys(), what
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=f"{what}: {k}")
+
+
+def test_ddp_sync_bn_matches_single_process_global_batch(tmp_path, teacher):
+    # one launch of two ranks: CE and JointRD with sync_bn, and a CE run stopped after one
+    # epoch and resumed (all ranks read rank 0's last.pth)
+    cases = {"ce": {}, "jointrd": {"distill.method": "jointrd", "teacher.checkpoint": teacher}}
+    specs = [_spec(tmp_path / "ddp" / name, **sets, **{"train.sync_bn": True})
+             for name, sets in cases.items()]
+    specs.append(_spec(tmp_path / "resumed", **{"train.sync_bn": True, "train.epochs": 1}))
+    specs.append(_spec(tmp_path / "resumed", **{"train.sync_bn": True, "train.resume": True}))
+    _launch(specs)
+    for name, sets in cases.items():
+        # the one process sees the same 32 images per step: the ranks take strided slices of
+        # one shared permutation, so their union is the one process's batch
+        train(Config.from_dict(_spec(tmp_path / "single" / name, **sets,
+                                     **{"data.batch_size": WORLD * PER_RANK_BATCH})))
+        ddp = load_checkpoint(tmp_path / "ddp" / name / "last.pth")
+        one = load_checkpoint(tmp_path / "single" / name / "last.pth")
+        assert ddp["epoch"] == one["epoch"] == 2
+        # student weights and running statistics, and the objective's own parts (connectors)
+        _assert_states_close(ddp["model"], one["model"], f"{name} model")
+        _assert_states_close(ddp["objective"], one["objective"], f"{name} objective")
+        # metrics: training terms averaged over ranks, test counts summed over disjoint shards
+        m_ddp, m_one = ddp["metrics"], one["metrics"]
+        assert m_ddp["test_samples"] == m_one["test_samples"] == 23
+        assert m_ddp["test_top1"] == pytest.approx(m_one["test_top1"]), name
+        for k in ("train_loss", "test_loss"):
+            assert m_ddp[k] == pytest.approx(m_one[k], rel=1e-4, abs=1e-5), (name, k)
+    assert any(k.startswith("connectors.") for k in ddp["objective"])
+
+    # resumed across ranks == uninterrupted (constant LR, no augmentation)
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pth")
+    assert resumed["epoch"] == 2
+    _assert_states_close(resumed["model"], load_checkpoint(tmp_path / "ddp/ce/last.pth")["model"],
+                         "resumed model")
+    rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_ddp_runs_every_method(tmp_path, teacher):
+    # DDP raises on the second step if a trainable parameter got no gradient; reaching the
+    # checkpoint means every method's trainable parameters (connectors included) are used
+    methods = {
+        "kd": {"distill.method": "kd", "teacher.checkpoint": teacher},
+        "feature-kd": {"distill.method": "feature-kd", "teacher.checkpoint": teacher},
+        "jointrd-nofeat": {"distill.method": "jointrd", "teacher.checkpoint": teacher,
+                           "distill.feature_weight": 0},
+        "jointrd-cotrain": {"distill.method": "jointrd", "teacher.train": True},
+    }
+    _launch([_spec(tmp_path / name, **sets, **{"train.epochs": 1})
+             for name, sets in methods.items()])
+    for name in methods:
+        ckpt = load_checkpoint(tmp_path / name / "last.pth")
+        assert ckpt["epoch"] == 1, name
+        for k in ("train_loss", "test_loss"):
+            assert torch.isfinite(torch.tensor(ckpt["metrics"][k])), (name, k)
+    assert any(k.startswith("connectors.")
+               for k in load_checkpoint(tmp_path / "jointrd-cotrain/last.pth")["objective"])
+
+
+def test_torchrun_cli_writes_one_run_dir_from_rank_zero(tmp_path):
+    out = tmp_path / "runs" / "r"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={WORLD}", "-m", "resdist", "train", "--data", "synthetic",
+           "--model", "plain20", "--epochs", "2", "--batch-size", "8", "--limit-train", "32",
+           "--limit-test", "16", "--out", str(out), "--device", "cpu", "--no-progress",
+           "--set", "model.width_mult=0.25", "--set", "data.synthetic_size=8",
+           "--set", "data.synthetic_channels=1", "--set", "train.tensorboard=false"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert [d.name for d in (tmp_path / "runs").iterdir()] == ["r"]
+    names = sorted(f.name for f in out.iterdir())
+    assert names == ["best.pth", "config.yaml", "last.pth", "metrics.csv", "metrics.jsonl"]
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["test_samples"] == 16 for r in rows)
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3
+    assert load_checkpoint(out / "last.pth")["epoch"] == 2
+
+
+def test_convert_sync_batchnorm_keeps_tensors_and_skips_frozen_layers():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Sequential(torch.nn.BatchNorm2d(4)))
+    frozen = net[2][0]
+    frozen.requires_grad_(False)
+    weight, mean = net[1].weight, net[1].running_mean
+    keys = list(net.state_dict())
+    convert_sync_batchnorm(net)
+    assert isinstance(net[1], SyncBatchNorm2d) and isinstance(net[1], torch.nn.BatchNorm2d)
+    assert net[1].weight is weight and net[1].running_mean is mean
+    assert net[2][0] is frozen
+    assert list(net.state_dict()) == keys
+    # single process: the ordinary BatchNorm path
+    x = torch.randn(4, 1, 6, 6)
+    ref = torch.nn.functional.batch_norm(net[0](x), None, None, weight, net[1].bias, True)
+    torch.testing.assert_close(net[1](net[0](x)), ref)
+
+
+if __name__ == "__main__":  # a worker: rank and world from the environment, as under torchrun
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    for spec in json.loads(sys.argv[1]):
+        train(Config.from_dict(spec))
+    dist.destroy_process_group()
