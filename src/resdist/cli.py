@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -147,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     result = train(cfg)
     final = result.final
-    if final:
+    if final and os.environ.get("RANK", "0") == "0":
         print(f"done: {result.run_dir}  test top-1 {final.get('test_top1', float('nan')):.2f}%  "
               f"train time {result.train_time_s:.0f}s")
     return 0

@@ -71,6 +71,11 @@ def test_jointrd_from_teacher_checkpoint_and_val_split(tmp_path):
     # only the student is the checkpoint's model; connectors live in the objective state
     assert not any(k.startswith(("teacher.", "connectors.")) for k in ckpt["model"])
     assert any(k.startswith("connectors.") for k in ckpt["objective"])
+    # the student is saved once (as model) and the frozen teacher not at all
+    assert not any(k.startswith(("student.", "teacher")) for k in ckpt["objective"])
+    cfg.override(["train.epochs=2", "train.resume=true"])
+    r2 = train(cfg)
+    assert [row["epoch"] for row in r2.history] == [1, 2]
 
 
 def test_lr_schedules():

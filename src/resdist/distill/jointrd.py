@@ -156,5 +156,6 @@ class ResidualDistiller(_WithTeacher):
             ce_teacher = F.cross_entropy(t_logits, labels)
             loss = loss + ce_teacher
             out["ce_teacher"] = ce_teacher.detach()
-        out.update(loss=loss, logits=logits, decay=torch.tensor(m))
+        # a tensor built from the loss (not torch.tensor(m)) keeps torch.compile from guarding on m
+        out.update(loss=loss, logits=logits, decay=torch.ones_like(ce_student.detach()) * m)
         return out

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import build_data
 from .build import build_all
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -181,7 +181,15 @@ class Trainer:
         if ckpt is None:
             self.say(f"resume: no checkpoint at {path}, starting from scratch")
             return
-        self.objective.load_state_dict(ckpt["objective"])
+        self.model.load_state_dict(ckpt["model"])
+        result = self.objective.load_state_dict(ckpt["objective"], strict=False)
+        skipped = self._not_checkpointed()
+        bad = [k for k in result.missing_keys if not k.startswith(skipped)]
+        if bad or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path} does not match this run's objective (missing {bad[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]})"
+            )
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -193,14 +201,23 @@ class Trainer:
             self.logger.truncate(self.start_epoch)
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
 
+    def _not_checkpointed(self) -> tuple[str, ...]:
+        """Objective state kept out of ``objective`` in checkpoints: the student (saved as
+        ``model``) and a frozen teacher (rebuilt from its own source on resume)."""
+        frozen = getattr(self.objective, "teacher_folded", None) is not None
+        return ("student.",) + (("teacher.", "teacher_folded.") if frozen else ())
+
     def _checkpoint(self, epoch: int, metrics: dict[str, Any], best: bool) -> None:
         if not self.info.is_main:
             return
+        skipped = self._not_checkpointed()
+        objective_state = {k: v for k, v in self.objective.state_dict().items()
+                           if not k.startswith(skipped)}
         state = {
             "model": self.model.state_dict(), "model_name": self.cfg.model.name,
             "model_kwargs": self.model_kwargs, "input_shape": list(self.input_shape),
             "epoch": epoch, "config": self.cfg.to_dict(), "metrics": metrics,
-            "objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "objective": objective_state, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
         }
