@@ -155,8 +155,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .data import build_data
     from .engine import evaluate, load_checkpoint, model_from_checkpoint
     from .engine.distributed import DistInfo, resolve_device
@@ -183,8 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loader = data.test if args.split == "test" else data.val
     if loader is None:
         raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0)")
-    with torch.inference_mode(False):
-        m = evaluate(model, loader)
+    m = evaluate(model, loader)
     print(f"{ckpt['model_name']} on {cfg.data.name} {args.split} ({m['samples']} images): "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
     return 0
