@@ -12,3 +12,15 @@ def pytest_configure(config):
     # one intra-op thread per test process: with pytest-xdist workers sharing a few cores,
     # oversubscribed small-tensor ops run many times slower
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_run():
+    """Settings for a whole training run in about a second: tiny synthetic data and network."""
+    return {
+        "data": {"name": "synthetic", "synthetic_samples": 128, "synthetic_size": 16,
+                 "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": 32},
+        "model": {"name": "plain20", "width_mult": 0.25},
+        "optim": {"lr": 0.05, "schedule": "onecycle"},
+        "train": {"epochs": 2, "progress": False, "tensorboard": False},
+    }

@@ -2,15 +2,9 @@ from resdist import demo
 from resdist.cli import main
 
 
-def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, monkeypatch, capsys):
-    tiny = {
-        "data": {"name": "synthetic", "synthetic_samples": 128, "synthetic_size": 16,
-                 "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": 32},
-        "model": {"name": "plain20", "width_mult": 0.25},
-        "optim": {"lr": 0.05, "schedule": "onecycle"},
-        "train": {"epochs": 1, "progress": False, "tensorboard": False},
-    }
-    monkeypatch.setattr(demo, "DEMO_DEFAULTS", tiny)
+def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, monkeypatch, capsys, tiny_run):
+    tiny_run["train"]["epochs"] = 1
+    monkeypatch.setattr(demo, "DEMO_DEFAULTS", tiny_run)
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     table = (tmp_path / "summary.md").read_text()

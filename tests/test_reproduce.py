@@ -4,15 +4,8 @@ from resdist import reproduce
 from resdist.cli import main
 
 
-def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch, capsys):
-    tiny = {
-        "data": {"name": "synthetic", "synthetic_samples": 128, "synthetic_size": 16,
-                 "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": 32},
-        "model": {"name": "plain20", "width_mult": 0.25},
-        "optim": {"lr": 0.05, "schedule": "onecycle"},
-        "train": {"epochs": 2, "progress": False, "tensorboard": False},
-    }
-    monkeypatch.setitem(reproduce.SUITES, "fashion-mnist", tiny)
+def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch, capsys, tiny_run):
+    monkeypatch.setitem(reproduce.SUITES, "fashion-mnist", tiny_run)
     args = ["reproduce", "fashion-mnist", "--seeds", "0", "1", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "res")]
     assert main(args) == 0
