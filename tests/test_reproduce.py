@@ -12,11 +12,12 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch
     summary = json.loads((tmp_path / "res" / "accuracy.json").read_text())
     methods = [(r["model"], r["method"]) for r in summary["rows"]]
     assert methods == [("resnet20", "ce"), ("plain20", "ce"), ("plain20", "kd"),
-                       ("plain20", "feature-kd"), ("plain20", "jointrd")]
+                       ("plain20", "feature-kd"), ("plain20", "jointrd"),
+                       ("plain20 (Dirac)", "ce"), ("plain20 (Dirac)", "jointrd")]
     for r in summary["rows"]:
         assert r["seeds"] == [0, 1] and len(r["curves"][0]) == 2
     assert (tmp_path / "res" / "accuracy.png").stat().st_size > 0
     assert "mean ± std" in (tmp_path / "res" / "accuracy.md").read_text()
     capsys.readouterr()
     assert main(args) == 0  # second time: every run is reused, nothing retrained
-    assert capsys.readouterr().out.count("finished run reused") == 10
+    assert capsys.readouterr().out.count("finished run reused") == 14

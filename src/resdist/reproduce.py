@@ -24,7 +24,13 @@ FASHION_MNIST_SUITE: dict[str, Any] = {
     "optim": {"lr": 0.1, "schedule": "onecycle", "weight_decay": 5e-4},
     "train": {"epochs": 3, "channels_last": True, "tensorboard": False, "progress": False},
 }
-METHOD_ROWS = ("ce", "kd", "feature-kd", "jointrd")
+#: Student rows: (method, variant). "dirac" is the released code's Dirac-parametrised student
+#: (folded into plain convs at export, so the deployed network is the same); every row is
+#: reported, none is selected on the test set.
+STUDENT_ROWS: tuple[tuple[str, str], ...] = (
+    ("ce", ""), ("kd", ""), ("feature-kd", ""), ("jointrd", ""), ("ce", "dirac"),
+    ("jointrd", "dirac"),
+)
 SUITES = {"fashion-mnist": FASHION_MNIST_SUITE}
 
 
@@ -55,22 +61,25 @@ def run_suite(
     teacher = teacher_name_for(student)
     out = Path(out)
     runs: list[dict[str, Any]] = []
-    plan = [(teacher, "ce")] + [(student, m) for m in METHOD_ROWS]
+    plan = [(teacher, "ce", "")] + [(student, m, v) for m, v in STUDENT_ROWS]
     for seed in seeds:
-        for model, method in plan:
-            run_dir = out / f"seed{seed}" / f"{model}-{method}"
+        for model, method, variant in plan:
+            run_dir = out / f"seed{seed}" / "-".join(filter(None, (model, method, variant)))
             cfg = Config.from_dict(base.to_dict())
             cfg.model.name, cfg.distill.method = model, method
+            cfg.model.dirac = variant == "dirac"
             cfg.train.seed, cfg.train.out = seed, str(run_dir)
             if method != "ce":
                 cfg.teacher.checkpoint = str(out / f"seed{seed}" / f"{teacher}-ce" / "last.pth")
             history = _finished(run_dir, cfg.train.epochs)
             if history is None:
-                print(f"== seed {seed}: {model} {method} ==", flush=True)
+                print(f"== seed {seed}: {model} {method} {variant} ==", flush=True)
                 history = train(cfg).history
             else:
-                print(f"== seed {seed}: {model} {method}: finished run reused ==", flush=True)
-            runs.append({"model": model, "method": method, "seed": seed, "history": history})
+                print(f"== seed {seed}: {model} {method} {variant}: finished run reused ==",
+                      flush=True)
+            label = f"{model} (Dirac)" if variant == "dirac" else model
+            runs.append({"model": label, "method": method, "seed": seed, "history": history})
     summary = summarize(runs, base, seeds, command)
     if results_dir is not None:
         write_report(summary, Path(results_dir))
