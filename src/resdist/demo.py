@@ -100,7 +100,7 @@ def run_demo(
 def format_table(rows: list[dict[str, Any]], cfg: Config) -> str:
     n = cfg.data.limit_train or "all"
     lines = [
-        f"Fashion-MNIST ({n} training images, {cfg.train.epochs} epochs, seed {cfg.train.seed}); "
+        f"Fashion-MNIST ({n} training images, {cfg.train.epochs} epoch(s), seed {cfg.train.seed}); "
         "test top-1 at the final epoch",
         "",
         "| model | method | test top-1 (%) | best epoch (%) | params | train time (s) | img/s |",
