@@ -78,7 +78,6 @@ def run_demo(
         cfg.train.out = str(out_dir / f"{model}-{method}")
         if method == "jointrd":
             cfg.teacher.checkpoint = str(out_dir / f"{teacher}-ce" / "last.pth")
-            cfg.model.dirac = base.model.dirac
         print(f"\n== {label}, {method} ==", flush=True)
         result = train(cfg.validate())
         final = result.final
