@@ -50,6 +50,7 @@ from torch import nn
 from resdist.config import OptimConfig
 from resdist.distill import CrossEntropy, ResidualDistiller
 from resdist.engine import build_optimizer
+from resdist.engine.trainer import AMP_DTYPES, optimizer_step
 from resdist.models import create_model
 
 METHODS = ("ce", "jointrd", "jointrd-nofeat")
@@ -122,21 +123,13 @@ class Stepper:
     def __init__(self, objective: nn.Module, device: torch.device, amp: str | None) -> None:
         self.objective, self.device = objective, device
         self.optimizer = build_optimizer(objective, OptimConfig(lr=0.01))
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+        self.amp_dtype = AMP_DTYPES.get(amp or "")
         use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype is not None):
-            out = self.objective(images, labels)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        optimizer_step(self.objective, self.optimizer, self.scaler, images, labels,
+                       self.amp_dtype)
 
 
 def _sync(device: torch.device) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from ..config import Config, ConfigError, DistillConfig, ModelConfig, TeacherConfig
 from ..distill import CrossEntropy, FeatureKD, HintonKD, Objective, ResidualDistiller
 from ..models import create_model, teacher_name_for
-from ..models.pretrained import WeightsError, check_state_dict_fits, load_state_dict_file
+from ..models.pretrained import WeightsError, load_torchvision_weights
 from .checkpoint import load_checkpoint, model_from_checkpoint
 
 TEACHER_METHODS = ("kd", "feature-kd", "jointrd")
@@ -41,8 +41,6 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int) -> tuple[nn.M
     kw = model_kwargs(cfg, num_classes, in_chans)
     model = create_model(cfg.name, **kw)
     if cfg.weights:
-        from ..models.pretrained import load_torchvision_weights
-
         load_torchvision_weights(model, cfg.name, cfg.weights)
     return model, kw
 
@@ -69,14 +67,7 @@ def build_teacher(
     kw = teacher_kwargs(student_kwargs)
     teacher = create_model(name, **kw)
     if cfg.weights:
-        if cfg.weights.endswith((".pth", ".pt")) or "/" in cfg.weights:
-            state = load_state_dict_file(cfg.weights)
-            check_state_dict_fits(teacher, state, cfg.weights)
-            teacher.load_state_dict(state)
-        else:
-            from ..models.pretrained import load_torchvision_weights
-
-            load_torchvision_weights(teacher, name, cfg.weights)
+        load_torchvision_weights(teacher, name, cfg.weights)  # a file path or a torchvision name
         return teacher, f"weights {cfg.weights}"
     if not cfg.train:
         raise ConfigError(

@@ -25,7 +25,6 @@ compiler).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from .distributed import (
 from .metrics import MetricsLogger, evaluate, topk_correct
 from .optim import build_optimizer, build_scheduler
 
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -115,6 +114,28 @@ def train(cfg: Config) -> RunResult:
     return trainer.fit()
 
 
+def optimizer_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp_dtype: torch.dtype | None = None,
+    where: str = "",
+) -> dict[str, torch.Tensor]:
+    """One training step: forward under autocast, check the loss, scaled backward, step."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = objective(images, labels)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()}{where}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out
+
+
 class Trainer:
     """Owns the optimiser, scheduler, AMP scaler, loggers and checkpoints of one run.
 
@@ -133,7 +154,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.out)
         self.optimizer = build_optimizer(objective, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.epochs, len(data.train))
-        self.amp_dtype = _AMP.get(cfg.train.amp) if cfg.train.amp else None
+        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp) if cfg.train.amp else None
         use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
         if self.amp_dtype is torch.float16 and not use_scaler:
             self.say(f"train.amp=fp16 on {device.type} runs without loss scaling; bf16 is safer")
@@ -235,11 +256,6 @@ class Trainer:
         row.update({f"test_{k}": v for k, v in evaluate(self.model, self.data.test, **kw).items()})
         return row
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     # ------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, loader = self.cfg, self.data.train
@@ -256,15 +272,9 @@ class Trainer:
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             self.objective.set_progress(epoch + i / n_batches, self.epochs)
-            with self._autocast():
-                out = self.step_module(images, labels)
+            out = optimizer_step(self.step_module, self.optimizer, self.scaler, images, labels,
+                                 self.amp_dtype, where=f" at epoch {epoch + 1} step {i}")
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
             self.scheduler.step()
             bs = labels.shape[0]
             seen += bs
