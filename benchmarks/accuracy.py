@@ -1,7 +1,7 @@
 """Accuracy evidence on real Fashion-MNIST: ResNet teacher vs plain CE / KD / feature KD /
-JointRD, two seeds each. Writes benchmarks/results/accuracy.{json,md,png}.
+JointRD, three seeds each. Writes benchmarks/results/accuracy.{json,md,png}.
 
-    python benchmarks/accuracy.py [--seeds 0 1] [--out runs/reproduce] [--set key=value ...]
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--out runs/reproduce] [--set key=value ...]
 
 Same as ``resdist reproduce fashion-mnist --results benchmarks/results``.
 """

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "every method, several seeds, one table",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("suite", choices=["fashion-mnist"])
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--out", default="runs/reproduce", help="run directories (finished runs are "
                    "reused)")
     r.add_argument("--results", default="runs/reproduce",
@@ -200,9 +200,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    command = "resdist " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    command = " ".join([
+        "resdist reproduce", args.suite, "--seeds", *map(str, args.seeds),
+        "--results", args.results, *(f"--set {o}" for o in args.set),
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
+    ])
     summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
-                        command or f"resdist reproduce {args.suite}")
+                        command)
     print(format_markdown(summary))
     print(f"saved accuracy.json/.md/.png under {args.results}")
     return 0
