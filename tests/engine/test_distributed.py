@@ -179,6 +179,50 @@ def test_torchrun_cli_writes_one_run_dir_from_rank_zero(tmp_path):
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
 
 
+_FIRST_WORKER = """
+import os, sys, pathlib
+import torch.distributed as dist
+from resdist.engine.distributed import local_main_first
+dist.init_process_group("gloo")
+rank, marker = dist.get_rank(), pathlib.Path(sys.argv[1])
+try:
+    with local_main_first():
+        seen = marker.read_text() if marker.exists() else "nothing"
+        pathlib.Path(sys.argv[1] + f".rank{rank}").write_text(seen)
+        if rank == 0:
+            marker.write_text("downloaded by rank 0")
+            if sys.argv[2] == "fail":
+                raise RuntimeError("download failed")
+except RuntimeError:
+    pass
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_local_main_first_lets_local_rank_zero_fetch_before_the_others(tmp_path, mode):
+    marker = tmp_path / "marker"
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_WORKER, str(marker), mode],
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD),
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for r in range(WORLD)
+    ]
+    try:
+        logs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], logs
+    # rank 0 found nothing; rank 1 entered only after rank 0's body (even one that raised)
+    assert (tmp_path / "marker.rank0").read_text() == "nothing"
+    assert (tmp_path / "marker.rank1").read_text() == "downloaded by rank 0"
+
+
 def test_convert_sync_batchnorm_keeps_tensors_and_skips_frozen_layers():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
                               torch.nn.Sequential(torch.nn.BatchNorm2d(4)))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +104,27 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def local_main_first() -> Iterator[None]:
+    """Run the body on each node's ``LOCAL_RANK`` 0 first and on that node's other ranks after it.
+
+    For first-time fetches (data set or weight downloads): one process per node downloads, the
+    others then find the files. A no-op when not distributed. The barriers are reached even when
+    the body raises, so the other ranks are released (and meet the same error themselves).
+    """
+    if not is_distributed():
+        yield
+        return
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if not first:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if first:
+            dist.barrier()
 
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:

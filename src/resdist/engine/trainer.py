@@ -49,6 +49,7 @@ from .distributed import (
     broadcast_object,
     convert_sync_batchnorm,
     init_distributed,
+    local_main_first,
     resolve_device,
 )
 from .metrics import MetricsLogger, evaluate, topk_correct
@@ -96,12 +97,13 @@ def train(cfg: Config) -> RunResult:
     else:  # fixed batch shapes (drop_last): let cuDNN pick the fastest convolutions
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.train.seed + info.rank)  # DDP then copies rank 0's initial weights
-    data = build_data(cfg.data, device=device, seed=cfg.train.seed, rank=info.rank,
-                      world_size=info.world_size, shard_eval=info.enabled)
-    input_shape = (data.in_chans, data.image_size, data.image_size)
-    model, kw, teacher, source, objective = build_all(
-        cfg, data.num_classes, data.in_chans, input_shape
-    )
+    with local_main_first():  # downloads (data, teacher weights): one process per node
+        data = build_data(cfg.data, device=device, seed=cfg.train.seed, rank=info.rank,
+                          world_size=info.world_size, shard_eval=info.enabled)
+        input_shape = (data.in_chans, data.image_size, data.image_size)
+        model, kw, teacher, source, objective = build_all(
+            cfg, data.num_classes, data.in_chans, input_shape
+        )
     objective.to(device)
     if cfg.train.channels_last:
         objective.to(memory_format=torch.channels_last)
