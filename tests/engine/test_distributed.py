@@ -58,28 +58,30 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _launch(specs: list[dict], timeout: float = 240) -> None:
-    """Run ``train(spec)`` for each spec in order, in WORLD processes (one gloo group)."""
+def _spawn(args: list[str], timeout: float = 240) -> None:
+    """Run ``python *args`` in WORLD processes as torchrun would start them; all must succeed."""
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, json.dumps(specs)],
+            [sys.executable, *args],
             env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD),
                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for r in range(WORLD)
     ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     for r, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {r} failed:\n{log[-4000:]}"
+
+
+def _launch(specs: list[dict], timeout: float = 240) -> None:
+    """Run ``train(spec)`` for each spec in order, in WORLD processes (one gloo group)."""
+    _spawn([__file__, json.dumps(specs)], timeout)
 
 
 def _float_state(state: dict) -> dict:
@@ -202,25 +204,39 @@ dist.destroy_process_group()
 @pytest.mark.parametrize("mode", ["ok", "fail"])
 def test_local_main_first_lets_local_rank_zero_fetch_before_the_others(tmp_path, mode):
     marker = tmp_path / "marker"
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _FIRST_WORKER, str(marker), mode],
-            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD),
-                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for r in range(WORLD)
-    ]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], logs
+    _spawn(["-c", _FIRST_WORKER, str(marker), mode], timeout=120)
     # rank 0 found nothing; rank 1 entered only after rank 0's body (even one that raised)
     assert (tmp_path / "marker.rank0").read_text() == "nothing"
     assert (tmp_path / "marker.rank1").read_text() == "downloaded by rank 0"
+
+
+_NAN_WORKER = """
+import sys, pathlib
+import torch
+import torch.distributed as dist
+from resdist.engine.trainer import optimizer_step
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+net = torch.nn.Linear(3, 1)
+scale = float("nan") if rank == 1 else 1.0
+objective = lambda x, y: {"loss": net(x).pow(2).mean() * scale}
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+scaler = torch.amp.GradScaler("cpu", enabled=False)
+try:
+    optimizer_step(objective, opt, scaler, torch.ones(2, 3), torch.zeros(2), where=" (step 1)")
+    msg = "no error"
+except FloatingPointError as e:
+    msg = str(e)
+pathlib.Path(sys.argv[1] + f".rank{rank}").write_text(msg)
+dist.destroy_process_group()
+"""
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    _spawn(["-c", _NAN_WORKER, str(tmp_path / "msg")], timeout=120)
+    assert (tmp_path / "msg.rank0").read_text() == \
+        "loss became non-finite on another rank (step 1)"
+    assert (tmp_path / "msg.rank1").read_text() == "loss became nan (step 1)"
 
 
 def test_convert_sync_batchnorm_keeps_tensors_and_skips_frozen_layers():

@@ -125,12 +125,19 @@ def optimizer_step(
     amp_dtype: torch.dtype | None = None,
     where: str = "",
 ) -> dict[str, torch.Tensor]:
-    """One training step: forward under autocast, check the loss, scaled backward, step."""
+    """One training step: forward under autocast, check the loss, scaled backward, step.
+
+    Raises:
+        FloatingPointError: the loss is not finite, here or (under DDP) on any other rank, so
+            that every rank stops at the same step instead of waiting on the others.
+    """
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = objective(images, labels)
     loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()}{where}")
+    finite = bool(torch.isfinite(loss))
+    if not all_true(finite, loss.device):
+        what = str(loss.item()) if not finite else "non-finite on another rank"
+        raise FloatingPointError(f"loss became {what}{where}")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
