@@ -228,6 +228,7 @@ try:
 except FloatingPointError as e:
     msg = str(e)
 pathlib.Path(sys.argv[1] + f".rank{rank}").write_text(msg)
+dist.barrier()  # leave together: a gloo rank torn down mid-exchange can abort at exit
 dist.destroy_process_group()
 """
 
