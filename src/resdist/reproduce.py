@@ -52,6 +52,22 @@ STUDENT_ROWS: tuple[Row, ...] = (
 SUITES = {"fashion-mnist": FASHION_MNIST_SUITE}
 
 
+def run_name(model: str, row: Row) -> str:
+    """A run's directory name: ``{model}-{method}[-{variant}]``."""
+    return "-".join(filter(None, (model, row.method, row.variant)))
+
+
+def run_config(base: Config, model: str, row: Row, teacher: str, root: Path) -> Config:
+    """The config of one run: ``model`` trained as ``row`` says, in ``root/run_name``; students
+    learn from the teacher run beside them (``root/{teacher}-ce/last.pth``)."""
+    cfg = Config.from_dict(base.to_dict()).override(list(row.overrides))
+    cfg.model.name, cfg.distill.method = model, row.method
+    cfg.train.out = str(root / run_name(model, row))
+    if row.method != "ce":
+        cfg.teacher.checkpoint = str(root / run_name(teacher, Row("ce")) / "last.pth")
+    return cfg
+
+
 def _finished(run_dir: Path, epochs: int) -> list[dict[str, Any]] | None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -82,14 +98,9 @@ def run_suite(
     plan = [(teacher, Row("ce"))] + [(student, row) for row in STUDENT_ROWS]
     for seed in seeds:
         for model, row in plan:
-            run_dir = out / f"seed{seed}" / "-".join(filter(None, (model, row.method,
-                                                                      row.variant)))
-            cfg = Config.from_dict(base.to_dict()).override(list(row.overrides))
-            cfg.model.name, cfg.distill.method = model, row.method
-            cfg.train.seed, cfg.train.out = seed, str(run_dir)
-            if row.method != "ce":
-                cfg.teacher.checkpoint = str(out / f"seed{seed}" / f"{teacher}-ce" / "last.pth")
-            history = _finished(run_dir, cfg.train.epochs)
+            cfg = run_config(base, model, row, teacher, out / f"seed{seed}")
+            cfg.train.seed = seed
+            history = _finished(Path(cfg.train.out), cfg.train.epochs)
             what = " ".join(filter(None, (f"seed {seed}:", model, row.method, row.variant)))
             if history is None:
                 print(f"== {what} ==", flush=True)
