@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import DATASETS, METHODS, Config, ConfigError
+from .errors import ResdistError
 
 # flag -> config key; flags given on the command line override the YAML file, --set overrides both
 _FLAG_KEYS = {
@@ -118,13 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     r.set_defaults(func=cmd_reproduce)
 
-    try:
-        from .deploy.commands import add_export_parser, add_profile_parser
+    from .deploy.commands import add_export_parser, add_profile_parser
 
-        add_export_parser(sub)
-        add_profile_parser(sub)
-    except ImportError:  # deploy extras are optional
-        pass
+    add_export_parser(sub)
+    add_profile_parser(sub)
     return parser
 
 
@@ -212,30 +210,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DataError
-    from .distill import StageMismatchError
-    from .engine import CheckpointError
-    from .models import UnknownModelError
-    from .models.pretrained import WeightsError
-
-    errs: list[type[BaseException]] = [ConfigError, DataError, StageMismatchError,
-                                       CheckpointError, UnknownModelError, WeightsError]
-    try:
-        from .deploy.errors import DeployError
-
-        errs.append(DeployError)
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as e:
+    except ResdistError as e:
         print(f"resdist {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

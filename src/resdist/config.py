@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ResdistError
 
-class ConfigError(ValueError):
+
+class ConfigError(ResdistError, ValueError):
     """A configuration key or value is invalid (the message names it)."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import ResdistError
 
-class DataError(RuntimeError):
+
+class DataError(ResdistError, RuntimeError):
     """Data cannot be found, read or split as asked (the message says which file and why)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ..errors import ResdistError
 
-class DeployError(ValueError):
+
+class DeployError(ResdistError, ValueError):
     """Export or profiling cannot proceed; the message says why and what to do."""
 
 

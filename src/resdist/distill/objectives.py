@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..deploy.fuse import to_deploy
+from ..errors import ResdistError
 from .losses import Connector, bn_margins, hinton_kd_loss, margin_feature_loss
 
 
-class StageMismatchError(ValueError):
+class StageMismatchError(ResdistError, ValueError):
     """Teacher and student do not line up stage by stage."""
 
 

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ResdistError
 from ..models import create_model
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ResdistError, ValueError):
     """A checkpoint file is missing, unreadable or not a resdist checkpoint."""
 
 

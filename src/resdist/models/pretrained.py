@@ -8,8 +8,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..errors import ResdistError
 
-class WeightsError(ValueError):
+
+class WeightsError(ResdistError, ValueError):
     """Raised when weights cannot be found or do not fit the model."""
 
 

@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import ResdistError
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ResdistError, ValueError):
     """Raised for a model name that is not registered."""
 
 
