@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import build_data
+from ..data.contract import contract_from_bundle
 from .build import build_all
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (
@@ -159,6 +160,7 @@ class Trainer:
         self.cfg, self.objective, self.model, self.data = cfg, objective, model, data
         self.device, self.info = device, info
         self.model_kwargs, self.input_shape = model_kwargs, input_shape
+        self.input_contract = contract_from_bundle(data).to_dict()  # what the model expects
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
         self.optimizer = build_optimizer(objective, cfg.optim)
@@ -246,6 +248,7 @@ class Trainer:
         state = {
             "model": self.model.state_dict(), "model_name": self.cfg.model.name,
             "model_kwargs": self.model_kwargs, "input_shape": list(self.input_shape),
+            "input_contract": self.input_contract,
             "epoch": epoch, "config": self.cfg.to_dict(), "metrics": metrics,
             "objective": objective_state, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),

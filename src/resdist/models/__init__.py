@@ -9,6 +9,7 @@ from .registry import (
     create_model,
     is_model,
     list_models,
+    model_description,
     register_model,
     teacher_name_for,
 )
@@ -16,6 +17,7 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
     "THIN_DEPTHS", "BasicBlock", "Bottleneck", "DiracConv2d", "ResNet", "UnknownModelError",
-    "builders", "create_model", "fold_dirac", "from_torchvision", "is_model", "list_models", "register_model",
+    "builders", "create_model", "fold_dirac", "from_torchvision", "is_model", "list_models", "model_description",
+    "register_model",
     "teacher_name_for",
 ]

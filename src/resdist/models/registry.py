@@ -33,6 +33,13 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted((n for n in _MODELS if fnmatch.fnmatch(n, pattern)), key=key)
 
 
+def model_description(name: str) -> str:
+    """First sentence of the builder's docstring (what ``resdist models`` prints)."""
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown model {name!r}")
+    return (_MODELS[name].__doc__ or "").strip().split(". ")[0].rstrip(".")
+
+
 def is_model(name: str) -> bool:
     return name in _MODELS
 
