@@ -1,6 +1,7 @@
-"""Every YAML preset under ``configs/`` (found by glob, so new presets are covered too): it loads,
-validates, names registered models, keeps the paper's recipe values (METHOD.md sections 3 and 5),
-and trains for a couple of steps on tiny data written in its data set's real on-disk format.
+"""Every packaged YAML preset (``resdist.presets``, found by glob, so new presets are covered too):
+it loads by name, validates, names registered models, keeps the paper's recipe values
+(docs/method.md sections 3 and 5), and trains for a couple of steps on tiny data written in its
+data set's real on-disk format.
 
 The training runs change only what a CPU smoke test must: data size and batch, one epoch, the
 CPU, no progress bar or TensorBoard, and the teacher's source (a randomly initialised teacher
@@ -24,13 +25,15 @@ import pytest
 import torch
 from data_writers import write_cifar, write_fmnist, write_imagefolder
 
+import resdist.presets
 from resdist.config import Config, ConfigError
-from resdist.demo import DEMO_DEFAULTS
 from resdist.engine.build import TEACHER_METHODS
 from resdist.engine.trainer import RunResult, train
 from resdist.models import create_model, is_model, teacher_name_for
+from resdist.presets import list_presets, load_preset, preset_description
+from resdist.reproduce import FASHION_MNIST_SUITE
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(resdist.presets.__file__).resolve().parent
 PRESETS = sorted([*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")])
 IMAGEFOLDER_CLASSES = 4
 DEPTHS = (18, 34, 50)
@@ -175,8 +178,19 @@ def test_preset_loads_validates_and_names_registered_models(path: Path):
         assert is_model(_teacher_name(cfg)), _teacher_name(cfg)
         assert cfg.teacher.checkpoint or cfg.teacher.weights or cfg.teacher.train, \
             "a distillation preset must say where its teacher comes from"
-    # the command line in the header comment names this very file
-    assert f"--config configs/{_rel(path)}" in path.read_text()
+    # the command line in the header comment names this very preset
+    assert f"--preset {_rel(path)[: -len('.yaml')]}" in path.read_text()
+
+
+def test_presets_are_found_by_name_with_a_one_line_description():
+    names = list_presets()
+    assert names == sorted(_rel(p)[: -len(".yaml")] for p in PRESETS)
+    for name in names:
+        assert Config.from_yaml(CONFIGS / f"{name}.yaml") == load_preset(name)
+        description = preset_description(name)
+        assert description and "\n" not in description and description.endswith(".")
+    with pytest.raises(ConfigError, match="Did you mean cifar100/plain18-jointrd"):
+        load_preset("cifar100/plain18-jointd")
 
 
 @pytest.mark.parametrize("path", _params(PRESETS))
@@ -191,7 +205,7 @@ def test_preset_trains_on_its_on_disk_format(path: Path, workdir: Path):
     _check_run(cfg, train(cfg), workdir, num_classes)
 
 
-# --- recipe values (METHOD.md sections 3 and 5) ----------------------------------------------
+# --- recipe values (docs/method.md sections 3 and 5) ----------------------------------------------
 def _in_folder(*folders: str) -> list[Path]:
     return [p for p in PRESETS if _rel(p).split("/")[0] in folders and "/" in _rel(p)]
 
@@ -239,9 +253,11 @@ def test_imagenet_recipe(path: Path):
         assert cfg.model.keep_downsample_shortcuts == (not path.stem.endswith("-fullyplain"))
 
 
-def test_demo_preset_holds_the_demo_defaults():
-    assert Config.from_yaml(CONFIGS / "demo.yaml").to_dict() == \
-        Config.from_dict(DEMO_DEFAULTS).to_dict()
+def test_the_accuracy_suite_runs_the_demo_preset_without_progress_bars():
+    suite = Config.from_dict(FASHION_MNIST_SUITE)
+    assert not suite.train.progress
+    suite.train.progress = True
+    assert suite == load_preset("demo")
 
 
 # --- the student presets read the checkpoints the teacher presets write ----------------------
