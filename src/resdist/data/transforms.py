@@ -18,7 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_MEAN = 0.5
 SYNTHETIC_STD = 0.25
 
-# Random-crop padding of the standard recipes (METHOD.md section 5).
+# Random-crop padding of the standard recipes (docs/method.md section 5).
 DEFAULT_CROP_PADDING = {"cifar10": 4, "cifar100": 4, "fashion-mnist": 2}
 
 

@@ -1,4 +1,4 @@
-"""Deploy without shortcuts: fold, export and profile (METHOD.md section 7).
+"""Deploy without shortcuts: fold, export and profile (docs/method.md section 7).
 
 - :func:`to_deploy` folds Dirac kernels and BatchNorm into the convolutions;
   :func:`calibrate_bn` gives randomly initialised networks sane BatchNorm statistics.

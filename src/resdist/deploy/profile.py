@@ -3,7 +3,7 @@
 Memory figures come from a liveness pass over the exported ONNX graph (:func:`analyze_onnx`);
 latency from ONNX Runtime on the CPU (:func:`measure_latency`); :func:`profile_models` measures
 ResNets and their plain counterparts side by side and :func:`write_profile_report` writes
-JSON, a PNG chart and a markdown table (METHOD.md section 7).
+JSON, a PNG chart and a markdown table (docs/method.md section 7).
 
 Liveness conventions (an idealised sequential NCHW executor, close to ONNX Runtime's CPU
 allocation planner; not a replay of ORT's exact plan):
@@ -26,7 +26,7 @@ allocation planner; not a replay of ORT's exact plan):
 
 With these rules a width-16 thin CIFAR block at 32x32 (fp32) peaks at 2 feature maps (128 KiB)
 in a plain network and at 3 (192 KiB: block input + two conv outputs) in a ResNet, and ImageNet
-ResNet-50 vs plain-50 at 224x224 peak at 6.9 vs 4.6 MiB per image (METHOD.md section 7).
+ResNet-50 vs plain-50 at 224x224 peak at 6.9 vs 4.6 MiB per image (docs/method.md section 7).
 
 A second, more favourable view of ResNets is available (``analyze_onnx(..., fuse_add=True)``,
 reported by :func:`profile_models` under ``fused_add``): an executor that fuses the shortcut
