@@ -89,6 +89,7 @@ def test_contract_round_trip_checkpoint_onnx_predict(trained, tmp_path):
     contract = read_contract(onnx_path)
     assert contract == contract_from_checkpoint(load_checkpoint(trained["ckpt"]))
     assert report["input_contract"] == contract.to_dict()
+    assert "(x / 255 - mean) / std" in report["expects"]
     by_onnx = predict(onnx_path, [trained["folder"]], topk=2)  # a folder of PNGs
     assert [r.top[0][1] for r in by_onnx] == trained["classes"]
     for a, b in zip(by_ckpt, by_onnx):
@@ -122,6 +123,7 @@ def test_baked_torchscript_records_the_contract(trained, tmp_path):
     with torch.no_grad():
         logits = module(trained["raw"]).numpy()
     np.testing.assert_allclose(logits, trained["logits"], rtol=1e-4, atol=1e-4)
+    assert [r.top[0][1] for r in predict(path, trained["files"], topk=1)] == trained["classes"]
 
 
 def test_opset_is_honoured_or_refused(trained, tmp_path, capsys):

@@ -100,7 +100,8 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         "model and print the top classes with their probabilities.",
     )
     p.add_argument("model", metavar="MODEL",
-                   help="resdist checkpoint (.pth or run folder) or ONNX file from resdist export")
+                   help="resdist checkpoint (.pth or run folder), or an ONNX or TorchScript file "
+                   "from resdist export")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (PNG, JPEG, ...) or folders searched recursively")
     p.add_argument("--topk", type=_positive_int, default=5, metavar="K",

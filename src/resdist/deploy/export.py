@@ -518,7 +518,8 @@ def export(
 
     The report's figures are read back from the written file: ``path``, ``format``, ``model``,
     ``inputs`` (name, shape, dtype), ``opset`` (ONNX), ``feature_adds`` (Adds of two feature
-    maps in the graph), ``input_contract`` (the recorded one). Also: ``input_shape``,
+    maps in the graph), ``input_contract`` (the recorded one) and ``expects`` (it in words).
+    Also: ``input_shape``,
     ``expected_shortcut_adds`` (from ``model.count_shortcut_adds()`` when the model has it),
     ``parameters`` (of the deployed network) and ``max_rel_error`` (ONNX Runtime or the
     reloaded TorchScript module against the PyTorch model on random inputs at two batch sizes;
@@ -578,4 +579,5 @@ def export(
         "parameters": sum(p.numel() for p in to_deploy(model).parameters()),
         "max_rel_error": err,
         "input_contract": recorded.to_dict() if recorded is not None else None,
+        "expects": recorded.describe() if recorded is not None else None,
     }

@@ -1,7 +1,7 @@
 """Classify image files with a trained model, fed as its recorded input contract says.
 
-``Predictor.load(path)`` takes a resdist checkpoint (``.pth`` or a run folder) or an exported
-ONNX file (run with ONNX Runtime); both carry the input contract
+``Predictor.load(path)`` takes a resdist checkpoint (``.pth`` or a run folder), an exported
+ONNX file (run with ONNX Runtime) or an exported TorchScript file; all carry the input contract
 (:mod:`resdist.data.contract`). :func:`load_image` turns a PNG/JPEG file into the array the
 model takes: colour mode converted (grey or RGB), shorter side resized and centre-cropped to the
 input size, scaled to [0, 1] and normalised (or left to the graph when it normalises itself).
@@ -14,6 +14,8 @@ input size, scaled to [0, 1] and normalised (or left to the graph when it normal
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,14 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip file with a ``code/`` folder (checkpoints have none)."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in name for name in z.namelist())
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -110,13 +120,34 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Predictor:
-        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder) or an ONNX file."""
+        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder), an ONNX file or a
+        TorchScript file written by ``resdist export``."""
         path = Path(path)
         if not path.exists():
             raise DeployError(f"model not found: {path}")
         if path.suffix.lower() == ".onnx":
             return cls._from_onnx(path)
+        if _is_torchscript(path):
+            return cls._from_torchscript(path)
         return cls._from_checkpoint(path)
+
+    @classmethod
+    def _from_torchscript(cls, path: Path) -> Predictor:
+        from .export import read_contract
+
+        contract = read_contract(path)
+        if contract is None:
+            raise DeployError(f"{path} records no input contract (extra file "
+                              "input_contract.json); export it again with `resdist export`")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(batch)).float().numpy()
+
+        return cls(run, contract, str(path))
 
     @classmethod
     def _from_onnx(cls, path: Path) -> Predictor:
