@@ -128,3 +128,11 @@ def test_dry_run_prints_config_and_model_summary_and_writes_nothing(tmp_path, ca
     assert "11.228 M parameters" in summary and "555.5 M MACs" in summary
     assert "100 classes" in summary and "stage 4  -> 512x4x4" in summary
     assert not out_dir.exists() and list(tmp_path.iterdir()) == []
+    # --config FILE still works (here: a copy of a preset), flags override it
+    from resdist.presets import preset_text
+
+    (tmp_path / "mine.yaml").write_text(preset_text("demo"))
+    assert main(["train", "--config", "mine.yaml", "--model", "plain20", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "name: plain20" in out and "limit_train: 20000" in out and "1x28x28" in out
+    (tmp_path / "mine.yaml").unlink()

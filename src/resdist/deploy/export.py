@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data.contract import InputContract, contract_from_checkpoint
+from ..data.errors import DataError
 from ._onnx_graph import (
     activation_names,
     graph_inputs,
@@ -480,7 +481,7 @@ def _load_source(
     shape = _check_input_shape(shape) if shape is not None else None
     try:
         contract = contract_from_checkpoint(ckpt)
-    except ValueError:  # neither recorded nor derivable: export without one
+    except DataError:  # neither recorded nor derivable: export without one
         contract = None
     if contract is not None and shape is not None and list(shape) != contract.input_shape:
         contract = InputContract.from_dict({**contract.to_dict(), "input_shape": list(shape)})

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data.contract import InputContract, contract_from_checkpoint
+from ..data.errors import DataError
 from .errors import DeployError, require
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "Predictor", "find_images", "load_image", "predict"]
@@ -179,7 +180,7 @@ class Predictor:
         ckpt = load_checkpoint(path)
         try:
             contract = contract_from_checkpoint(ckpt)
-        except ValueError as e:
+        except DataError as e:
             raise DeployError(f"{path}: {e}") from e
         model = model_from_checkpoint(ckpt).eval()
 
