@@ -12,6 +12,7 @@
 ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
 """
 
+from ..models.fold import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
 from .errors import DeployError, MissingDependencyError
 from .export import (
     count_feature_adds,
@@ -22,7 +23,6 @@ from .export import (
     verify_onnx,
     verify_torchscript,
 )
-from .fuse import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
 from .profile import (
     GraphProfile,
     analyze_onnx,

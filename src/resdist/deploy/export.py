@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.fold import to_deploy
 from ._onnx_graph import (
     activation_names,
     graph_inputs,
@@ -28,7 +29,6 @@ from ._onnx_graph import (
     without_weights,
 )
 from .errors import DeployError, require
-from .fuse import to_deploy
 
 __all__ = [
     "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "count_feature_adds",

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.fold import calibrate_bn, to_deploy
 from ._onnx_graph import (
     FLOAT_TYPES,
     METADATA_OPS,
@@ -69,7 +70,6 @@ from ._onnx_graph import (
 )
 from .errors import DeployError, require
 from .export import count_feature_adds, export_onnx, load_model_source
-from .fuse import calibrate_bn, to_deploy
 
 __all__ = [
     "GraphProfile", "analyze_onnx", "format_table", "measure_latency", "memory_cross_check",

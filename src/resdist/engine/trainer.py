@@ -233,9 +233,8 @@ class Trainer:
 
     def _not_checkpointed(self) -> tuple[str, ...]:
         """Objective state kept out of ``objective`` in checkpoints: the student (saved as
-        ``model``) and a frozen teacher (rebuilt from its own source on resume)."""
-        frozen = getattr(self.objective, "teacher_folded", None) is not None
-        return ("student.",) + (("teacher.", "teacher_folded.") if frozen else ())
+        ``model``) and what the objective rebuilds itself (a frozen teacher)."""
+        return ("student.", *self.objective.rebuilt_state)
 
     def _checkpoint(self, epoch: int, metrics: dict[str, Any], best: bool) -> None:
         if not self.info.is_main:
