@@ -40,6 +40,7 @@ from ..config import Config
 from ..data import build_data
 from .build import build_all
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .denormals import set_flush_denormal
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -93,7 +94,7 @@ def train(cfg: Config) -> RunResult:
     info = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, info)
     if device.type == "cpu":  # deep plain nets at init produce denormals: 10x slower on CPU
-        torch.set_flush_denormal(True)
+        set_flush_denormal(True)
     else:  # fixed batch shapes (drop_last): let cuDNN pick the fastest convolutions
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.train.seed + info.rank)  # DDP then copies rank 0's initial weights
@@ -114,6 +115,16 @@ def train(cfg: Config) -> RunResult:
     if teacher is not None and info.is_main:
         trainer.say(f"teacher: {cfg.teacher.name or type(teacher).__name__} from {source}")
     return trainer.fit()
+
+
+def amp_setup(
+    amp: str | None, device: torch.device
+) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """The autocast dtype of ``train.amp`` (None: fp32) and the gradient scaler for
+    :func:`optimizer_step`, which scales losses only for fp16 on CUDA."""
+    amp_dtype = AMP_DTYPES.get(amp) if amp else None
+    use_scaler = amp_dtype is torch.float16 and device.type == "cuda"
+    return amp_dtype, torch.amp.GradScaler(device.type, enabled=use_scaler)
 
 
 def optimizer_step(
@@ -163,11 +174,9 @@ class Trainer:
         self.run_dir = Path(cfg.train.out)
         self.optimizer = build_optimizer(objective, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.epochs, len(data.train))
-        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp) if cfg.train.amp else None
-        use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
-        if self.amp_dtype is torch.float16 and not use_scaler:
+        self.amp_dtype, self.scaler = amp_setup(cfg.train.amp, device)
+        if self.amp_dtype is torch.float16 and not self.scaler.is_enabled():
             self.say(f"train.amp=fp16 on {device.type} runs without loss scaling; bf16 is safer")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.step_module: nn.Module = objective
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
