@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import DATASETS, METHODS, Config, ConfigError
+from .config import AMP_MODES, DATASETS, METHODS, SCHEDULES, Config, ConfigError
 from .errors import ResdistError
+from .reproduce import SUITES
 
 # flag -> config key; flags given on the command line override the YAML file, --set overrides both
 _FLAG_KEYS = {
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="per process; global = this x world size")
     t.add_argument("--lr", type=float, help="base LR for the global batch")
-    t.add_argument("--schedule", choices=["multistep", "step", "cosine", "onecycle", "constant"])
+    t.add_argument("--schedule", choices=SCHEDULES)
     t.add_argument("--limit-train", type=int, help="use only the first N training images")
     t.add_argument("--limit-test", type=int, help="use only the first N test images")
     t.add_argument("--val-split", type=float,
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision")
+    t.add_argument("--amp", choices=AMP_MODES, help="mixed precision")
     t.add_argument("--channels-last", action="store_true", default=None)
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the step")
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP")
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="accuracy evidence: teacher and plain students with "
                        "every method, several seeds, one table",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    r.add_argument("suite", choices=["fashion-mnist"])
+    r.add_argument("suite", choices=list(SUITES))
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--out", default="runs/reproduce", help="run directories (finished runs are "
                    "reused)")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..config import check_range
 from .errors import DataError
 from .transforms import Normalize, RandomCropFlip
 
@@ -55,14 +56,14 @@ def shard_indices(
     return order[rank::world_size]
 
 
-def _check_rank(rank: int, world_size: int) -> None:
+def check_rank(rank: int, world_size: int) -> None:
+    """Raise :class:`DataError` unless ``0 <= rank < world_size``."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
 
 
 def _check_batches(n: int, batch_size: int, drop_last: bool) -> None:
-    if batch_size < 1:
-        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    check_range("batch_size", batch_size, 1, error=DataError)
     if drop_last and n < batch_size:
         raise DataError(
             f"only {n} training images per process, fewer than the batch size {batch_size}: "
@@ -122,7 +123,7 @@ class InMemoryLoader:
                 f"expected (N, C, H, W) uint8 images and N labels, got {images.dtype} "
                 f"{tuple(images.shape)} and {tuple(labels.shape)}"
             )
-        _check_rank(rank, world_size)
+        check_rank(rank, world_size)
         self.device = torch.device(device)
         storage = self.device if storage is None else torch.device(storage)
         self.images = images.to(storage)
@@ -217,9 +218,8 @@ class TorchLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        _check_rank(rank, world_size)
-        if num_workers < 0:
-            raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_rank(rank, world_size)
+        check_range("num_workers", num_workers, 0, error=DataError)
         self.device = torch.device(device)
         self.dataset = dataset
         self.dataset_size = len(dataset)  # type: ignore[arg-type]

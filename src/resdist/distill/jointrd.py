@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import check_distill_settings
 from ..models.contract import check_staged_pair, last_bn_of
 from .losses import Connector, bn_margins, hinton_kd_loss, margin_feature_loss
 from .objectives import TeacherObjective
@@ -60,10 +61,7 @@ class ResidualDistiller(TeacherObjective):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         check_staged_pair(teacher, student, input_shape)
-        if path_loss not in ("ce", "kd"):
-            raise ValueError(f"path_loss must be 'ce' or 'kd', got {path_loss!r}")
-        if not 0.0 <= dc <= 1.0 or not 0.0 < decay_fraction <= 1.0:
-            raise ValueError(f"need 0 <= dc <= 1 and 0 < decay_fraction <= 1 ({dc}, {decay_fraction})")
+        check_distill_settings(dc, decay_fraction, feature_weight, path_loss)
         super().__init__(teacher, student, train_teacher)
         self.num_stages = student.num_stages
         self.dc, self.decay_fraction = dc, decay_fraction

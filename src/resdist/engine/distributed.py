@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -61,9 +63,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     use_cuda = _wants_cuda(device)
     if use_cuda:
         if not torch.cuda.is_available():
-            raise ValueError("train.device asks for CUDA but no CUDA device is available")
+            raise ConfigError("train.device asks for CUDA but no CUDA device is available")
         if local >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices: start "
                 "at most one process per GPU (torchrun --nproc-per-node)"
             )
@@ -82,9 +84,14 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
     process's local GPU (``cuda:LOCAL_RANK``), whatever index ``device`` names."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"train.device={device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device asks for CUDA but no CUDA device is available")
+        raise ConfigError("train.device asks for CUDA but no CUDA device is available")
     if dev.type == "cuda" and info.enabled:
         return torch.device("cuda", info.local_rank)
     return dev
