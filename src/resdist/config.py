@@ -28,6 +28,7 @@ METHODS = ("ce", "kd", "feature-kd", "jointrd")
 PATH_LOSSES = ("ce", "kd")
 SCHEDULES = ("multistep", "step", "cosine", "onecycle", "constant")
 AMP_MODES = ("bf16", "fp16")
+STEMS = ("imagenet", "cifar")
 
 
 def check_choice(

@@ -17,6 +17,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from ..config import STEMS, check_choice
 from .dirac import DiracConv2d
 
 ConvLayer = Callable[..., nn.Module]
@@ -158,8 +159,7 @@ class ResNet(nn.Module):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers {list(layers)} and widths {list(widths)} differ in length")
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        check_choice("stem", stem, STEMS, "stem")
         if in_chans < 1 or num_classes < 1:
             raise ValueError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
         if shortcuts and keep_downsample_shortcuts:
