@@ -110,7 +110,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str | None = None  # None | bf16 | fp16
+    amp: str | None = None  # None | bf16 | fp16 | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -118,6 +118,9 @@ class TrainConfig:
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
     resume: bool = False
+    accum_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
+    check_every: int = 50  # steps between host syncs: finiteness check, progress bar refresh
+    dist_timeout_min: float = 60.0  # how long DDP collectives wait for the other ranks
 
 
 @dataclass
@@ -143,11 +146,16 @@ class Config:
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-        if self.train.amp not in (None, "bf16", "fp16"):
-            raise ConfigError(f"train.amp={self.train.amp!r} is not one of bf16, fp16 (or null)")
+        if self.train.amp not in (None, "bf16", "fp16", "auto"):
+            raise ConfigError(
+                f"train.amp={self.train.amp!r} is not one of bf16, fp16, auto (or null)"
+            )
         positive = {
             "train.epochs": self.train.epochs, "data.batch_size": self.data.batch_size,
             "data.eval_batch_size": self.data.eval_batch_size, "optim.lr": self.optim.lr,
+            "train.accum_steps": self.train.accum_steps,
+            "train.check_every": self.train.check_every,
+            "train.dist_timeout_min": self.train.dist_timeout_min,
         }
         for key, value in positive.items():
             if value <= 0:
