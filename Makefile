@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 APT_GET ?= apt-get
 
-.PHONY: demo fashion-mnist test bench lint clean
+.PHONY: demo fashion-mnist test test-gpu bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ fashion-mnist:
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m cuda --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/deploy.py

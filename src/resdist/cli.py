@@ -30,7 +30,7 @@ _FLAG_KEYS = {
     "lr": "optim.lr", "schedule": "optim.schedule", "epochs": "train.epochs",
     "out": "train.out", "seed": "train.seed", "device": "train.device", "amp": "train.amp",
     "channels_last": "train.channels_last", "compile": "train.compile",
-    "sync_bn": "train.sync_bn", "resume": "train.resume",
+    "sync_bn": "train.sync_bn", "resume": "train.resume", "accum_steps": "train.accum_steps",
 }
 
 
@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--amp", choices=AMP_MODES, help="mixed precision")
+    t.add_argument("--amp", choices=AMP_MODES,
+                   help="mixed precision; auto: bf16 on GPUs that support it, else fp16 with "
+                   "loss scaling; fp32 on CPU")
+    t.add_argument("--accum-steps", type=int,
+                   help="micro-batches per optimiser step (gradient accumulation); the global "
+                   "batch is batch-size x processes x accum-steps")
     t.add_argument("--channels-last", action="store_true", default=None)
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the step")
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP")

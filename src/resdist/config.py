@@ -27,7 +27,7 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 METHODS = ("ce", "kd", "feature-kd", "jointrd")
 PATH_LOSSES = ("ce", "kd")
 SCHEDULES = ("multistep", "step", "cosine", "onecycle", "constant")
-AMP_MODES = ("bf16", "fp16")
+AMP_MODES = ("bf16", "fp16", "auto")
 STEMS = ("imagenet", "cifar")
 
 
@@ -178,7 +178,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str | None = None  # None | bf16 | fp16
+    amp: str | None = None  # None | bf16 | fp16 | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -186,6 +186,9 @@ class TrainConfig:
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
     resume: bool = False
+    accum_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
+    check_every: int = 50  # steps between host syncs: finiteness check, progress bar refresh
+    dist_timeout_min: float = 60.0  # how long DDP collectives wait for the other ranks
 
 
 @dataclass
@@ -209,6 +212,9 @@ class Config:
         if self.train.amp is not None:
             check_choice("train.amp", self.train.amp, AMP_MODES, "precision")
         check_range("train.epochs", self.train.epochs, 1)
+        check_range("train.accum_steps", self.train.accum_steps, 1)
+        check_range("train.check_every", self.train.check_every, 1)
+        check_range("train.dist_timeout_min", self.train.dist_timeout_min, 0, low_open=True)
         return self
 
     # --- YAML -----------------------------------------------------------------------------

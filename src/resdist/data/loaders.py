@@ -165,6 +165,15 @@ class InMemoryLoader:
     def num_samples(self) -> int:
         return len(self) * self.batch_size if self.drop_last else self._shard_size
 
+    def _gather(self, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``source[index]``; into pinned host memory when the source is pinned, so that the
+        copy to the GPU is asynchronous (``index_select`` alone returns unpinned memory).
+        PyTorch's pinned-memory cache reuses a block only after its copy has finished."""
+        if not source.is_pinned():
+            return source.index_select(0, index)
+        out = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+        return torch.index_select(source, 0, index, out=out)
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1
@@ -175,8 +184,8 @@ class InMemoryLoader:
             gen.manual_seed(_augment_seed(self.seed, epoch, self.rank))
         for start in range(0, len(idx), self.batch_size):
             batch = idx[start : start + self.batch_size]
-            x = self.images.index_select(0, batch).to(self.device, non_blocking=True)
-            y = self.labels.index_select(0, batch).to(self.device, non_blocking=True)
+            x = self._gather(self.images, batch).to(self.device, non_blocking=True)
+            y = self._gather(self.labels, batch).to(self.device, non_blocking=True)
             if self.augment is not None:
                 x = self.augment(x, gen)
             yield self.normalize(x), y

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import os
 import warnings
 from collections.abc import Sequence
@@ -173,12 +174,22 @@ def _first_output(out: Any) -> torch.Tensor:
     return out
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
 def _reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """``model(x)`` in eval mode, fp32 on the host; ``x`` goes to the model's device (a model
+    trained on CUDA is compared where it lives)."""
+    device = _model_device(model)
+    if device.type == "meta":
+        raise DeployError("the model's weights are on the meta device (no data): load them first")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return _first_output(model(x)).float().cpu().numpy()
+            return _first_output(model(x.to(device))).float().cpu().numpy()
     finally:
         model.train(was_training)
 
@@ -353,6 +364,8 @@ def export(
     if fmt not in ("onnx", "torchscript"):
         raise DeployError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
     model, shape, name = load_model_source(checkpoint_or_model, input_shape)
+    if _model_device(model).type == "meta":
+        raise DeployError("the model's weights are on the meta device (no data): load them first")
     if shape is None:
         raise DeployError(
             "input_shape (C, H, W) is required: the checkpoint does not store one "
