@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+APT_GET ?= apt-get
 
-.PHONY: demo test bench lint clean
+.PHONY: demo fashion-mnist test test-gpu bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +14,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) fashion-mnist
 	$(PY) -m resdist demo
+
+# Debian's dataset-fashion-mnist, installed only when the files are missing and we are root
+# with apt-get; otherwise the demo's data error says how to get them.
+fashion-mnist:
+	@if [ ! -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ] && [ "$$(id -u)" = 0 ] \
+		&& command -v $(firstword $(APT_GET)) >/dev/null; then \
+		echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist ..."; \
+		$(APT_GET) update -qq && $(APT_GET) install -y -qq dataset-fashion-mnist \
+			|| echo "apt-get failed; the demo will say how to get Fashion-MNIST" >&2; \
+	fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m cuda --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/deploy.py

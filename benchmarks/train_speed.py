@@ -48,49 +48,17 @@ import torch
 from torch import nn
 
 from resdist.config import OptimConfig
+from resdist.deploy.profile import available_cores, cpu_model, load_average
 from resdist.distill import CrossEntropy, ResidualDistiller
 from resdist.engine import build_optimizer
-from resdist.engine.trainer import AMP_DTYPES, optimizer_step
-from resdist.models import create_model
+from resdist.engine.denormals import set_flush_denormal
+from resdist.engine.trainer import amp_setup, optimizer_step
+from resdist.models import calibrate_bn, create_model
 
 METHODS = ("ce", "jointrd", "jointrd-nofeat")
 TARGETS = {"jointrd": 2.0, "jointrd-nofeat": 1.7}
 INPUTS = {"fashion-mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 ENV_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-@torch.no_grad()
-def calibrate_bn(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> None:
-    """Running statistics from two random batches (cumulative average), then eval mode."""
-    momenta = {}
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            momenta[m] = m.momentum
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for _ in range(2):
-        model(torch.randn(*shape, device=device))
-    for m, momentum in momenta.items():
-        m.momentum = momentum
-    model.eval()
 
 
 def build_objectives(student_name: str, teacher_name: str, input_shape: tuple[int, int, int],
@@ -100,7 +68,7 @@ def build_objectives(student_name: str, teacher_name: str, input_shape: tuple[in
     kw = {"num_classes": num_classes, "in_chans": input_shape[0]}
     student = create_model(student_name, **kw).to(device)
     teacher = create_model(teacher_name, **kw).to(device)
-    calibrate_bn(teacher, (batch, *input_shape), device)
+    calibrate_bn(teacher, num_batches=2, input_shape=input_shape, batch_size=batch)
     objectives = {
         "ce": CrossEntropy(copy.deepcopy(student)),
         "jointrd": ResidualDistiller(teacher, copy.deepcopy(student), feature_weight=1e-3,
@@ -123,9 +91,7 @@ class Stepper:
     def __init__(self, objective: nn.Module, device: torch.device, amp: str | None) -> None:
         self.objective, self.device = objective, device
         self.optimizer = build_optimizer(objective, OptimConfig(lr=0.01))
-        self.amp_dtype = AMP_DTYPES.get(amp or "")
-        use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.amp_dtype, self.scaler = amp_setup(amp, device)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         optimizer_step(self.objective, self.optimizer, self.scaler, images, labels,
@@ -258,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.steps, args.warmup = 16, 2, 1
     threads = ([int(t) for t in str(args.threads).split(",")] if args.threads
                else [torch.get_num_threads()])
-    torch.set_flush_denormal(True)
+    set_flush_denormal(True)
     devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         devices.append(torch.device("cuda"))
@@ -269,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(env + [shlex.join(["python", "benchmarks/train_speed.py",
                                                 *argv_used])]),
-        "cpu": cpu_model(), "cpu_count": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(), "cpu_count": available_cores(),
         "threads": threads, "torch": torch.__version__,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name() if any(d.type == "cuda" for d in devices) else None,

@@ -27,6 +27,9 @@ def test_help_lists_commands():
     (["train", "--data", "synthetic", "--method", "jointrd", "--epochs", "1"],
      "teacher-checkpoint"),
     (["eval", "--checkpoint", "/nonexistent/last.pth"], "checkpoint not found"),
+    (["train", "--data", "synthetic", "--device", "gpu0", "--epochs", "1"], "train.device"),
+    (["train", "--data", "synthetic", "--limit-train", "0", "--epochs", "1"], "data.limit_train"),
+    (["train", "--data", "synthetic", "--set", "model.stem=foo", "--epochs", "1"], "unknown stem"),
 ])
 def test_user_errors_are_reported_without_traceback(args, match, capsys, tmp_path):
     code, out, err = _run(args + (["--out", str(tmp_path)] if args[0] == "train" else []), capsys)

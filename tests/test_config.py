@@ -1,6 +1,7 @@
 import pytest
 
-from resdist.config import Config, ConfigError
+from resdist.config import DATASETS, SCHEDULES, Config, ConfigError, DataConfig
+from resdist.data import DATASET_NAMES, DataError
 
 
 def test_yaml_round_trip(tmp_path):
@@ -31,3 +32,22 @@ def test_unknown_yaml_key(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  epochz: 3\n")
     with pytest.raises(ConfigError, match="train.epochz"):
         Config.from_yaml(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("data.limit_train=0", r"data.limit_train must be >= 1 \(or null\), got 0"),
+    ("distill.decay_fraction=0", r"distill.decay_fraction must lie in \(0, 1\], got 0"),
+    ("optim.lr=0", "optim.lr must be > 0"),
+    ("train.amp=fp8", "unknown precision train.amp='fp8'; choose one of bf16, fp16"),
+    ("data.name=mnist", "unknown data set data.name='mnist'"),
+])
+def test_each_range_is_checked_in_one_place(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        Config().override([bad]).validate()
+
+
+def test_data_section_check_raises_the_callers_error():
+    # build_data runs the same check with its own error type
+    with pytest.raises(DataError, match="data.crop_padding"):
+        DataConfig(crop_padding=-1).check(DataError)
+    assert DATASET_NAMES is DATASETS and "onecycle" in SCHEDULES

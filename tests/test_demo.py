@@ -1,3 +1,9 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 import yaml
 
 from resdist import demo
@@ -23,17 +29,26 @@ def test_demo_reads_the_packaged_demo_preset():
     assert demo.demo_config(overrides=["train.epochs=1"]).train.epochs == 1
 
 
-def test_ensure_fashion_mnist_installs_only_when_it_can(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setattr(demo, "DEBIAN_FASHION_MNIST", tmp_path / "missing")
-    monkeypatch.setattr(demo.subprocess, "run",
-                        lambda cmd, check: calls.append(cmd) or type("R", (), {"returncode": 0}))
-    monkeypatch.setattr(demo.shutil, "which", lambda name: "/usr/bin/apt-get")
-    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
-    demo.ensure_fashion_mnist(None)
-    assert calls == []  # not root: leave it to the loader's error message
-    monkeypatch.setattr(demo.os, "geteuid", lambda: 0)
-    demo.ensure_fashion_mnist("/some/dir")
-    assert calls == []  # an explicit data dir is never "fixed" by apt
-    demo.ensure_fashion_mnist(None)
-    assert calls[-1][-1] == "dataset-fashion-mnist"
+def _make_fashion_mnist(tmp_path, fmnist_dir):
+    """``make fashion-mnist`` with apt-get replaced by a script that logs its arguments."""
+    log = tmp_path / "apt.log"
+    fake = tmp_path / "apt-get"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    makefile = Path(__file__).parents[1] / "Makefile"
+    subprocess.run(["make", "-s", "-f", str(makefile), "fashion-mnist",
+                    f"FMNIST_DIR={fmnist_dir}", f"APT_GET={fake}"], check=True)
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_installs_fashion_mnist_only_when_missing_and_root(tmp_path):
+    present = tmp_path / "present"
+    present.mkdir()
+    (present / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert _make_fashion_mnist(tmp_path, present) == []
+    calls = _make_fashion_mnist(tmp_path, tmp_path / "missing")
+    if os.geteuid() == 0:
+        assert calls[-1].split()[-1] == "dataset-fashion-mnist"
+    else:
+        assert calls == []  # not root: leave it to the loader's error message

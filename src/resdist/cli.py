@@ -17,8 +17,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import DATASETS, METHODS, SCHEDULES, Config, ConfigError
+from .config import AMP_MODES, DATASETS, METHODS, SCHEDULES, Config, ConfigError
 from .errors import ResdistError
+from .reproduce import SUITES
 
 # flag -> config key; flags given on the command line override the YAML file, --set overrides both
 _FLAG_KEYS = {
@@ -32,7 +33,7 @@ _FLAG_KEYS = {
     "lr": "optim.lr", "schedule": "optim.schedule", "epochs": "train.epochs",
     "out": "train.out", "seed": "train.seed", "device": "train.device", "amp": "train.amp",
     "channels_last": "train.channels_last", "compile": "train.compile",
-    "sync_bn": "train.sync_bn", "resume": "train.resume",
+    "sync_bn": "train.sync_bn", "resume": "train.resume", "accum_steps": "train.accum_steps",
 }
 
 
@@ -112,9 +113,14 @@ def _add_train_parser(sub) -> None:
     t.add_argument("--device", metavar="DEV",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
                    f"(default: {_D.train.device})")
-    t.add_argument("--amp", choices=["bf16", "fp16"],
-                   help="mixed-precision autocast: bf16 (CPU or GPU) or fp16 (GPU, with loss "
-                   "scaling) (default: off, float32)")
+    t.add_argument("--amp", choices=AMP_MODES,
+                   help="mixed-precision autocast: bf16 (CPU or GPU), fp16 (GPU, with loss "
+                   "scaling), auto (bf16 on GPUs that support it, else fp16; float32 on CPU) "
+                   "(default: off, float32)")
+    t.add_argument("--accum-steps", type=int, metavar="K",
+                   help="micro-batches per optimiser step (gradient accumulation); the global "
+                   "batch is batch-size x processes x K "
+                   f"(default: {_D.train.accum_steps})")
     t.add_argument("--channels-last", action="store_true", default=None,
                    help="keep weights and images in NHWC memory layout: faster convolutions on "
                    "CPUs and tensor-core GPUs, same results (default: off)")
@@ -184,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "every method, several seeds, one table",
                        description="Train the teacher and the plain student with every method "
                        "(settings: the demo preset) for each seed; write accuracy.json/.md/.png.")
-    r.add_argument("suite", choices=["fashion-mnist"], help="which suite to run")
+    r.add_argument("suite", choices=list(SUITES), help="which suite to run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds; students of seed s learn from the teacher of seed s "
                    "(default: 0 1 2)")

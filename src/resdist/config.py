@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,57 @@ class ConfigError(ResdistError, ValueError):
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 METHODS = ("ce", "kd", "feature-kd", "jointrd")
+PATH_LOSSES = ("ce", "kd")
 SCHEDULES = ("multistep", "step", "cosine", "onecycle", "constant")
+AMP_MODES = ("bf16", "fp16", "auto")
+STEMS = ("imagenet", "cifar")
+
+
+def check_choice(
+    key: str, value: Any, allowed: Sequence[Any], what: str,
+    error: type[Exception] = ConfigError,
+) -> None:
+    """Raise ``error`` unless ``value`` is one of ``allowed``; the message names ``key``, the
+    kind of thing (``what``) and the valid values."""
+    if value not in allowed:
+        raise error(f"unknown {what} {key}={value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def check_range(
+    key: str,
+    value: float | None,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    optional: bool = False,
+    error: type[Exception] = ConfigError,
+) -> None:
+    """Raise ``error`` unless ``low <= value`` (``low < value`` if ``low_open``) and, when
+    given, ``value <= high``; ``None`` passes when ``optional`` (it then means "all" or
+    "default")."""
+    if value is None and optional:
+        return
+    above = value is not None and (value > low if low_open else value >= low)
+    if above and (high is None or value <= high):
+        return
+    if high is None:
+        bound = f"must be {'>' if low_open else '>='} {low:g}"
+    else:
+        bound = f"must lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+    raise error(f"{key} {bound}{' (or null)' if optional else ''}, got {value}")
+
+
+def check_distill_settings(
+    dc: float, decay_fraction: float, feature_weight: float, path_loss: str, prefix: str = "",
+    error: type[Exception] = ConfigError,
+) -> None:
+    """The ranges of the distillation settings (:class:`DistillConfig`'s and
+    :class:`~resdist.distill.ResidualDistiller`'s arguments); keys are ``prefix + name``."""
+    check_range(f"{prefix}dc", dc, 0.0, 1.0, error=error)
+    check_range(f"{prefix}decay_fraction", decay_fraction, 0.0, 1.0, low_open=True, error=error)
+    check_range(f"{prefix}feature_weight", feature_weight, 0.0, error=error)
+    check_choice(f"{prefix}path_loss", path_loss, PATH_LOSSES, "path loss", error)
 
 
 @dataclass
@@ -49,6 +100,17 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 32
     synthetic_channels: int = 3
+
+    def check(self, error: type[Exception] = ConfigError) -> None:
+        """Check the data set name and the sizes; raise ``error`` naming the key."""
+        check_choice("data.name", self.name, DATASETS, "data set", error)
+        for key in ("batch_size", "eval_batch_size"):
+            check_range(f"data.{key}", getattr(self, key), 1, error=error)
+        for key in ("limit_train", "limit_test"):
+            check_range(f"data.{key}", getattr(self, key), 1, optional=True, error=error)
+        check_range("data.crop_padding", self.crop_padding, 0, optional=True, error=error)
+        check_range("data.val_split", self.val_split, 0, error=error)
+        check_range("data.num_workers", self.num_workers, 0, error=error)
 
 
 @dataclass
@@ -86,6 +148,12 @@ class DistillConfig:
     kd_temperature: float = 4.0
     path_loss: str = "ce"  # loss on the mixed paths: "ce" or "kd" (Hinton KD)
 
+    def check(self) -> None:
+        """Check the method name and the ranges; raise :class:`ConfigError` naming the key."""
+        check_choice("distill.method", self.method, METHODS, "method")
+        check_distill_settings(self.dc, self.decay_fraction, self.feature_weight, self.path_loss,
+                               prefix="distill.")
+
 
 @dataclass
 class OptimConfig:
@@ -110,7 +178,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str | None = None  # None | bf16 | fp16
+    amp: str | None = None  # None | bf16 | fp16 | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -118,6 +186,9 @@ class TrainConfig:
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
     resume: bool = False
+    accum_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
+    check_every: int = 50  # steps between host syncs: finiteness check, progress bar refresh
+    dist_timeout_min: float = 60.0  # how long DDP collectives wait for the other ranks
 
 
 @dataclass
@@ -134,34 +205,16 @@ class Config:
 
     def validate(self) -> Config:
         """Check enumerated values and ranges; raise :class:`ConfigError` naming the key."""
-        checks = [
-            ("data.name", self.data.name, DATASETS),
-            ("distill.method", self.distill.method, METHODS),
-            ("optim.schedule", self.optim.schedule, SCHEDULES),
-            ("distill.path_loss", self.distill.path_loss, ("ce", "kd")),
-        ]
-        for key, value, allowed in checks:
-            if value not in allowed:
-                raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-        if self.train.amp not in (None, "bf16", "fp16"):
-            raise ConfigError(f"train.amp={self.train.amp!r} is not one of bf16, fp16 (or null)")
-        positive = {
-            "train.epochs": self.train.epochs, "data.batch_size": self.data.batch_size,
-            "data.eval_batch_size": self.data.eval_batch_size, "optim.lr": self.optim.lr,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
-        if not 0.0 <= self.distill.dc <= 1.0:
-            raise ConfigError(f"distill.dc must lie in [0, 1], got {self.distill.dc}")
-        if not 0.0 < self.distill.decay_fraction <= 1.0:
-            raise ConfigError(
-                f"distill.decay_fraction must lie in (0, 1], got {self.distill.decay_fraction}"
-            )
-        if self.distill.feature_weight < 0:
-            raise ConfigError("distill.feature_weight must be >= 0")
-        if self.data.val_split < 0:
-            raise ConfigError("data.val_split must be >= 0")
+        self.data.check()
+        self.distill.check()
+        check_choice("optim.schedule", self.optim.schedule, SCHEDULES, "schedule")
+        check_range("optim.lr", self.optim.lr, 0, low_open=True)
+        if self.train.amp is not None:
+            check_choice("train.amp", self.train.amp, AMP_MODES, "precision")
+        check_range("train.epochs", self.train.epochs, 1)
+        check_range("train.accum_steps", self.train.accum_steps, 1)
+        check_range("train.check_every", self.train.check_every, 1)
+        check_range("train.dist_timeout_min", self.train.dist_timeout_min, 0, low_open=True)
         return self
 
     # --- YAML -----------------------------------------------------------------------------

@@ -5,38 +5,16 @@ teacher; print their accuracies side by side."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .data.locations import DEBIAN_FASHION_MNIST
 from .presets import load_preset
 from .reproduce import Row, run_config
 
 #: The packaged preset holding the demo's settings (shared with the accuracy suite, whose seed-0
 #: teacher, CE and JointRD runs the demo repeats).
 DEMO_PRESET = "demo"
-
-_FMNIST_FILES = ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
-
-
-def ensure_fashion_mnist(data_dir: str | None) -> None:
-    """Install Debian's ``dataset-fashion-mnist`` when the data is missing and we can (root,
-    apt-get present); otherwise leave it to the data loader's error, which says what to do."""
-    if data_dir is not None or all((DEBIAN_FASHION_MNIST / f).exists() for f in _FMNIST_FILES):
-        return
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return
-    print("Fashion-MNIST not found: installing Debian's dataset-fashion-mnist ...", flush=True)
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
-        if subprocess.run(cmd, check=False).returncode != 0:
-            print(f"'{' '.join(cmd)}' failed", file=sys.stderr)
-            return
 
 
 def demo_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -59,8 +37,6 @@ def run_demo(
     base = demo_config(config, overrides)
     if data_dir:
         base.data.data_dir = data_dir
-    if base.data.name == "fashion-mnist":
-        ensure_fashion_mnist(base.data.data_dir)
     student = base.model.name
     teacher = teacher_name_for(student)
     out_dir = Path(out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, check_choice
 from .presets import preset_dict
 
 #: Shared settings of the Fashion-MNIST suite: the ``demo`` preset (the one place they are
@@ -87,8 +87,7 @@ def run_suite(
     from .engine.trainer import train
     from .models import teacher_name_for
 
-    if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
+    check_choice("suite", name, list(SUITES), "suite")
     base = Config.from_dict(SUITES[name]).override(list(overrides or [])).validate()
     student = base.model.name
     teacher = teacher_name_for(student)

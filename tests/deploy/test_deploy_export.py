@@ -151,3 +151,12 @@ def test_export_errors(tmp_path):
         export(tmp_path / "missing.pth", "onnx", tmp_path / "m.onnx")
     with pytest.raises(DeployError, match="input_shape"):
         export_onnx(model, tmp_path / "m.onnx", (16, 16))
+
+
+def test_export_of_weights_without_data_is_one_clear_error(tmp_path):
+    from resdist.deploy import DeployError, export
+    from resdist.models import create_model
+
+    model = create_model("plain20", num_classes=4, in_chans=1, width_mult=0.25).to("meta")
+    with pytest.raises(DeployError, match="meta device"):
+        export(model, "onnx", tmp_path / "m.onnx", input_shape=(1, 8, 8))

@@ -20,6 +20,7 @@ from resdist.deploy import (  # noqa: E402
     profile_models,
     write_profile_report,
 )
+from resdist.engine.denormals import flushing_denormals, set_flush_denormal  # noqa: E402
 
 F32 = 4
 
@@ -167,10 +168,10 @@ def test_profile_models_side_by_side_and_report(tmp_path):
 
 
 def test_pairing_by_name_or_last_resnet():
-    from resdist.deploy.profile import _pair_models
+    from resdist.deploy.profile.compare import _pair_models
 
     def rec(arch, is_resnet):
-        return {"arch": arch, "is_resnet": is_resnet}
+        return (arch, is_resnet)
 
     records = [rec("resnet20", True), rec("plain32", False), rec("resnet32", True),
                rec("plain20", False), rec("plain44", False)]
@@ -185,3 +186,20 @@ def test_profile_rejects_unknown_models():
         profile_models(["resnet57"], latency=False)
     with pytest.raises(ValueError, match="checkpoint not found"):
         profile_models(["missing/plain56.pth"], latency=False)
+
+
+def flushes() -> bool:
+    """Whether the CPU flushes now: a denormal float32 times one is then zero."""
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
+
+
+def test_profile_keeps_the_trainers_choice():
+    if not set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        set_flush_denormal(True)  # as the trainer does on CPU
+        profile_models(["plain20"], input_shape=(1, 8, 8), batch_sizes=(1,), latency=False,
+                       memory_check=False, model_kwargs={"in_chans": 1, "width_mult": 0.25})
+        assert flushes() and flushing_denormals()
+    finally:
+        set_flush_denormal(False)

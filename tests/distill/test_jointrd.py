@@ -103,6 +103,16 @@ def test_stage_mismatch_is_reported():
         ResidualDistiller(create_model("resnet18", num_classes=5), student)
 
 
+@pytest.mark.parametrize("kw,match", [({"dc": 2.0}, "dc must lie in"),
+                                      ({"path_loss": "mse"}, "unknown path loss path_loss")])
+def test_bad_settings_raise_the_config_check(kw, match):
+    from resdist.config import ConfigError
+
+    teacher, student = _pair()
+    with pytest.raises(ConfigError, match=match):
+        ResidualDistiller(teacher, student, **kw)
+
+
 @pytest.mark.parametrize("e", [0.0, 7.5, 15.0, 29.9, 30.0, 45.0])
 def test_decay_factor_formula(e):
     dc, decay_epochs = 0.5, 30.0

@@ -16,10 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from resdist.config import Config
+from resdist.config import Config, ConfigError
 from resdist.engine import load_checkpoint
-from resdist.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
-from resdist.engine.trainer import train
+from resdist.engine.distributed import (
+    DistInfo,
+    SyncBatchNorm2d,
+    convert_sync_batchnorm,
+    cuda_index,
+)
+from resdist.engine.trainer import check_distributed_options, train
 
 WORLD = 2
 PER_RANK_BATCH = 16
@@ -238,6 +243,65 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     assert (tmp_path / "msg.rank0").read_text() == \
         "loss became non-finite on another rank (step 1)"
     assert (tmp_path / "msg.rank1").read_text() == "loss became nan (step 1)"
+
+
+_BUFFERS_WORKER = """
+import json, sys, pathlib
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from resdist.config import Config
+from resdist.engine import trainer
+seen = []
+init = DistributedDataParallel.__init__
+def spy(self, *a, **k):
+    seen.append(k.get("broadcast_buffers", True))
+    init(self, *a, **k)
+DistributedDataParallel.__init__ = spy
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+captured = {}
+fit = trainer.Trainer.fit
+def keep(self):
+    result = fit(self)
+    captured.update({k: v.detach().clone() for k, v in self.model.named_buffers()})
+    captured.update({k: v.detach().clone() for k, v in self.model.named_parameters()})
+    return result
+trainer.Trainer.fit = keep
+trainer.train(Config.from_dict(json.loads(sys.argv[1])))
+torch.save({"broadcast_buffers": seen, "state": captured}, sys.argv[2] + f".rank{rank}")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_sends_no_buffers_per_step_and_ranks_end_with_equal_buffers(tmp_path):
+    # without sync-BN each rank's BatchNorm statistics follow its own batches during the epoch;
+    # they are made equal (rank 0's) before each evaluation, and constant buffers (Dirac identity
+    # kernels) never travel
+    spec = _spec(tmp_path / "run", **{"train.epochs": 1})
+    _spawn(["-c", _BUFFERS_WORKER, json.dumps(spec), str(tmp_path / "state")], timeout=120)
+    ranks = [torch.load(tmp_path / f"state.rank{r}", weights_only=True) for r in range(WORLD)]
+    assert all(r["broadcast_buffers"] == [False] for r in ranks)
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    assert any(k.endswith("running_mean") for k in a) and any(k.endswith("identity") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_compile_with_sync_bn_under_ddp_is_refused_in_one_line():
+    cfg = Config().override(["train.compile=true", "train.sync_bn=true"])
+    check_distributed_options(cfg, DistInfo(rank=0, world_size=1))  # single process: fine
+    with pytest.raises(ConfigError, match="train.compile with train.sync_bn under DDP"):
+        check_distributed_options(cfg, DistInfo(rank=0, world_size=2))
+
+
+def test_each_process_uses_its_local_gpu_or_the_only_one_it_sees():
+    assert [cuda_index(r, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert cuda_index(3, 1) == 0  # e.g. SLURM --gpus-per-task=1: every process sees one GPU
+    with pytest.raises(ConfigError, match="LOCAL_RANK 5 but this process sees 4 CUDA devices"):
+        cuda_index(5, 4)
 
 
 def test_convert_sync_batchnorm_keeps_tensors_and_skips_frozen_layers():

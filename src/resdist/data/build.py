@@ -13,8 +13,7 @@ from .cifar import read_cifar
 from .errors import DataError
 from .fashion_mnist import read_fashion_mnist
 from .imagefolder import read_imagefolder, with_eval_transform
-from .loaders import BatchLoader, InMemoryLoader, TorchLoader
-from .locations import DATASET_NAMES
+from .loaders import BatchLoader, InMemoryLoader, TorchLoader, check_rank
 from .split import evenly_spaced, holdout_indices
 from .synthetic import make_synthetic
 from .transforms import (
@@ -65,26 +64,6 @@ class DataBundle:
     std: tuple[float, ...] = ()
 
 
-def _check(cfg: DataConfig, rank: int, world_size: int) -> None:
-    if cfg.name not in DATASET_NAMES:
-        raise DataError(
-            f"unknown data set data.name={cfg.name!r}; choose one of {', '.join(DATASET_NAMES)}"
-        )
-    for key in ("batch_size", "eval_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise DataError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("limit_train", "limit_test"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise DataError(f"data.{key} must be >= 1 (or null for all), got {value}")
-    if cfg.crop_padding is not None and cfg.crop_padding < 0:
-        raise DataError(f"data.crop_padding must be >= 0, got {cfg.crop_padding}")
-    if cfg.val_split < 0:
-        raise DataError(f"data.val_split must be >= 0, got {cfg.val_split}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise DataError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
-
-
 def build_data(
     cfg: DataConfig,
     *,
@@ -114,7 +93,8 @@ def build_data(
     Raises:
         DataError: unknown data set, missing or corrupt files, or impossible sizes/splits.
     """
-    _check(cfg, rank, world_size)
+    cfg.check(DataError)
+    check_rank(rank, world_size)
     device = torch.device(device)
     if cfg.name == "imagefolder":
         return _build_imagefolder(cfg, device, seed, rank, world_size, shard_eval)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..config import check_range
 from .errors import DataError
 from .transforms import Normalize, RandomCropFlip
 
@@ -55,14 +56,14 @@ def shard_indices(
     return order[rank::world_size]
 
 
-def _check_rank(rank: int, world_size: int) -> None:
+def check_rank(rank: int, world_size: int) -> None:
+    """Raise :class:`DataError` unless ``0 <= rank < world_size``."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
 
 
 def _check_batches(n: int, batch_size: int, drop_last: bool) -> None:
-    if batch_size < 1:
-        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    check_range("batch_size", batch_size, 1, error=DataError)
     if drop_last and n < batch_size:
         raise DataError(
             f"only {n} training images per process, fewer than the batch size {batch_size}: "
@@ -122,7 +123,7 @@ class InMemoryLoader:
                 f"expected (N, C, H, W) uint8 images and N labels, got {images.dtype} "
                 f"{tuple(images.shape)} and {tuple(labels.shape)}"
             )
-        _check_rank(rank, world_size)
+        check_rank(rank, world_size)
         self.device = torch.device(device)
         storage = self.device if storage is None else torch.device(storage)
         self.images = images.to(storage)
@@ -164,6 +165,15 @@ class InMemoryLoader:
     def num_samples(self) -> int:
         return len(self) * self.batch_size if self.drop_last else self._shard_size
 
+    def _gather(self, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``source[index]``; into pinned host memory when the source is pinned, so that the
+        copy to the GPU is asynchronous (``index_select`` alone returns unpinned memory).
+        PyTorch's pinned-memory cache reuses a block only after its copy has finished."""
+        if not source.is_pinned():
+            return source.index_select(0, index)
+        out = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+        return torch.index_select(source, 0, index, out=out)
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1
@@ -174,8 +184,8 @@ class InMemoryLoader:
             gen.manual_seed(_augment_seed(self.seed, epoch, self.rank))
         for start in range(0, len(idx), self.batch_size):
             batch = idx[start : start + self.batch_size]
-            x = self.images.index_select(0, batch).to(self.device, non_blocking=True)
-            y = self.labels.index_select(0, batch).to(self.device, non_blocking=True)
+            x = self._gather(self.images, batch).to(self.device, non_blocking=True)
+            y = self._gather(self.labels, batch).to(self.device, non_blocking=True)
             if self.augment is not None:
                 x = self.augment(x, gen)
             yield self.normalize(x), y
@@ -217,9 +227,8 @@ class TorchLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        _check_rank(rank, world_size)
-        if num_workers < 0:
-            raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_rank(rank, world_size)
+        check_range("num_workers", num_workers, 0, error=DataError)
         self.device = torch.device(device)
         self.dataset = dataset
         self.dataset_size = len(dataset)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import DATASETS, check_choice
 from .errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -17,16 +18,14 @@ _DEFAULTS: dict[str, list[Path]] = {
     "cifar10": [LOCAL_DATA],
     "cifar100": [LOCAL_DATA],
     "imagefolder": [LOCAL_DATA / "imagenet"],
-    "synthetic": [],
 }
-DATASET_NAMES = tuple(_DEFAULTS)
+DATASET_NAMES = DATASETS
 
 
 def default_data_dir(name: str) -> list[Path]:
     """The folders searched, in order, for data set ``name`` when no ``data_dir`` is given."""
-    if name not in _DEFAULTS:
-        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(_DEFAULTS)}")
-    return list(_DEFAULTS[name])
+    check_choice("data.name", name, DATASETS, "data set", DataError)
+    return list(_DEFAULTS.get(name, []))
 
 
 def show(path: Path) -> str:

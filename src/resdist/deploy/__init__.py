@@ -14,6 +14,7 @@
 ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
 """
 
+from ..models.fold import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
 from .errors import DeployError, MissingDependencyError
 from .export import (
     count_feature_adds,
@@ -26,7 +27,6 @@ from .export import (
     verify_torchscript,
     with_preprocessing,
 )
-from .fuse import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
 from .predict import Predictor, predict
 from .profile import (
     GraphProfile,

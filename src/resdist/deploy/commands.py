@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import STEMS
 from .errors import DeployError
 
 __all__ = ["add_export_parser", "add_predict_parser", "add_profile_parser", "run_export",
@@ -145,7 +146,7 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="input channels (default: %(default)s)")
     p.add_argument("--num-classes", type=_positive_int, default=10, metavar="K",
                    help="classifier outputs for registry models (default: %(default)s)")
-    p.add_argument("--stem", choices=("cifar", "imagenet"), default=None,
+    p.add_argument("--stem", choices=STEMS, default=None,
                    help="stem of registry models (default: the model's own: imagenet for "
                    "ResNet-18/34/50, cifar for the thin CIFAR nets)")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 8, 32],

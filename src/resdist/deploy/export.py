@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..data.contract import InputContract, contract_from_checkpoint
 from ..data.errors import DataError
+from ..models.fold import to_deploy
 from ._onnx_graph import (
     activation_names,
     graph_inputs,
@@ -33,7 +35,6 @@ from ._onnx_graph import (
     without_weights,
 )
 from .errors import DeployError, require
-from .fuse import to_deploy
 
 __all__ = [
     "CONTRACT_KEY", "DEFAULT_OPSET", "INPUT_NAME", "MAX_OPSET", "MIN_OPSET", "OUTPUT_NAME",
@@ -303,12 +304,22 @@ def _first_output(out: Any) -> torch.Tensor:
     return out
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
 def _reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """``model(x)`` in eval mode, fp32 on the host; ``x`` goes to the model's device (a model
+    trained on CUDA is compared where it lives)."""
+    device = _model_device(model)
+    if device.type == "meta":
+        raise DeployError("the model's weights are on the meta device (no data): load them first")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return _first_output(model(x)).float().cpu().numpy()
+            return _first_output(model(x.to(device))).float().cpu().numpy()
     finally:
         model.train(was_training)
 
@@ -535,6 +546,8 @@ def export(
                           "--preprocess")
     model, shape, name, found = _load_source(checkpoint_or_model, input_shape)
     contract = contract or found
+    if _model_device(model).type == "meta":
+        raise DeployError("the model's weights are on the meta device (no data): load them first")
     if shape is None:
         raise DeployError(
             "input_shape (C, H, W) is required: the checkpoint does not store one "
@@ -551,6 +564,7 @@ def export(
                               "this checkpoint does not record")
         deployed, contract = with_preprocessing(deployed, contract, input_dtype)
         reference = Preprocessed(model, contract.mean, contract.std, input_dtype).eval()
+        reference.to(_model_device(model))  # compared where the model lives
     if fmt == "onnx":
         path = export_onnx(deployed, out, shape, opset=opset, deploy=False, contract=contract,
                            input_dtype=input_dtype)
@@ -577,7 +591,7 @@ def export(
         "opset": written_opset,
         "feature_adds": adds,
         "expected_shortcut_adds": expected,
-        "parameters": sum(p.numel() for p in to_deploy(model).parameters()),
+        "parameters": sum(p.numel() for p in deployed.parameters()),
         "max_rel_error": err,
         "input_contract": recorded.to_dict() if recorded is not None else None,
         "expects": recorded.describe() if recorded is not None else None,

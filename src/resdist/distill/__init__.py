@@ -1,5 +1,6 @@
 """Residual distillation (JointRD), its losses and schedule, and the baselines."""
 
+from ..models.contract import StageMismatchError, check_staged_pair
 from .jointrd import ResidualDistiller
 from .losses import Connector, bn_margins, hinton_kd_loss, kd_loss, margin_feature_loss
 from .objectives import (
@@ -7,14 +8,13 @@ from .objectives import (
     FeatureKD,
     HintonKD,
     Objective,
-    StageMismatchError,
-    check_staged_pair,
+    TeacherObjective,
     freeze,
 )
 from .schedule import decay_factor
 
 __all__ = [
     "Connector", "CrossEntropy", "FeatureKD", "HintonKD", "Objective", "ResidualDistiller",
-    "StageMismatchError", "bn_margins", "check_staged_pair", "decay_factor", "freeze",
+    "StageMismatchError", "TeacherObjective", "bn_margins", "check_staged_pair", "decay_factor", "freeze",
     "hinton_kd_loss", "kd_loss", "margin_feature_loss",
 ]

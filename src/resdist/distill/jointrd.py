@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import check_distill_settings
+from ..models.contract import check_staged_pair, last_bn_of
 from .losses import Connector, bn_margins, hinton_kd_loss, margin_feature_loss
-from .objectives import _last_bn, _WithTeacher, check_staged_pair
+from .objectives import TeacherObjective
 from .schedule import decay_factor
 
 
-class ResidualDistiller(_WithTeacher):
+class ResidualDistiller(TeacherObjective):
     """Joint training of a plain ``student`` with a ResNet ``teacher``.
 
     Args:
@@ -59,10 +61,7 @@ class ResidualDistiller(_WithTeacher):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         check_staged_pair(teacher, student, input_shape)
-        if path_loss not in ("ce", "kd"):
-            raise ValueError(f"path_loss must be 'ce' or 'kd', got {path_loss!r}")
-        if not 0.0 <= dc <= 1.0 or not 0.0 < decay_fraction <= 1.0:
-            raise ValueError(f"need 0 <= dc <= 1 and 0 < decay_fraction <= 1 ({dc}, {decay_fraction})")
+        check_distill_settings(dc, decay_fraction, feature_weight, path_loss)
         super().__init__(teacher, student, train_teacher)
         self.num_stages = student.num_stages
         self.dc, self.decay_fraction = dc, decay_fraction
@@ -77,7 +76,7 @@ class ResidualDistiller(_WithTeacher):
                 [Connector(t_ch, t_ch) for _ in range(self.num_stages - 1)] + [Connector(s_ch, t_ch)]
             )
             if not train_teacher:
-                self.register_buffer("margin", bn_margins(_last_bn(teacher)))
+                self.register_buffer("margin", bn_margins(last_bn_of(teacher)))
 
     @property
     def decay(self) -> float:
@@ -142,7 +141,7 @@ class ResidualDistiller(_WithTeacher):
         out = {"ce_student": ce_student.detach(), "ce_paths": ce_paths.detach()}
 
         if self.feature_weight > 0:
-            margin = self.margin if not self.train_teacher else bn_margins(_last_bn(te))
+            margin = self.margin if not self.train_teacher else bn_margins(last_bn_of(te))
             target = t_pre.detach()
             feat_paths = sum(
                 margin_feature_loss(c(f), target, margin)

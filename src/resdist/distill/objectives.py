@@ -9,26 +9,13 @@ follow the run; a training loop is ``objective(x, y)["loss"].backward()``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..deploy.fuse import to_deploy
-from ..errors import ResdistError
+from ..models.contract import check_staged, last_bn_of
+from ..models.fold import to_deploy
 from .losses import Connector, bn_margins, hinton_kd_loss, margin_feature_loss
-
-
-class StageMismatchError(ResdistError, ValueError):
-    """Teacher and student do not line up stage by stage."""
-
-
-def _last_bn(model: nn.Module) -> nn.BatchNorm2d:
-    bn = model.last_bn() if hasattr(model, "last_bn") else None
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise ValueError(f"{type(model).__name__} exposes no last BatchNorm (needed for margins)")
-    return bn
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -36,61 +23,6 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-def check_staged_pair(
-    teacher: nn.Module, student: nn.Module, input_shape: Sequence[int] | None = None
-) -> None:
-    """Check that the student's stage outputs fit the teacher's stages.
-
-    Compares stage counts and channels and, when ``input_shape`` ``(C, H, W)`` is given, the full
-    stage-output shapes and class counts on a dummy batch (no statistics are updated).
-
-    Raises:
-        StageMismatchError: naming the first stage that does not match.
-    """
-    for name, m in (("teacher", teacher), ("student", student)):
-        for attr in ("forward_stem", "forward_stages", "forward_head", "num_stages"):
-            if not hasattr(m, attr):
-                raise StageMismatchError(
-                    f"the {name} ({type(m).__name__}) does not follow the staged contract: "
-                    f"no {attr!r}"
-                )
-    if teacher.num_stages != student.num_stages:
-        raise StageMismatchError(
-            f"teacher has {teacher.num_stages} stages, student has {student.num_stages}"
-        )
-    for i, (tc, sc) in enumerate(
-        zip(getattr(teacher, "stage_channels", []), getattr(student, "stage_channels", []))
-    ):
-        if tc != sc:
-            raise StageMismatchError(
-                f"stage {i + 1} outputs {sc} channels in the student but {tc} in the teacher"
-            )
-    if input_shape is None:
-        return
-    modes = (teacher.training, student.training)
-    teacher.eval()
-    student.eval()
-    try:
-        p = next(student.parameters())
-        x = torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype)
-        with torch.no_grad():
-            hs, ht = student.forward_stem(x), teacher.forward_stem(x)
-            for i in range(student.num_stages):
-                hs = student.forward_stages(hs, i, i + 1)
-                ht = teacher.forward_stages(ht, i, i + 1)
-                if hs.shape != ht.shape:
-                    raise StageMismatchError(
-                        f"stage {i + 1} output shape differs: student {tuple(hs.shape[1:])}, "
-                        f"teacher {tuple(ht.shape[1:])}"
-                    )
-            ns, nt = student.forward_head(hs).shape[1], teacher.forward_head(ht).shape[1]
-            if ns != nt:
-                raise StageMismatchError(f"student has {ns} classes, teacher has {nt}")
-    finally:
-        teacher.train(modes[0])
-        student.train(modes[1])
 
 
 class Objective(nn.Module):
@@ -107,11 +39,18 @@ class Objective(nn.Module):
         self.epoch = float(epoch)
         self.total_epochs = int(total_epochs)
 
+    @property
+    def rebuilt_state(self) -> tuple[str, ...]:
+        """``state_dict`` key prefixes a checkpoint need not hold: state this objective rebuilds
+        from its own source (none here)."""
+        return ()
 
-class _WithTeacher(Objective):
-    """Holds the teacher. A frozen teacher computes through ``teacher_folded``, a copy with its
-    BatchNorms folded into the convolutions: the same function in eval mode, with fewer passes
-    over memory forward and backward (the checkpointed ``teacher`` stays the original)."""
+
+class TeacherObjective(Objective):
+    """Base class of objectives with a teacher. A frozen teacher computes through
+    ``teacher_folded``, a copy with its BatchNorms folded into the convolutions: the same function
+    in eval mode, with fewer passes over memory forward and backward (``teacher`` stays the
+    original)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, train_teacher: bool = False) -> None:
         super().__init__(student)
@@ -127,7 +66,13 @@ class _WithTeacher(Objective):
         """The module that runs the teacher's forward passes."""
         return self.teacher if self.teacher_folded is None else self.teacher_folded
 
-    def train(self, mode: bool = True) -> _WithTeacher:
+    @property
+    def rebuilt_state(self) -> tuple[str, ...]:
+        """A frozen teacher and its folded copy are rebuilt from the teacher's source on resume;
+        a co-trained teacher is state to keep."""
+        return () if self.train_teacher else ("teacher.", "teacher_folded.")
+
+    def train(self, mode: bool = True) -> TeacherObjective:
         super().train(mode)
         if not self.train_teacher:
             self.teacher.eval()
@@ -144,7 +89,7 @@ class CrossEntropy(Objective):
         return {"loss": loss, "logits": logits, "ce": loss.detach()}
 
 
-class HintonKD(_WithTeacher):
+class HintonKD(TeacherObjective):
     """``alpha * T^2 KL + (1 - alpha) * CE`` from the frozen teacher's logits."""
 
     def __init__(
@@ -161,16 +106,18 @@ class HintonKD(_WithTeacher):
         return {"loss": loss, "logits": logits, "kd": loss.detach()}
 
 
-class FeatureKD(_WithTeacher):
+class FeatureKD(TeacherObjective):
     """``CE + lambda * D(C(f_student), f_teacher)`` on the final pre-ReLU feature."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, feature_weight: float = 1e-3) -> None:
+        check_staged(teacher, "teacher")
+        check_staged(student, "student")
         super().__init__(teacher, student)
         self.feature_weight = feature_weight
         s_ch = student.stage_channels[-1]
         t_ch = teacher.stage_channels[-1]
         self.connector = Connector(s_ch, t_ch)
-        self.register_buffer("margin", bn_margins(_last_bn(teacher)))
+        self.register_buffer("margin", bn_margins(last_bn_of(teacher)))
 
     def forward(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         st = self.student

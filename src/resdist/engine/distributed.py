@@ -18,10 +18,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from ..config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,29 @@ def _wants_cuda(device: str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def cuda_index(local_rank: int, device_count: int) -> int:
+    """The GPU a process with ``local_rank`` uses: GPU ``local_rank`` when the process sees all
+    of its node's GPUs (torchrun), GPU 0 when it sees exactly one (launchers that give each
+    process its own GPU, e.g. SLURM ``--gpus-per-task=1``)."""
+    if device_count == 1:
+        return 0
+    if not 0 <= local_rank < device_count:
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but this process sees {device_count} CUDA devices: start "
+            "at most one process per GPU (torchrun --nproc-per-node), or give each process one GPU"
+        )
+    return local_rank
+
+
+def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
-    NCCL on CUDA (each process pinned to GPU ``LOCAL_RANK``), gloo on CPU. Without those
-    variables this is a no-op (single process). An existing group (the caller's, or one an
-    earlier call created) is used as it is; a group created here is destroyed at exit.
+    NCCL on CUDA (each process pinned to one GPU, see :func:`cuda_index`), gloo on CPU. Without
+    those variables this is a no-op (single process). An existing group (the caller's, or one
+    an earlier call created) is used as it is; a group created here is destroyed at exit.
+    ``timeout_min`` bounds how long a collective waits for the other ranks; it must exceed the
+    longest one-sided work (local rank 0 scanning ImageNet's 1.28M files or fetching weights
+    while the others wait at a barrier); NCCL's own default is 10 minutes.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -61,18 +81,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
     use_cuda = _wants_cuda(device)
     if use_cuda:
         if not torch.cuda.is_available():
-            raise ValueError("train.device asks for CUDA but no CUDA device is available")
-        if local >= torch.cuda.device_count():
-            raise ValueError(
-                f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices: start "
-                "at most one process per GPU (torchrun --nproc-per-node)"
-            )
-        torch.cuda.set_device(local)
+            raise ConfigError("train.device asks for CUDA but no CUDA device is available")
+        torch.cuda.set_device(cuda_index(local, torch.cuda.device_count()))
     if not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_min)
         if use_cuda:
-            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local))
+            dist.init_process_group(backend="nccl", timeout=timeout,
+                                    device_id=torch.device("cuda", torch.cuda.current_device()))
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=timeout)
         atexit.register(cleanup)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
@@ -82,11 +99,16 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
     process's local GPU (``cuda:LOCAL_RANK``), whatever index ``device`` names."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"train.device={device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device asks for CUDA but no CUDA device is available")
+        raise ConfigError("train.device asks for CUDA but no CUDA device is available")
     if dev.type == "cuda" and info.enabled:
-        return torch.device("cuda", info.local_rank)
+        return torch.device("cuda", cuda_index(info.local_rank, torch.cuda.device_count()))
     return dev
 
 
@@ -128,16 +150,19 @@ def local_main_first() -> Iterator[None]:
 
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+    """Copy rank ``src``'s BatchNorm buffers (running statistics) to every rank.
 
-    DDP broadcasts buffers at the *start* of each forward, so after the last step of an epoch
-    every rank holds its own statistics; call this before evaluating so all ranks (and the
-    checkpoint rank 0 writes) evaluate the same network.
+    The trainer's DDP does not broadcast buffers at every step (``broadcast_buffers=False``),
+    so without sync-BN each rank's running statistics follow its own batches; call this before
+    evaluating so all ranks (and the checkpoint rank 0 writes) evaluate the same network. Other
+    buffers (constants such as Dirac identity kernels) are equal on every rank and not sent.
     """
     if not is_distributed():
         return
-    for buf in module.buffers():
-        dist.broadcast(buf, src)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for buf in m.buffers(recurse=False):
+                dist.broadcast(buf, src)
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
@@ -156,6 +181,15 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([0.0 if flag else 1.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() == 0
+
+
+def any_rank_true(flag: Tensor) -> bool:
+    """Whether the boolean tensor ``flag`` is true on any rank: one all-reduce on ``flag``'s
+    device and one host synchronisation (the only one; callers batch their checks)."""
+    t = flag.reshape(1).to(torch.int32)
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return bool(t.item())
 
 
 def cleanup() -> None:

@@ -25,8 +25,10 @@ compiler).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,15 +38,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
 from .build import build_all
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .denormals import set_flush_denormal
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     all_true,
+    any_rank_true,
     barrier,
     broadcast_buffers,
     broadcast_object,
@@ -83,6 +87,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_distributed_options(cfg: Config, info: DistInfo) -> None:
+    """Refuse option combinations that cannot work in this job, before anything is built."""
+    if cfg.train.compile and cfg.train.sync_bn and info.enabled:
+        raise ConfigError(
+            "train.compile with train.sync_bn under DDP is not supported (the synchronised "
+            "BatchNorm's collectives break the compiled graph at every layer): drop one of them"
+        )
+
+
 def train(cfg: Config) -> RunResult:
     """Run the training ``cfg`` describes and return its history (see module docstring).
 
@@ -91,10 +104,11 @@ def train(cfg: Config) -> RunResult:
     reused by later ones (it is destroyed at interpreter exit).
     """
     cfg.validate()
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
+    check_distributed_options(cfg, info)
     device = resolve_device(cfg.train.device, info)
     if device.type == "cpu":  # deep plain nets at init produce denormals: 10x slower on CPU
-        torch.set_flush_denormal(True)
+        set_flush_denormal(True)
     else:  # fixed batch shapes (drop_last): let cuDNN pick the fastest convolutions
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.train.seed + info.rank)  # DDP then copies rank 0's initial weights
@@ -117,6 +131,64 @@ def train(cfg: Config) -> RunResult:
     return trainer.fit()
 
 
+def amp_setup(
+    amp: str | None, device: torch.device
+) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """The autocast dtype of ``train.amp`` (None: fp32) and the gradient scaler, which scales
+    losses only for fp16 on CUDA. ``auto``: on CUDA bf16 where the GPU supports it natively
+    (A100, H100), else fp16 with loss scaling (V100, T4); on a CPU fp32."""
+    if amp == "auto":
+        amp = None if device.type != "cuda" else (
+            "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    amp_dtype = AMP_DTYPES.get(amp) if amp else None
+    use_scaler = amp_dtype is torch.float16 and device.type == "cuda"
+    return amp_dtype, torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+
+def accumulate_gradients(
+    module: nn.Module,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp_dtype: torch.dtype | None = None,
+    scale: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Forward under autocast and backward of ``loss * scale`` (gradients add up in ``.grad``).
+
+    No host synchronisation: the caller checks the returned loss for finiteness when it wants.
+    """
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = module(images, labels)
+    loss = out["loss"]
+    scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+    return out
+
+
+def accumulation_step(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    amp_dtype: torch.dtype | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """One optimiser step over ``k`` micro-batches: each loss is scaled by ``1/k``, so with equal
+    micro-batch sizes the step equals one step over their union (for batch-independent layers;
+    BatchNorm normalises each micro-batch by itself). Under DDP (``module`` is a
+    DistributedDataParallel) gradients are all-reduced only on the last micro-batch
+    (``no_sync`` on the others). Returns each micro-batch's outputs."""
+    k = len(micro_batches)
+    optimizer.zero_grad(set_to_none=True)
+    outs = []
+    no_sync = getattr(module, "no_sync", None)
+    for j, (images, labels) in enumerate(micro_batches):
+        defer = no_sync is not None and j < k - 1
+        with no_sync() if defer else contextlib.nullcontext():  # type: ignore[misc]
+            outs.append(accumulate_gradients(module, scaler, images, labels, amp_dtype, 1.0 / k))
+    scaler.step(optimizer)
+    scaler.update()
+    return outs
+
+
 def optimizer_step(
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -126,12 +198,15 @@ def optimizer_step(
     amp_dtype: torch.dtype | None = None,
     where: str = "",
 ) -> dict[str, torch.Tensor]:
-    """One training step: forward under autocast, check the loss, scaled backward, step.
+    """One training step on one batch with an immediate finiteness check (one host sync).
+
+    The trainer batches its checks (:class:`Trainer`); this form serves benchmarks and tests.
 
     Raises:
         FloatingPointError: the loss is not finite, here or (under DDP) on any other rank, so
             that every rank stops at the same step instead of waiting on the others.
     """
+    optimizer.zero_grad(set_to_none=True)
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = objective(images, labels)
     loss = out["loss"]
@@ -139,7 +214,6 @@ def optimizer_step(
     if not all_true(finite, loss.device):
         what = str(loss.item()) if not finite else "non-finite on another rank"
         raise FloatingPointError(f"loss became {what}{where}")
-    optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -163,20 +237,31 @@ class Trainer:
         self.input_contract = contract_from_bundle(data).to_dict()  # what the model expects
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
+        self.accum_steps = cfg.train.accum_steps
+        self.steps_per_epoch = len(data.train) // self.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"train.accum_steps={self.accum_steps} exceeds the {len(data.train)} batches per "
+                "epoch: lower it (or data.batch_size)"
+            )
         self.optimizer = build_optimizer(objective, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.epochs, len(data.train))
-        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp) if cfg.train.amp else None
-        use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
-        if self.amp_dtype is torch.float16 and not use_scaler:
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.epochs,
+                                         self.steps_per_epoch)
+        self.amp_dtype, self.scaler = amp_setup(cfg.train.amp, device)
+        if self.amp_dtype is torch.float16 and not self.scaler.is_enabled():
             self.say(f"train.amp=fp16 on {device.type} runs without loss scaling; bf16 is safer")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.step_module: nn.Module = objective
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            # broadcast_buffers (default): rank 0's BatchNorm statistics at every step
-            self.step_module = nn.parallel.DistributedDataParallel(
-                objective, device_ids=ids, gradient_as_bucket_view=True
+            # No buffer broadcast at every step: BatchNorm statistics are synchronised by
+            # sync-BN or, without it, copied from rank 0 before each evaluation
+            # (broadcast_buffers); constant buffers (Dirac identity kernels) never travel.
+            self.ddp = nn.parallel.DistributedDataParallel(
+                objective, device_ids=ids, gradient_as_bucket_view=True,
+                broadcast_buffers=False,
             )
+            self.step_module = self.ddp
         if cfg.train.compile:
             self.step_module = torch.compile(self.step_module)
         self.start_epoch = 0
@@ -235,9 +320,8 @@ class Trainer:
 
     def _not_checkpointed(self) -> tuple[str, ...]:
         """Objective state kept out of ``objective`` in checkpoints: the student (saved as
-        ``model``) and a frozen teacher (rebuilt from its own source on resume)."""
-        frozen = getattr(self.objective, "teacher_folded", None) is not None
-        return ("student.",) + (("teacher.", "teacher_folded.") if frozen else ())
+        ``model``) and what the objective rebuilds itself (a frozen teacher)."""
+        return ("student.", *self.objective.rebuilt_state)
 
     def _checkpoint(self, epoch: int, metrics: dict[str, Any], best: bool) -> None:
         if not self.info.is_main:
@@ -269,34 +353,61 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------------------------
+    def _micro_batches(self, loader) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Groups of ``accum_steps`` batches; an incomplete last group is dropped."""
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for images, labels in loader:
+            if self.cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            group.append((images, labels))
+            if len(group) == self.accum_steps:
+                yield group
+                group = []
+
+    def _check_finite(self, bad: torch.Tensor, epoch: int, first: int, last: int) -> None:
+        """Raise if any loss since the last check was not finite, on this or any other rank.
+        One host synchronisation (and, under DDP, one all-reduce) per call."""
+        if any_rank_true(bad):
+            steps = f"step {last}" if first == last else f"steps {first}-{last}"
+            raise FloatingPointError(
+                f"loss became non-finite at epoch {epoch + 1}, {steps} (on this or another rank)"
+            )
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set. The host waits for the device only every
+        ``train.check_every`` steps (finiteness check, progress bar) and at the epoch's end."""
         cfg, loader = self.cfg, self.data.train
         loader.set_epoch(epoch)
         self.objective.train()
-        n_batches = len(loader)
+        n_steps = self.steps_per_epoch
+        check_every = cfg.train.check_every
+        show = cfg.train.progress and self.info.is_main
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
-        seen = 0
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        seen, checked = 0, 0
         t0 = time.perf_counter()
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                   disable=not (cfg.train.progress and self.info.is_main), unit="batch")
-        for i, (images, labels) in enumerate(loader):
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            self.objective.set_progress(epoch + i / n_batches, self.epochs)
-            out = optimizer_step(self.step_module, self.optimizer, self.scaler, images, labels,
-                                 self.amp_dtype, where=f" at epoch {epoch + 1} step {i}")
-            loss = out["loss"]
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                   disable=not show, unit="step")
+        for i, group in enumerate(self._micro_batches(loader)):
+            self.objective.set_progress(epoch + i / n_steps, self.epochs)
+            outs = accumulation_step(self.step_module, self.optimizer, self.scaler, group,
+                                     self.amp_dtype)
             self.scheduler.step()
-            bs = labels.shape[0]
-            seen += bs
-            for k, v in out.items():
-                if k != "logits":
-                    sums[k] = sums.get(k, 0) + v.detach().float().to(self.device) * bs
-            correct += topk_correct(out["logits"].detach(), labels, (1,))[0]
-            if i % 10 == 0 or i == n_batches - 1:
-                rate = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+            for (_, labels), out in zip(group, outs):
+                bs = labels.shape[0]
+                seen += bs
+                bad |= ~torch.isfinite(out["loss"].detach())
+                for k, v in out.items():
+                    if k != "logits":
+                        sums[k] = sums.get(k, 0) + v.detach().float().to(self.device) * bs
+                correct += topk_correct(out["logits"].detach(), labels, (1,))[0]
+            if (i + 1) % check_every == 0 or i == n_steps - 1:
+                self._check_finite(bad, epoch, checked, i)
+                checked = i + 1
+                if show:
+                    rate = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{outs[-1]['loss'].item():.3f}", img_s=f"{rate:.0f}")
             bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - t0
@@ -304,9 +415,10 @@ class Trainer:
         totals = torch.stack([sums[k] for k in keys] + [correct.float(),
                              torch.tensor(float(seen), device=self.device)])
         all_reduce_sum(totals)
-        n = max(totals[-1].item(), 1.0)
-        row = {f"train_{k}": totals[j].item() / n for j, k in enumerate(keys)}
-        row["train_top1"] = 100.0 * totals[-2].item() / n
+        totals = totals.tolist()
+        n = max(totals[-1], 1.0)
+        row = {f"train_{k}": totals[j] / n for j, k in enumerate(keys)}
+        row["train_top1"] = 100.0 * totals[-2] / n
         row["epoch_time_s"] = elapsed
         row["images_per_s"] = n / max(elapsed, 1e-9)
         return row

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from .registry import register_model
 from .resnet import BasicBlock, Bottleneck, ResNet
 
@@ -29,8 +27,6 @@ def _imagenet_resnet(
 
 
 def _thin_resnet(depth: int, *, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
-    if (depth - 2) % 6 != 0:
-        raise ValueError(f"thin CIFAR ResNets have depth 6n+2, got {depth}")
     n = (depth - 2) // 6
     widths = [max(1, round(w * width_mult)) for w in (16, 32, 64)]
     kwargs.setdefault("num_classes", 10)
@@ -38,29 +34,118 @@ def _thin_resnet(depth: int, *, width_mult: float = 1.0, **kwargs: Any) -> ResNe
     return ResNet(BasicBlock, [n] * 3, widths, **kwargs)
 
 
-def _register_pair(depth: int, builder) -> None:
-    def resnet(**kwargs: Any) -> nn.Module:
-        return builder(depth, **kwargs)
-
-    def plain(**kwargs: Any) -> nn.Module:
-        kwargs.setdefault("shortcuts", False)
-        return builder(depth, **kwargs)
-
-    kind = "ImageNet-width" if builder is _imagenet_resnet else "thin CIFAR"
-    resnet.__name__ = resnet.__qualname__ = f"resnet{depth}"
-    plain.__name__ = plain.__qualname__ = f"plain{depth}"
-    resnet.__doc__ = f"{kind} ResNet-{depth}. Keyword arguments go to :class:`ResNet`."
-    plain.__doc__ = (
-        f"Plain (shortcut-free) {kind} network with ResNet-{depth}'s layout. "
-        "Keyword arguments go to :class:`ResNet`."
-    )
-    register_model(resnet)
-    register_model(plain)
-    globals()[resnet.__name__] = resnet
-    globals()[plain.__name__] = plain
+def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the plain counterpart: no shortcuts unless asked otherwise."""
+    return {"shortcuts": False, **kwargs}
 
 
-for _d in _IMAGENET_SPECS:
-    _register_pair(_d, _imagenet_resnet)
-for _d in THIN_DEPTHS:
-    _register_pair(_d, _thin_resnet)
+@register_model
+def resnet18(*, weights: str | None = None, progress: bool = True, **kwargs: Any) -> ResNet:
+    """ImageNet-width ResNet-18; ``weights`` names torchvision weights (e.g. ``"IMAGENET1K_V1"``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _imagenet_resnet(18, weights=weights, progress=progress, **kwargs)
+
+
+@register_model
+def plain18(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) ImageNet-width network with ResNet-18's layout.
+    Keyword arguments go to :class:`ResNet` (and ``weights``/``progress`` as for ``resnet18``)."""
+    return _imagenet_resnet(18, **_plain(kwargs))
+
+
+@register_model
+def resnet34(*, weights: str | None = None, progress: bool = True, **kwargs: Any) -> ResNet:
+    """ImageNet-width ResNet-34; ``weights`` names torchvision weights (e.g. ``"IMAGENET1K_V1"``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _imagenet_resnet(34, weights=weights, progress=progress, **kwargs)
+
+
+@register_model
+def plain34(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) ImageNet-width network with ResNet-34's layout.
+    Keyword arguments go to :class:`ResNet` (and ``weights``/``progress`` as for ``resnet34``)."""
+    return _imagenet_resnet(34, **_plain(kwargs))
+
+
+@register_model
+def resnet50(*, weights: str | None = None, progress: bool = True, **kwargs: Any) -> ResNet:
+    """ImageNet-width ResNet-50; ``weights`` names torchvision weights (e.g. ``"IMAGENET1K_V1"``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _imagenet_resnet(50, weights=weights, progress=progress, **kwargs)
+
+
+@register_model
+def plain50(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) ImageNet-width network with ResNet-50's layout.
+    Keyword arguments go to :class:`ResNet` (and ``weights``/``progress`` as for ``resnet50``)."""
+    return _imagenet_resnet(50, **_plain(kwargs))
+
+
+@register_model
+def resnet20(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-20 (widths 16-32-64 times ``width_mult``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(20, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain20(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-20's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet20``)."""
+    return _thin_resnet(20, **_plain(kwargs))
+
+
+@register_model
+def resnet32(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-32 (widths 16-32-64 times ``width_mult``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(32, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain32(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-32's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet32``)."""
+    return _thin_resnet(32, **_plain(kwargs))
+
+
+@register_model
+def resnet44(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-44 (widths 16-32-64 times ``width_mult``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(44, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain44(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-44's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet44``)."""
+    return _thin_resnet(44, **_plain(kwargs))
+
+
+@register_model
+def resnet56(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-56 (widths 16-32-64 times ``width_mult``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(56, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain56(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-56's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet56``)."""
+    return _thin_resnet(56, **_plain(kwargs))
+
+
+@register_model
+def resnet110(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-110 (widths 16-32-64 times ``width_mult``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(110, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain110(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-110's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet110``)."""
+    return _thin_resnet(110, **_plain(kwargs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable
 
 from torch import nn
@@ -37,7 +38,8 @@ def model_description(name: str) -> str:
     """First sentence of the builder's docstring (what ``resdist models`` prints)."""
     if name not in _MODELS:
         raise UnknownModelError(f"unknown model {name!r}")
-    return (_MODELS[name].__doc__ or "").strip().split(". ")[0].rstrip(".")
+    text = " ".join((_MODELS[name].__doc__ or "").split())
+    return re.split(r"[.;](?:\s|$)", text, maxsplit=1)[0]
 
 
 def is_model(name: str) -> bool:

@@ -5,10 +5,9 @@ load with ``strict=True``. ``shortcuts=False`` removes every shortcut (the plain
 paper); ``keep_downsample_shortcuts=True`` keeps only the projection shortcuts of stride-2 blocks,
 as the authors' released code does.
 
-Every model follows the *staged contract* used by :mod:`resdist.distill`:
-``stem``, ``stages``, ``head`` (callable modules), ``forward_stages(x, start, end)``,
-``forward_features`` and ``forward_head``. Blocks expose ``forward_pre_relu`` (the block output
-before its final ReLU) and ``last_bn`` (the BatchNorm feeding that output).
+Every model follows the *staged contract* (:class:`resdist.models.contract.StagedModel`) used by
+:mod:`resdist.distill`, and adds ``forward_features``. Blocks expose ``forward_pre_relu`` (the
+block output before its final ReLU) and ``last_bn()`` (the BatchNorm feeding that output).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from ..config import STEMS, check_choice
 from .dirac import DiracConv2d
 
 ConvLayer = Callable[..., nn.Module]
@@ -64,8 +64,8 @@ class BasicBlock(nn.Module):
         self.stride = stride
         self.shortcut = shortcut
 
-    @property
     def last_bn(self) -> nn.Module:
+        """The BatchNorm feeding the block's output (before the shortcut and final ReLU)."""
         return self.bn2
 
     def forward_pre_relu(self, x: Tensor) -> Tensor:
@@ -106,8 +106,8 @@ class Bottleneck(nn.Module):
         self.stride = stride
         self.shortcut = shortcut
 
-    @property
     def last_bn(self) -> nn.Module:
+        """The BatchNorm feeding the block's output (before the shortcut and final ReLU)."""
         return self.bn3
 
     def forward_pre_relu(self, x: Tensor) -> Tensor:
@@ -159,8 +159,7 @@ class ResNet(nn.Module):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers {list(layers)} and widths {list(widths)} differ in length")
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        check_choice("stem", stem, STEMS, "stem")
         if in_chans < 1 or num_classes < 1:
             raise ValueError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
         if shortcuts and keep_downsample_shortcuts:
@@ -201,8 +200,8 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual and shortcuts:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)) and m.last_bn.weight is not None:
-                    nn.init.constant_(m.last_bn.weight, 0)
+                if isinstance(m, (BasicBlock, Bottleneck)) and m.last_bn().weight is not None:
+                    nn.init.constant_(m.last_bn().weight, 0)
 
     def _make_layer(
         self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
@@ -274,7 +273,7 @@ class ResNet(nn.Module):
 
     def last_bn(self) -> nn.Module:
         """The BatchNorm that produces the final pre-ReLU feature (margins come from it)."""
-        return self.stages[-1][-1].last_bn
+        return self.stages[-1][-1].last_bn()
 
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes)

@@ -1,8 +1,9 @@
-"""Deploy-time reparametrisation: fold Dirac kernels and BatchNorm into the convolutions.
+"""Model transforms: fold Dirac kernels and BatchNorm into the convolutions, calibrate BatchNorm.
 
 ``to_deploy(model)`` returns a standard conv(-bias)-ReLU network computing the same function as
 ``model.eval()`` (docs/method.md section 7). ``calibrate_bn`` re-estimates BatchNorm statistics from
 random inputs so that randomly initialised networks have sane activation scales when timed.
+Training uses these transforms too: a frozen teacher computes through its folded copy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models.dirac import fold_dirac
+from .dirac import fold_dirac
 
 __all__ = ["calibrate_bn", "fold_batchnorms", "fuse_conv_bn", "to_deploy"]
 

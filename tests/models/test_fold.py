@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from resdist.deploy import calibrate_bn, fuse_conv_bn, to_deploy
 from resdist.models import Bottleneck, DiracConv2d, ResNet, create_model
+from resdist.models.fold import calibrate_bn, fuse_conv_bn, to_deploy
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,0 +1,33 @@
+"""What removing shortcuts buys at inference: activation memory, bytes moved, MACs, latency.
+
+Memory figures come from a liveness pass over the exported ONNX graph
+(:func:`analyze_onnx`, :mod:`.liveness`, whose docstring gives the conventions), checked against
+PyTorch's own allocations (:func:`memory_cross_check`, :mod:`.memory`); latency from ONNX
+Runtime on the CPU (:func:`measure_latency`, :mod:`.latency`). :func:`profile_models`
+(:mod:`.compare`) measures ResNets and their plain counterparts side by side and
+:func:`write_profile_report` (:mod:`.report`) writes JSON, a PNG chart and a markdown table.
+"""
+
+from .compare import (
+    BatchMemory,
+    FusedAddFigures,
+    LatencyRatio,
+    ModelProfile,
+    PairComparison,
+    ProfileSettings,
+    merge_profiles,
+    profile_models,
+)
+from .environment import available_cores, cpu_model, environment, load_average
+from .latency import LatencyRecord, measure_latency
+from .liveness import GraphProfile, analyze_onnx
+from .memory import memory_cross_check, torch_activation_peak
+from .report import format_table, write_profile_report
+
+__all__ = [
+    "BatchMemory", "FusedAddFigures", "GraphProfile", "LatencyRatio", "LatencyRecord",
+    "ModelProfile", "PairComparison", "ProfileSettings", "analyze_onnx", "available_cores",
+    "cpu_model", "environment", "format_table", "load_average", "measure_latency",
+    "memory_cross_check", "merge_profiles", "profile_models", "torch_activation_peak",
+    "write_profile_report",
+]

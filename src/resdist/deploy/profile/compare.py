@@ -1,0 +1,386 @@
+"""ResNets and their plain counterparts side by side: one typed record per model, one per pair.
+
+:func:`profile_models` resolves each model (registry name, checkpoint, module), folds and exports
+it, runs the liveness pass (:mod:`.liveness`), the PyTorch cross-check (:mod:`.memory`) and ONNX
+Runtime latency (:mod:`.latency`), and pairs every plain network with its ResNet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ...engine.denormals import flush_denormal
+from ...models import UnknownModelError, create_model, is_model, list_models, teacher_name_for
+from ...models.fold import calibrate_bn, to_deploy
+from .._onnx_graph import load_onnx
+from ..errors import DeployError, require
+from ..export import count_feature_adds, export_onnx, load_model_source
+from .environment import available_cores, environment, load_average
+from .latency import LatencyRecord, measure_latency
+from .liveness import analyze_onnx
+from .memory import memory_cross_check
+
+
+@dataclass
+class ProfileSettings:
+    """How :func:`profile_models` measures (its keyword arguments, see there)."""
+
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    batch_sizes: Sequence[int] = (1, 8, 32)
+    threads: Sequence[int | None] = (1, None)
+    runs: int | Mapping[int, int] = 20
+    warmup: int = 2
+    min_runs: int = 3
+    max_seconds: float | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    calibrate: bool | None = None
+    calibration_batches: int = 2
+    calibration_batch_size: int = 16
+    memory_check: bool = True
+    latency: bool = True
+    seed: int = 0
+
+
+@dataclass
+class _Source:
+    """A model to profile, resolved from what the caller gave."""
+
+    name: str
+    arch: str
+    model: nn.Module
+    source: str  # "module", "registry" or "checkpoint PATH"
+    input_shape: Sequence[int] | None
+
+
+@dataclass
+class FusedAddFigures:
+    """Memory figures of an executor that fuses the shortcut Add into the convolution."""
+
+    peak_activation_bytes_per_image: int
+    bytes_moved_per_image: int
+
+
+@dataclass
+class BatchMemory:
+    """Liveness figures of one model at one batch size."""
+
+    batch: int
+    peak_activation_bytes: int
+    bytes_moved: int
+
+
+@dataclass
+class ModelProfile:
+    """Everything measured for one model (bytes and MACs per image unless named otherwise)."""
+
+    name: str
+    arch: str
+    source: str
+    weights: str
+    input_shape: list[int]
+    is_resnet: bool
+    parameters: int
+    macs_per_image: int
+    feature_adds: int
+    expected_shortcut_adds: int | None
+    peak_activation_bytes_per_image: int
+    bytes_moved_per_image: int
+    bytes_read_per_image: int
+    bytes_written_per_image: int
+    peak_step: str
+    fused_add: FusedAddFigures
+    memory: list[BatchMemory]
+    latency: list[LatencyRecord] = field(default_factory=list)
+    memory_check: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (latency records without the model name; no ``memory_check`` key
+        when the cross-check was not asked for)."""
+        d = asdict(self)
+        d["latency"] = [r.as_dict() for r in self.latency]
+        if self.memory_check is None:
+            del d["memory_check"]
+        return d
+
+
+@dataclass
+class LatencyRatio:
+    threads: int
+    batch: int
+    ratio: float | None
+
+
+@dataclass
+class PairComparison:
+    """ResNet / plain ratios of one pair (above 1: the plain network is cheaper)."""
+
+    plain: str
+    resnet: str
+    peak_ratio: float | None
+    bytes_moved_ratio: float | None
+    macs_ratio: float | None
+    peak_ratio_fused_add: float | None
+    bytes_moved_ratio_fused_add: float | None
+    latency_ratio: list[LatencyRatio]
+
+
+def _is_checkpoint_path(spec: Any) -> bool:
+    if isinstance(spec, os.PathLike):
+        return True
+    return isinstance(spec, str) and (
+        os.path.exists(spec) or spec.endswith((".pth", ".pt", ".ckpt")) or os.sep in spec
+    )
+
+
+def _resolve_model(
+    spec: Any, index: int, input_shape: Sequence[int] | None, model_kwargs: Mapping[str, Any]
+) -> _Source:
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], nn.Module):
+        label, model = spec
+        return _Source(str(label), str(label), model, "module", input_shape)
+    if isinstance(spec, nn.Module):
+        name = f"{type(spec).__name__}#{index}"
+        return _Source(name, name, spec, "module", input_shape)
+    if isinstance(spec, str) and is_model(spec):
+        return _Source(spec, spec, create_model(spec, **dict(model_kwargs)), "registry",
+                       input_shape)
+    if _is_checkpoint_path(spec):
+        model, shape, arch = load_model_source(spec)
+        return _Source(f"{arch} ({Path(spec).name})", arch, model, f"checkpoint {spec}",
+                       shape or input_shape)
+    raise UnknownModelError(
+        f"{spec!r} is neither a registered model nor a checkpoint file. "
+        f"Valid names: {', '.join(list_models())}"
+    )
+
+
+def _pair_models(models: Sequence[tuple[str, bool]]) -> list[tuple[int, int]]:
+    """(plain index, resnet index) for ``(arch, is_resnet)`` entries: plainN with resnetN by
+    name, else the last ResNet given before it (or after it, if none came before)."""
+    pairs = []
+    for i, (arch, is_resnet) in enumerate(models):
+        if is_resnet:
+            continue
+        want = teacher_name_for(arch)
+        match = [j for j, (a, r) in enumerate(models) if r and a == want]
+        if not match:
+            before = [j for j, (_, r) in enumerate(models[:i]) if r]
+            match = before or [j for j, (_, r) in enumerate(models) if r]
+        if match:
+            pairs.append((i, match[-1]))
+    return pairs
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else a / b
+
+
+def _compare(plain: ModelProfile, res: ModelProfile) -> PairComparison:
+    lat_plain = {(r.threads, r.batch): r.median_ms for r in plain.latency}
+    lat_res = {(r.threads, r.batch): r.median_ms for r in res.latency}
+    return PairComparison(
+        plain=plain.name,
+        resnet=res.name,
+        peak_ratio=_ratio(res.peak_activation_bytes_per_image,
+                          plain.peak_activation_bytes_per_image),
+        bytes_moved_ratio=_ratio(res.bytes_moved_per_image, plain.bytes_moved_per_image),
+        macs_ratio=_ratio(res.macs_per_image, plain.macs_per_image),
+        peak_ratio_fused_add=_ratio(res.fused_add.peak_activation_bytes_per_image,
+                                    plain.fused_add.peak_activation_bytes_per_image),
+        bytes_moved_ratio_fused_add=_ratio(res.fused_add.bytes_moved_per_image,
+                                           plain.fused_add.bytes_moved_per_image),
+        latency_ratio=[LatencyRatio(k[0], k[1], _ratio(lat_res[k], lat_plain[k]))
+                       for k in lat_plain if k in lat_res],
+    )
+
+
+def _profile_one(
+    src: _Source, index: int, s: ProfileSettings, onnx_dir: Path
+) -> tuple[ModelProfile, Path, tuple[int, ...]]:
+    """Calibrate (if asked), fold, export and analyse one model; latency comes later."""
+    shape = tuple(int(d) for d in src.input_shape)
+    model = src.model
+    calibrate = src.source == "registry" if s.calibrate is None else s.calibrate
+    if calibrate and src.source == "module":
+        model = copy.deepcopy(model)  # leave the caller's BatchNorm statistics alone
+    if calibrate:
+        calibrate_bn(model, s.calibration_batches, shape, s.calibration_batch_size, seed=s.seed)
+        weights = (f"random init, BN statistics calibrated on {s.calibration_batches}x"
+                   f"{s.calibration_batch_size} Gaussian images")
+    else:
+        weights = "as given" if src.source == "module" else "trained (checkpoint)"
+    deployed = to_deploy(model)
+    path = export_onnx(deployed, onnx_dir / f"{index:02d}.onnx", shape, deploy=False)
+    proto = load_onnx(path)
+    mem = [analyze_onnx(proto, b) for b in sorted({1, *s.batch_sizes})]
+    one = mem[0]
+    fused = analyze_onnx(proto, 1, fuse_add=True)
+    feature_adds = count_feature_adds(proto)
+    record = ModelProfile(
+        name=src.name,
+        arch=src.arch,
+        source=src.source,
+        weights=weights,
+        input_shape=list(shape),
+        is_resnet=(bool(model.shortcuts) if hasattr(model, "shortcuts") else feature_adds > 0),
+        parameters=sum(p.numel() for p in deployed.parameters()),
+        macs_per_image=one.macs,
+        feature_adds=feature_adds,
+        expected_shortcut_adds=(
+            model.count_shortcut_adds() if hasattr(model, "count_shortcut_adds") else None
+        ),
+        peak_activation_bytes_per_image=one.peak_activation_bytes,
+        bytes_moved_per_image=one.bytes_moved,
+        bytes_read_per_image=one.bytes_read,
+        bytes_written_per_image=one.bytes_written,
+        peak_step=one.peak_step,
+        fused_add=FusedAddFigures(fused.peak_activation_bytes, fused.bytes_moved),
+        memory=[BatchMemory(g.batch_size, g.peak_activation_bytes, g.bytes_moved) for g in mem],
+    )
+    if s.memory_check:
+        record.memory_check = memory_cross_check(deployed, shape, proto, 1, deploy=False)
+    return record, path, shape
+
+
+def _meta(s: ProfileSettings) -> dict[str, Any]:
+    meta = environment()
+    meta.update({
+        "batch_sizes": list(s.batch_sizes),
+        "threads": [available_cores() if t is None or t <= 0 else int(t) for t in s.threads],
+        "runs": dict(s.runs) if isinstance(s.runs, Mapping) else s.runs,
+        "warmup": s.warmup, "min_runs": s.min_runs, "max_seconds": s.max_seconds,
+        "model_kwargs": s.model_kwargs,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "denormals": "flushed (torch.set_flush_denormal, ORT session.set_denormal_as_zero)",
+        "ort_session": "CPUExecutionProvider, ORT_SEQUENTIAL, ORT_ENABLE_ALL, "
+                       "intra_op_num_threads as listed, spinning off",
+        "memory_convention": "liveness over the exported ONNX graph, sequential topological "
+                             "order, Conv+activation fused, elementwise ops in place, fp32",
+        "ratios": "ResNet / plain (above 1: the plain network is cheaper)",
+    })
+    return meta
+
+
+def _profile(
+    models: Sequence[Any], s: ProfileSettings, onnx_dir: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    meta = _meta(s)
+    records: list[ModelProfile] = []
+    paths: dict[str, Path] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for idx, spec in enumerate(models):
+        src = _resolve_model(spec, idx, s.input_shape, s.model_kwargs)
+        if src.name in paths:
+            src.name = f"{src.name}#{idx}"
+        t0 = time.perf_counter()
+        record, paths[src.name], shapes[src.name] = _profile_one(src, idx, s, onnx_dir)
+        records.append(record)
+        log(f"{src.name}: exported and analysed in {time.perf_counter() - t0:.1f} s "
+            f"(peak {record.peak_activation_bytes_per_image / 2**10:.0f} KiB/image, "
+            f"{record.feature_adds} feature Adds)")
+    if s.latency:
+        by_name = {r.name: r for r in records}
+        for lat in measure_latency(
+            paths, shapes, s.batch_sizes, s.threads, s.runs, s.warmup, s.min_runs,
+            s.max_seconds, seed=s.seed, log=log,
+        ):
+            by_name[lat.model].latency.append(lat)
+    if load := load_average():
+        meta["loadavg_end"] = load
+    pairs = _pair_models([(r.arch, r.is_resnet) for r in records])
+    return {
+        "meta": meta,
+        "models": [r.as_dict() for r in records],
+        "pairs": [asdict(_compare(records[i], records[j])) for i, j in pairs],
+    }
+
+
+def profile_models(
+    models: Sequence[Any],
+    input_shape: Sequence[int] = (3, 32, 32),
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    threads: Sequence[int | None] = (1, None),
+    runs: int | Mapping[int, int] = 20,
+    warmup: int = 2,
+    min_runs: int = 3,
+    max_seconds: float | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    calibrate: bool | None = None,
+    calibration_batches: int = 2,
+    calibration_batch_size: int = 16,
+    memory_check: bool = True,
+    latency: bool = True,
+    onnx_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Profile several models side by side: memory, bytes moved, MACs, ORT latency, ratios.
+
+    Args:
+        models: registry names (``"resnet56"``, built with ``model_kwargs``), checkpoint paths
+            (their stored ``input_shape`` wins), modules, or ``(label, module)`` pairs.
+        input_shape: ``(C, H, W)`` of one image.
+        batch_sizes, threads, runs, warmup, min_runs, max_seconds: see :func:`measure_latency`.
+        calibrate: re-estimate BatchNorm statistics from Gaussian inputs before folding
+            (:func:`calibrate_bn`); ``None`` does it for registry models (random weights) only.
+        memory_check: add :func:`memory_cross_check` at batch 1 for each model.
+        latency: ``False`` skips timing (memory/MAC figures only).
+        onnx_dir: keep the exported graphs there (default: a temporary folder).
+        log: called with progress lines.
+
+    Denormals are flushed while this runs (:func:`resdist.engine.denormals.flush_denormal`,
+    which then restores the mode set before; ORT sessions set ``session.set_denormal_as_zero``).
+    Registry models are built here; given modules are not modified.
+
+    Returns:
+        ``{"meta": ..., "models": [...], "pairs": [...]}`` (the JSON form of
+        :class:`ModelProfile` and :class:`PairComparison` records); every ratio is
+        ResNet / plain, so a value above 1 is what the plain network saves.
+    """
+    if not models:
+        raise DeployError("profile_models needs at least one model")
+    require("onnx")
+    if latency:
+        require("onnxruntime")
+    settings = ProfileSettings(
+        input_shape=tuple(input_shape), batch_sizes=batch_sizes, threads=threads, runs=runs,
+        warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
+        model_kwargs=dict(model_kwargs or {}), calibrate=calibrate,
+        calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
+        memory_check=memory_check, latency=latency, seed=seed,
+    )
+    with flush_denormal(True), contextlib.ExitStack() as stack:
+        if onnx_dir is None:
+            onnx_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="resdist-profile-"))
+        onnx_dir = Path(onnx_dir)
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        return _profile(models, settings, onnx_dir, log or (lambda _msg: None))
+
+
+def merge_profiles(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One result from several :func:`profile_models` runs (e.g. CIFAR and ImageNet shapes).
+
+    ``meta`` is taken from the first run, with each run's ``loadavg``/``date`` kept under
+    ``runs``."""
+    if not results:
+        raise DeployError("merge_profiles needs at least one result")
+    meta = dict(results[0]["meta"])
+    meta["runs_meta"] = [
+        {k: r["meta"].get(k) for k in ("date", "loadavg_start", "loadavg_end")} for r in results
+    ]
+    return {
+        "meta": meta,
+        "models": [m for r in results for m in r["models"]],
+        "pairs": [p for r in results for p in r["pairs"]],
+    }

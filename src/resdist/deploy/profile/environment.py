@@ -1,0 +1,54 @@
+"""The machine a measurement ran on: CPU model, cores, load and library versions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what :mod:`platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded; empty where the system has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
+def environment() -> dict[str, Any]:
+    """CPU, cores, Python, torch, platform, onnx/onnxruntime versions and the load average
+    (``loadavg_start``) now: what a benchmark records beside its figures."""
+    env: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": available_cores(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    for mod in ("onnx", "onnxruntime"):
+        with contextlib.suppress(ImportError):
+            env[mod] = __import__(mod).__version__
+    if load := load_average():
+        env["loadavg_start"] = load
+    return env
