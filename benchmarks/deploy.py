@@ -34,7 +34,7 @@ def _pair(result: dict, plain: str) -> dict | None:
 
 
 def highlights(result: dict) -> list[str]:
-    """The figures METHOD.md section 7 names, in words."""
+    """The figures docs/method.md section 7 names, in words."""
     out = []
     for plain, target in (("plain56", "1.5x (192 vs 128 KiB)"), ("plain50", "about 1.5x")):
         p = _pair(result, plain)
@@ -45,7 +45,7 @@ def highlights(result: dict) -> list[str]:
                 f"Peak activation memory {p['resnet']} / {plain}: {p['peak_ratio']:.2f}x "
                 f"({res['peak_activation_bytes_per_image'] / 2**10:.0f} vs "
                 f"{pl['peak_activation_bytes_per_image'] / 2**10:.0f} KiB per image; "
-                f"METHOD.md: {target}); bytes moved {p['bytes_moved_ratio']:.2f}x; "
+                f"docs/method.md: {target}); bytes moved {p['bytes_moved_ratio']:.2f}x; "
                 f"with Conv+Add fusion: peak {p['peak_ratio_fused_add']:.2f}x, "
                 f"bytes {p['bytes_moved_ratio_fused_add']:.2f}x"
             )
@@ -56,7 +56,7 @@ def highlights(result: dict) -> list[str]:
         for r in p["latency_ratio"]:
             if r["batch"] == 8:
                 out.append(f"ORT latency resnet50 / plain50 at batch 8, {r['threads']} thread(s): "
-                           f"{r['ratio']:.2f}x (METHOD.md: about 1.1x on a desktop CPU)")
+                           f"{r['ratio']:.2f}x (docs/method.md: about 1.1x on a desktop CPU)")
     for plain in ("plain18", "plain34"):
         p = _pair(result, plain)
         if p:

@@ -26,7 +26,7 @@ policy can run 10-70x slower in bursts (a descheduled thread stalls every parall
 is immune to it. The environment variables that matter are recorded with the command.
 
 Writes benchmarks/results/train_speed.{json,md} (``--out`` to change the folder). Targets
-(METHOD.md section 6-7): a JointRD step at most 2.0x a CE step with the feature term, 1.7x
+(docs/method.md section 6-7): a JointRD step at most 2.0x a CE step with the feature term, 1.7x
 without; the released code's JointRD step costs about 2.5-3x.
 """
 

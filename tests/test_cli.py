@@ -48,3 +48,94 @@ def test_train_then_eval(tmp_path, capsys):
     code, out, _ = _run(["eval", "--checkpoint", str(run / "last.pth"), "--data", "synthetic"],
                         capsys)
     assert code == 0 and "top-1" in out and "top-5" in out
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_option_of_every_command_has_help_and_at_most_one_default():
+    from resdist.cli import build_parser
+
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert {"train", "eval", "export", "predict", "profile", "presets", "models", "demo",
+            "reproduce"} <= set(commands)
+    for parser_ in [parser, *commands.values()]:
+        for action in parser_._actions:
+            if action.dest in ("help",) or action.help == "==SUPPRESS==":
+                continue
+            if action.dest == "command":  # the sub-command choice itself
+                continue
+            where = f"{parser_.prog} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{where} has no help"
+            text = parser_._get_formatter()._expand_help(action)
+            assert text.count("(default") <= 1, f"{where}: default shown twice: {text}"
+        # no formatter that appends a second "(default: ...)"
+        assert parser_.formatter_class is __import__("argparse").HelpFormatter
+
+
+def test_train_help_explains_the_options_an_issue_found_bare(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for words in ("passes over the training set", "seed of weight initialisation",
+                  "learning-rate schedule", "NHWC memory layout", "`resdist models` lists them",
+                  "--dry-run"):
+        assert words in out
+
+
+def test_models_lists_the_registry(capsys):
+    from resdist.models import list_models
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == list_models()
+    resnet50 = next(ln for ln in lines if ln.startswith("resnet50 "))
+    assert "25.56 M params" in resnet50 and "ResNet-50" in resnet50
+    assert main(["models", "plain*"]) == 0
+    assert all(ln.startswith("plain") for ln in capsys.readouterr().out.splitlines())
+    assert main(["models", "vgg*"]) == 2
+
+
+def test_presets_lists_names_with_one_line_each_and_prints_one(capsys):
+    from resdist.presets import list_presets
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == list_presets()
+    assert all(len(ln.split(maxsplit=1)) == 2 for ln in lines)
+    assert main(["presets", "cifar100/plain18-jointrd"]) == 0
+    assert "name: cifar100" in capsys.readouterr().out
+
+
+def test_dry_run_prints_config_and_model_summary_and_writes_nothing(tmp_path, capsys,
+                                                                   monkeypatch):
+    import yaml
+
+    from resdist.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "never"
+    assert main(["train", "--preset", "cifar100/plain18-jointrd", "--out", str(out_dir),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    config_text, summary = out.split("\n\n", 1)
+    cfg = Config.from_dict(yaml.safe_load(config_text))
+    assert cfg.model.name == "plain18" and cfg.train.out == str(out_dir)
+    assert "11.228 M parameters" in summary and "555.5 M MACs" in summary
+    assert "100 classes" in summary and "stage 4  -> 512x4x4" in summary
+    assert not out_dir.exists() and list(tmp_path.iterdir()) == []
+    # --config FILE still works (here: a copy of a preset), flags override it
+    from resdist.presets import preset_text
+
+    (tmp_path / "mine.yaml").write_text(preset_text("demo"))
+    assert main(["train", "--config", "mine.yaml", "--model", "plain20", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "name: plain20" in out and "limit_train: 20000" in out and "1x28x28" in out
+    (tmp_path / "mine.yaml").unlink()

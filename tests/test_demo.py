@@ -4,15 +4,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from resdist import demo
 from resdist.cli import main
 
 
-def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, monkeypatch, capsys, tiny_run):
+def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, capsys, tiny_run):
     tiny_run["train"]["epochs"] = 1
-    monkeypatch.setattr(demo, "DEMO_DEFAULTS", tiny_run)
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    settings = tmp_path / "tiny.yaml"
+    settings.write_text(yaml.safe_dump(tiny_run))
+    assert main(["demo", "--config", str(settings), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     table = (tmp_path / "summary.md").read_text()
     assert "| resnet20 (teacher) | ce |" in table and "| plain20 | jointrd |" in table
@@ -20,13 +22,11 @@ def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, monkey
     assert (tmp_path / "resnet20-ce" / "last.pth").exists()
 
 
-def test_demo_defaults_match_the_preset():
-    from pathlib import Path
+def test_demo_reads_the_packaged_demo_preset():
+    from resdist.presets import load_preset
 
-    from resdist.config import Config
-
-    preset = Path(__file__).parents[1] / "configs" / "demo.yaml"
-    assert Config.from_yaml(preset) == Config.from_dict(demo.DEMO_DEFAULTS)
+    assert demo.demo_config() == load_preset("demo")
+    assert demo.demo_config(overrides=["train.epochs=1"]).train.epochs == 1
 
 
 def _make_fashion_mnist(tmp_path, fmnist_dir):

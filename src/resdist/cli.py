@@ -1,9 +1,12 @@
 """``resdist`` command line: a thin layer over the library.
 
     resdist train   --data fashion-mnist --model plain56 --method jointrd --teacher-checkpoint ...
+    resdist train   --preset cifar100/plain18-jointrd [--dry-run]
     resdist eval    --checkpoint runs/x/last.pth --data fashion-mnist
-    resdist export  --checkpoint runs/x/last.pth --format onnx --out plain56.onnx
+    resdist export  --checkpoint runs/x/last.pth --format onnx --out plain56.onnx [--preprocess]
+    resdist predict plain56.onnx shoe.png --topk 3
     resdist profile resnet56 plain56
+    resdist presets | resdist models
     resdist demo    (the main job: teacher, plain CE and JointRD on real Fashion-MNIST)
 """
 
@@ -34,12 +37,111 @@ _FLAG_KEYS = {
 }
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", choices=DATASETS, help="data set (default: fashion-mnist)")
-    p.add_argument("--data-dir", help="folder holding the data set's files "
-                   "(default: the data set's standard location)")
+_D = Config()  # the built-in defaults, shown in the help texts
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    p.add_argument("--data", choices=DATASETS,
+                   help="data set" + (f" (default: {_D.data.name})" if defaults else
+                                      " (default: the one the checkpoint was trained on)"))
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder holding the data set's files (default: the data set's standard "
+                   "location, e.g. /usr/share/datasets/fashion-mnist, then ./data)")
     p.add_argument("--download", action="store_true", default=None,
                    help="download through torchvision when the files are missing (needs network)")
+
+
+def _add_train_parser(sub) -> None:
+    t = sub.add_parser(
+        "train", help="train a model (CE, KD, feature KD or JointRD)",
+        description="Train a network. A --preset (packaged recipe, see `resdist presets`) or "
+        "--config (YAML file) gives the settings; flags override it; --set section.key=value "
+        "overrides both. The defaults shown are the built-in ones, used when no preset or "
+        "config sets the key. The run directory receives config.yaml, last.pth/best.pth "
+        "(which record the input contract, see docs/deploy.md) and metrics.csv/jsonl.")
+    src = t.add_mutually_exclusive_group()
+    src.add_argument("--preset", metavar="NAME",
+                     help="packaged recipe by name, e.g. cifar100/plain18-jointrd or demo "
+                     "(`resdist presets` lists them)")
+    src.add_argument("--config", metavar="FILE",
+                     help="YAML config file, e.g. a run's config.yaml or your edited copy of a "
+                     "preset (`resdist presets NAME` prints one)")
+    _add_data_args(t)
+    t.add_argument("--model", metavar="NAME",
+                   help=f"network to train, e.g. plain56, resnet56, plain18 (default: "
+                   f"{_D.model.name}); `resdist models` lists them")
+    t.add_argument("--method", choices=METHODS,
+                   help="training objective: ce (cross-entropy), kd (Hinton KD), feature-kd "
+                   "(margin feature loss), jointrd (residual distillation through the teacher) "
+                   f"(default: {_D.distill.method})")
+    t.add_argument("--teacher", metavar="NAME",
+                   help="teacher model name (default: the student's ResNet, plain56 -> resnet56)")
+    t.add_argument("--teacher-checkpoint", metavar="PATH",
+                   help="resdist checkpoint of the trained teacher (methods kd, feature-kd, "
+                   "jointrd)")
+    t.add_argument("--teacher-weights", metavar="NAME|FILE",
+                   help="torchvision weights name (e.g. DEFAULT) or state-dict file for the teacher")
+    t.add_argument("--dirac", action="store_true", default=None,
+                   help="Dirac-parametrised student convs, alpha*I + beta*W (folded away at export)")
+    t.add_argument("--keep-downsample-shortcuts", action="store_true", default=None,
+                   help="plain student keeps the stride-2 projection shortcuts (released code)")
+    t.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training set; the LR schedule and JointRD's decay "
+                   f"factor m(e) are stretched over them (default: {_D.train.epochs})")
+    t.add_argument("--batch-size", type=int, metavar="B",
+                   help="images per step and process; the global batch is this x the number of "
+                   f"processes (default: {_D.data.batch_size})")
+    t.add_argument("--lr", type=float, metavar="LR",
+                   help=f"base learning rate for the global batch (default: {_D.optim.lr})")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule: multistep (x optim.gamma at the optim.milestones "
+                   "fractions of the run), step (x gamma every optim.step_size epochs), cosine "
+                   "(down to 0), onecycle (warm-up then annealing), constant "
+                   f"(default: {_D.optim.schedule})")
+    t.add_argument("--limit-train", type=int, metavar="N",
+                   help="use only the first N training images (default: all)")
+    t.add_argument("--limit-test", type=int, metavar="N",
+                   help="use only the first N test images (default: all)")
+    t.add_argument("--val-split", type=float, metavar="F",
+                   help="hold out this fraction (<1) or count (>=1) of the training images for "
+                   "validation; best.pth then follows validation accuracy (default: 0, none)")
+    t.add_argument("--out", metavar="DIR",
+                   help=f"run directory (default: {_D.train.out})")
+    t.add_argument("--seed", type=int, metavar="S",
+                   help="seed of weight initialisation, shuffling and augmentation; the same "
+                   f"seed repeats a CPU run exactly (default: {_D.train.seed})")
+    t.add_argument("--device", metavar="DEV",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
+                   f"(default: {_D.train.device})")
+    t.add_argument("--amp", choices=AMP_MODES,
+                   help="mixed-precision autocast: bf16 (CPU or GPU), fp16 (GPU, with loss "
+                   "scaling), auto (bf16 on GPUs that support it, else fp16; float32 on CPU) "
+                   "(default: off, float32)")
+    t.add_argument("--accum-steps", type=int, metavar="K",
+                   help="micro-batches per optimiser step (gradient accumulation); the global "
+                   "batch is batch-size x processes x K "
+                   f"(default: {_D.train.accum_steps})")
+    t.add_argument("--channels-last", action="store_true", default=None,
+                   help="keep weights and images in NHWC memory layout: faster convolutions on "
+                   "CPUs and tensor-core GPUs, same results (default: off)")
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (CPU needs a C++ compiler; the first "
+                   "steps are slow) (default: off)")
+    t.add_argument("--sync-bn", action="store_true", default=None,
+                   help="BatchNorm statistics over the global batch under torchrun (default: "
+                   "per process)")
+    t.add_argument("--resume", action="store_true", default=None,
+                   help="continue from OUT/last.pth (optimiser, schedule and RNG included)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar, only one line per epoch")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set distill.dc=0.5 (repeatable; "
+                   "`--dry-run` shows every key)")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config (YAML) and the model summary (parameters, "
+                   "MACs, per-stage output shapes), then exit without reading data, training or "
+                   "writing anything")
+    t.set_defaults(func=cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,94 +149,92 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="resdist", description="Residual Distillation: plain CNNs trained to ResNet "
-        "accuracy through a ResNet teacher, deployed without shortcuts.")
-    parser.add_argument("--version", action="version", version=f"resdist {__version__}")
+        "accuracy through a ResNet teacher, deployed without shortcuts. Docs: docs/README.md.")
+    parser.add_argument("--version", action="version", version=f"resdist {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    t = sub.add_parser("train", help="train a model (CE, KD, feature KD or JointRD)",
-                       description="Train a network. A YAML --config gives defaults; flags "
-                       "override it; --set section.key=value overrides both. The run directory "
-                       "receives config.yaml, last.pth/best.pth and metrics.csv/jsonl.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--config", help="YAML preset (see configs/)")
-    _add_data_args(t)
-    t.add_argument("--model", help="network to train, e.g. plain56, resnet56, plain18")
-    t.add_argument("--method", choices=METHODS, help="training objective (default: ce)")
-    t.add_argument("--teacher", help="teacher model name (default: the student's ResNet)")
-    t.add_argument("--teacher-checkpoint", help="resdist checkpoint of the trained teacher")
-    t.add_argument("--teacher-weights",
-                   help="torchvision weights name (e.g. DEFAULT) or state-dict file for the teacher")
-    t.add_argument("--dirac", action="store_true", default=None,
-                   help="Dirac-parametrised student convs")
-    t.add_argument("--keep-downsample-shortcuts", action="store_true", default=None,
-                   help="plain student keeps the stride-2 projection shortcuts (released code)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, help="per process; global = this x world size")
-    t.add_argument("--lr", type=float, help="base LR for the global batch")
-    t.add_argument("--schedule", choices=SCHEDULES)
-    t.add_argument("--limit-train", type=int, help="use only the first N training images")
-    t.add_argument("--limit-test", type=int, help="use only the first N test images")
-    t.add_argument("--val-split", type=float,
-                   help="hold out this fraction (<1) or count of training images for validation")
-    t.add_argument("--out", help="run directory")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--amp", choices=AMP_MODES,
-                   help="mixed precision; auto: bf16 on GPUs that support it, else fp16 with "
-                   "loss scaling; fp32 on CPU")
-    t.add_argument("--accum-steps", type=int,
-                   help="micro-batches per optimiser step (gradient accumulation); the global "
-                   "batch is batch-size x processes x accum-steps")
-    t.add_argument("--channels-last", action="store_true", default=None)
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the step")
-    t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP")
-    t.add_argument("--resume", action="store_true", default=None,
-                   help="continue from OUT/last.pth")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set distill.dc=0.5 (repeatable)")
-    t.set_defaults(func=cmd_train)
+    _add_train_parser(sub)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint (top-1/top-5)")
-    e.add_argument("--checkpoint", required=True, help="a resdist checkpoint (or its run dir)")
-    _add_data_args(e)
-    e.add_argument("--split", choices=["test", "val"], default="test")
-    e.add_argument("--batch-size", type=int, default=None)
-    e.add_argument("--device", default="auto")
+    e = sub.add_parser("eval", help="evaluate a checkpoint (top-1/top-5)",
+                       description="Evaluate a checkpoint on the test split (or its run's "
+                       "validation split) of the data set it was trained on, or another one.")
+    e.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a resdist checkpoint (or its run folder, for last.pth)")
+    _add_data_args(e, defaults=False)
+    e.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test set, or the validation split the run held out (default: test)")
+    e.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="evaluation batch size (default: the run's data.eval_batch_size)")
+    e.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: ResNet, plain CE and plain JointRD on real "
-                       "Fashion-MNIST, on the CPU, with a summary table")
-    d.add_argument("--config", default=None, help="demo settings YAML (default: configs/demo.yaml"
-                   " values built in)")
-    d.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+                       "Fashion-MNIST, on the CPU, with a summary table",
+                       description="Train the ResNet teacher, its plain counterpart with "
+                       "cross-entropy and the plain student with JointRD, with the settings of "
+                       "the packaged demo preset (`resdist presets demo`), and print a table.")
+    d.add_argument("--config", default=None, metavar="FILE",
+                   help="settings YAML (default: the packaged demo preset)")
+    d.add_argument("--data-dir", metavar="DIR",
+                   help="Fashion-MNIST folder (default: /usr/share/datasets/fashion-mnist, then "
+                   "./data)")
+    d.add_argument("--out", default="runs/demo", metavar="DIR",
+                   help="where the three run directories and summary.md go (default: runs/demo)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of every run (repeatable)")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("reproduce", help="accuracy evidence: teacher and plain students with "
                        "every method, several seeds, one table",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    r.add_argument("suite", choices=list(SUITES))
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--out", default="runs/reproduce", help="run directories (finished runs are "
-                   "reused)")
-    r.add_argument("--results", default="runs/reproduce",
-                   help="where accuracy.json/.md/.png go")
-    r.add_argument("--data-dir", help="Fashion-MNIST folder")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+                       description="Train the teacher and the plain student with every method "
+                       "(settings: the demo preset) for each seed; write accuracy.json/.md/.png.")
+    r.add_argument("suite", choices=list(SUITES), help="which suite to run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                   help="seeds; students of seed s learn from the teacher of seed s "
+                   "(default: 0 1 2)")
+    r.add_argument("--out", default="runs/reproduce", metavar="DIR",
+                   help="run directories; finished runs are reused (default: runs/reproduce)")
+    r.add_argument("--results", default="runs/reproduce", metavar="DIR",
+                   help="where accuracy.json/.md/.png go (default: runs/reproduce)")
+    r.add_argument("--data-dir", metavar="DIR",
+                   help="Fashion-MNIST folder (default: the standard locations)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of every run (repeatable)")
     r.set_defaults(func=cmd_reproduce)
 
-    from .deploy.commands import add_export_parser, add_profile_parser
+    from .deploy.commands import add_export_parser, add_predict_parser, add_profile_parser
 
     add_export_parser(sub)
+    add_predict_parser(sub)
     add_profile_parser(sub)
+
+    ps = sub.add_parser("presets", help="list the packaged recipes (for train --preset)",
+                        description="List the packaged presets with one line each, or print "
+                        "one preset's YAML (to copy and edit for --config).")
+    ps.add_argument("name", nargs="?", metavar="NAME",
+                    help="print this preset's YAML instead of the list")
+    ps.set_defaults(func=cmd_presets)
+
+    m = sub.add_parser("models", help="list the registered networks (for --model)",
+                       description="List the model registry: one line per name with its "
+                       "family and parameter count (10 classes for thin nets, 1000 for the "
+                       "ImageNet-width ones, 3 input channels).")
+    m.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
+                   help="shell-style filter, e.g. 'plain*' (default: all)")
+    m.set_defaults(func=cmd_models)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The run's config: YAML file, then flags, then ``--set`` overrides."""
-    cfg = Config.from_yaml(args.config) if args.config else Config()
+    if getattr(args, "preset", None):
+        from .presets import load_preset
+
+        cfg = load_preset(args.preset)
+    else:
+        cfg = Config.from_yaml(args.config) if args.config else Config()
     for flag, key in _FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -146,10 +246,42 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg.validate()
 
 
+def dry_run_text(cfg: Config) -> str:
+    """The resolved config as YAML and a summary of the model it trains (no data is read)."""
+    from .data.contract import contract_for_data
+    from .engine.build import TEACHER_METHODS, model_kwargs
+    from .models import create_model, teacher_name_for
+    from .models.summary import summarize_model
+
+    d = cfg.data
+    synthetic = d.name == "synthetic"
+    contract = contract_for_data(
+        d.name, in_chans=d.synthetic_channels if synthetic else None,
+        image_size=d.synthetic_size if synthetic else (d.image_size if d.name == "imagefolder"
+                                                      else None),
+        num_classes=d.synthetic_classes if synthetic else None, data_dir=d.data_dir,
+    )
+    num_classes = len(contract.class_names) or 1000
+    model = create_model(cfg.model.name,
+                         **model_kwargs(cfg.model, num_classes, contract.input_shape[0]))
+    lines = [cfg.to_yaml().rstrip(), "", f"model {cfg.model.name}, trained with "
+             f"{cfg.distill.method}"]
+    if cfg.distill.method in TEACHER_METHODS:
+        source = cfg.teacher.checkpoint or cfg.teacher.weights or "co-trained"
+        lines[-1] += f" through teacher {cfg.teacher.name or teacher_name_for(cfg.model.name)}" \
+                     f" ({source})"
+    lines.append(summarize_model(model, contract.input_shape).format())
+    lines.append(f"run directory (not created): {cfg.train.out}")
+    return "\n".join(lines)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        print(dry_run_text(cfg))
+        return 0
     result = train(cfg)
     final = result.final
     if final and os.environ.get("RANK", "0") == "0":
@@ -216,6 +348,37 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import list_presets, preset_description, preset_text
+
+    if args.name:
+        print(preset_text(args.name), end="")
+        return 0
+    names = list_presets()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {preset_description(name)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import create_model, list_models, model_description
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ConfigError(f"no registered model matches {args.pattern!r}; `resdist models` "
+                          "lists them all")
+    width = max(map(len, names))
+    for name in names:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = create_model(name, in_chans=3)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name:<{width}}  {params / 1e6:6.2f} M params  {model_description(name)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -227,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
+        return 0
 
 
 if __name__ == "__main__":

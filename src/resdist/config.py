@@ -138,7 +138,7 @@ class TeacherConfig:
 
 @dataclass
 class DistillConfig:
-    """The training objective. Defaults are the released CIFAR values (METHOD.md section 3)."""
+    """The training objective. Defaults are the released CIFAR values (docs/method.md section 3)."""
 
     method: str = "ce"  # ce | kd | feature-kd | jointrd
     dc: float = 0.5  # floor of the decay factor m(e)

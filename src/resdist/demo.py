@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .reproduce import FASHION_MNIST_SUITE, Row, run_config
+from .presets import load_preset
+from .reproduce import Row, run_config
 
-#: The demo's settings (configs/demo.yaml holds the same values): those of the accuracy suite
-#: (resdist.reproduce), whose seed-0 teacher, CE and JointRD runs the demo repeats, with progress
-#: bars on.
-DEMO_DEFAULTS: dict[str, Any] = {
-    **FASHION_MNIST_SUITE, "train": {**FASHION_MNIST_SUITE["train"], "seed": 0, "progress": True},
-}
+#: The packaged preset holding the demo's settings (shared with the accuracy suite, whose seed-0
+#: teacher, CE and JointRD runs the demo repeats).
+DEMO_PRESET = "demo"
 
 
 def demo_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    cfg = Config.from_yaml(path) if path else Config.from_dict(DEMO_DEFAULTS)
+    """The demo's base config: ``path`` (a YAML file) or the packaged ``demo`` preset, then
+    ``section.key=value`` overrides."""
+    cfg = Config.from_yaml(path) if path else load_preset(DEMO_PRESET)
     return cfg.override(list(overrides or []))
 
 

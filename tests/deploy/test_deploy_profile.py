@@ -1,4 +1,4 @@
-"""Liveness figures against hand-computed networks, METHOD.md's thin-net targets, reports."""
+"""Liveness figures against hand-computed networks, docs/method.md's thin-net targets, reports."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_torch_allocations_agree_with_liveness(residual_onnx):
 
 
 def test_thin_width16_targets_from_method(tmp_path):
-    """METHOD.md section 7: 128 KiB plain vs 192 KiB ResNet per 32x32 image at width 16."""
+    """docs/method.md section 7: 128 KiB plain vs 192 KiB ResNet per 32x32 image at width 16."""
     from resdist.models import create_model
 
     peaks = {}

@@ -1,4 +1,4 @@
-"""Folding BatchNorm and Dirac kernels into convolutions is exact (METHOD.md section 7)."""
+"""Folding BatchNorm and Dirac kernels into convolutions is exact (docs/method.md section 7)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_MEAN = 0.5
 SYNTHETIC_STD = 0.25
 
-# Random-crop padding of the standard recipes (METHOD.md section 5).
+# Random-crop padding of the standard recipes (docs/method.md section 5).
 DEFAULT_CROP_PADDING = {"cifar10": 4, "cifar100": 4, "fashion-mnist": 2}
 
 
@@ -93,6 +93,12 @@ class Normalize:
         return torch.addcmul(shift, x.to(torch.float32), scale)
 
 
+def imagefolder_resize(image_size: int) -> int:
+    """Shorter side an evaluation image is resized to before the ``image_size`` centre crop
+    (256 for 224, the ImageNet convention)."""
+    return round(image_size * 256 / 224)
+
+
 def imagefolder_train_transform(
     image_size: int, *, augment: bool = True, hflip: bool = True
 ):  # -> torchvision.transforms.Compose
@@ -113,7 +119,7 @@ def imagefolder_eval_transform(image_size: int):  # -> torchvision.transforms.Co
     from torchvision import transforms as T
 
     return T.Compose([
-        T.Resize(round(image_size * 256 / 224)),
+        T.Resize(imagefolder_resize(image_size)),
         T.CenterCrop(image_size),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),

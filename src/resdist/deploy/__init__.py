@@ -1,8 +1,10 @@
-"""Deploy without shortcuts: fold, export and profile (METHOD.md section 7).
+"""Deploy without shortcuts: fold, export and profile (docs/method.md section 7).
 
 - :func:`to_deploy` folds Dirac kernels and BatchNorm into the convolutions;
   :func:`calibrate_bn` gives randomly initialised networks sane BatchNorm statistics.
-- :func:`export` / :func:`export_onnx` / :func:`export_torchscript` write the deploy form;
+- :func:`export` / :func:`export_onnx` / :func:`export_torchscript` write the deploy form with
+  its input contract (:func:`read_contract` reads it back; :func:`with_preprocessing` bakes the
+  normalisation in); :func:`predict` classifies image files as the contract says;
   :func:`count_feature_adds` counts the shortcut additions left in an ONNX graph and
   :func:`verify_onnx` checks it against PyTorch with ONNX Runtime.
 - :func:`analyze_onnx` computes peak live activation memory, bytes moved and MACs by a
@@ -20,9 +22,12 @@ from .export import (
     export,
     export_onnx,
     export_torchscript,
+    read_contract,
     verify_onnx,
     verify_torchscript,
+    with_preprocessing,
 )
+from .predict import Predictor, predict
 from .profile import (
     GraphProfile,
     analyze_onnx,
@@ -36,9 +41,11 @@ from .profile import (
 )
 
 __all__ = [
-    "DeployError", "GraphProfile", "MissingDependencyError", "analyze_onnx", "calibrate_bn",
-    "count_feature_adds", "count_torchscript_feature_adds", "export", "export_onnx",
-    "export_torchscript", "fold_batchnorms", "format_table", "fuse_conv_bn", "measure_latency",
+    "DeployError", "GraphProfile", "MissingDependencyError", "Predictor", "analyze_onnx",
+    "calibrate_bn", "count_feature_adds", "count_torchscript_feature_adds", "export",
+    "export_onnx", "export_torchscript", "fold_batchnorms", "format_table", "fuse_conv_bn",
+    "measure_latency",
     "memory_cross_check", "merge_profiles", "profile_models", "to_deploy",
-    "torch_activation_peak", "verify_onnx", "verify_torchscript", "write_profile_report",
+    "predict", "read_contract", "torch_activation_peak", "verify_onnx", "verify_torchscript",
+    "with_preprocessing", "write_profile_report",
 ]

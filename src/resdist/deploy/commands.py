@@ -1,8 +1,10 @@
-"""``resdist export`` and ``resdist profile``: argparse glue over :mod:`resdist.deploy`.
+"""``resdist export``, ``resdist predict`` and ``resdist profile``: argparse glue over
+:mod:`resdist.deploy`.
 
-``cli.py`` adds the sub-commands with :func:`add_export_parser` / :func:`add_profile_parser`;
-each sets ``func`` to a handler taking the parsed ``args`` and returning an exit code. User
-errors are raised as ``ValueError`` subclasses with a one-line message for the CLI to print.
+``cli.py`` adds the sub-commands with :func:`add_export_parser`, :func:`add_predict_parser` and
+:func:`add_profile_parser`; each sets ``func`` to a handler taking the parsed ``args`` and
+returning an exit code. User errors are raised as ``ValueError`` subclasses with a one-line
+message for the CLI to print.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 from ..config import STEMS
 from .errors import DeployError
 
-__all__ = ["add_export_parser", "add_profile_parser", "run_export", "run_profile"]
+__all__ = ["add_export_parser", "add_predict_parser", "add_profile_parser", "run_export",
+           "run_predict", "run_profile"]
 
 
 def _positive_int(text: str) -> int:
@@ -39,11 +42,15 @@ def _threads(text: str) -> int:
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``resdist export --checkpoint PATH --format {onnx,torchscript} --out FILE``."""
+    from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
     p = subparsers.add_parser(
         "export",
         help="fold BatchNorm/Dirac and export a trained network to ONNX or TorchScript",
         description="Fold BatchNorm and Dirac kernels into the convolutions, export the "
-        "network, check the exported graph against PyTorch and print a JSON report.",
+        "network with its input contract (input shape, channels, mean/std, class names) in "
+        "the file's metadata, check the exported graph against PyTorch and print a JSON "
+        "report read back from the written file. See docs/deploy.md.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="resdist checkpoint (.pth) or run folder holding last.pth")
@@ -51,9 +58,18 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="output format (default: onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
     p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
-                   help="input shape; defaults to the one stored in the checkpoint")
-    p.add_argument("--opset", type=_positive_int, default=None,
-                   help="ONNX opset (default: 18)")
+                   help="input shape (default: the one stored in the checkpoint)")
+    p.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}: 18 and above from the "
+                   "torch.export-based exporter, lower from the TorchScript-based one "
+                   "(default: %(default)s)")
+    p.add_argument("--preprocess", "--bake-normalisation", action="store_true",
+                   help="put the normalisation inside the graph: it then takes images scaled "
+                   "to [0, 1] (or uint8 pixels with --input-dtype uint8) instead of normalised "
+                   "ones")
+    p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
+                   help="element type of the graph input; uint8 (raw 0..255 pixels) needs "
+                   "--preprocess (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip running the exported model against PyTorch")
     p.set_defaults(func=run_export)
@@ -62,16 +78,53 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``resdist export``; prints the report as JSON and returns 0."""
-    from .export import DEFAULT_OPSET, export
+    from .export import export
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise DeployError(f"checkpoint not found: {ckpt}")
     report = export(
-        ckpt, args.fmt, args.out, input_shape=args.input_shape,
-        opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify,
+        ckpt, args.fmt, args.out, input_shape=args.input_shape, opset=args.opset,
+        verify=not args.no_verify, preprocess=args.preprocess, input_dtype=args.input_dtype,
     )
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``resdist predict MODEL IMAGE [IMAGE ...]``: top-k classes of image files."""
+    p = subparsers.add_parser(
+        "predict",
+        help="classify PNG/JPEG images with a checkpoint or an exported ONNX file",
+        description="Read each image, prepare it as the model's recorded input contract says "
+        "(grey or RGB, resize and centre crop to the input size, scale and normalise), run the "
+        "model and print the top classes with their probabilities.",
+    )
+    p.add_argument("model", metavar="MODEL",
+                   help="resdist checkpoint (.pth or run folder), or an ONNX or TorchScript file "
+                   "from resdist export")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, ...) or folders searched recursively")
+    p.add_argument("--topk", type=_positive_int, default=5, metavar="K",
+                   help="classes shown per image (default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON list of {file, top: [{class, index, probability}]}")
+    p.set_defaults(func=run_predict)
+    return p
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Handler of ``resdist predict``; prints one block (or JSON) per image and returns 0."""
+    from .predict import predict
+
+    results = predict(args.model, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return 0
+    for r in results:
+        print(r.path)
+        for name, index, prob in r.top:
+            print(f"  {prob:7.2%}  {name} ({index})")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Export the deploy form of a network to ONNX or TorchScript, and check the result.
 
 The exported graph of a plain student has no elementwise ``Add`` between feature maps
-(METHOD.md section 7); :func:`count_feature_adds` counts them so tests and reports can show it.
+(docs/method.md section 7); :func:`count_feature_adds` counts them so tests and reports can show
+it. Exported files carry the model's input contract (:mod:`resdist.data.contract`): ONNX in
+``metadata_props["input_contract"]`` (JSON), TorchScript in the extra file
+``input_contract.json``; :func:`with_preprocessing` bakes the normalisation into the graph.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.contract import InputContract, contract_from_checkpoint
+from ..data.errors import DataError
 from ..models.fold import to_deploy
 from ._onnx_graph import (
     activation_names,
@@ -32,15 +37,72 @@ from ._onnx_graph import (
 from .errors import DeployError, require
 
 __all__ = [
-    "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "count_feature_adds",
-    "count_torchscript_feature_adds", "export", "export_onnx", "export_torchscript",
-    "load_model_source", "verify_onnx", "verify_torchscript",
+    "CONTRACT_KEY", "DEFAULT_OPSET", "INPUT_NAME", "MAX_OPSET", "MIN_OPSET", "OUTPUT_NAME",
+    "Preprocessed", "count_feature_adds", "count_torchscript_feature_adds", "export",
+    "export_onnx", "export_torchscript", "load_model_source", "onnx_opset", "read_contract",
+    "verify_onnx", "verify_torchscript", "with_preprocessing",
 ]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and above
+TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript-based exporter writes up to opset 20
+MIN_OPSET, MAX_OPSET = 9, 23
+CONTRACT_KEY = "input_contract"  # ONNX metadata_props key (JSON) and TorchScript extra file stem
 Exporter = Literal["auto", "dynamo", "torchscript"]
+
+
+class Preprocessed(nn.Module):
+    """``model`` behind its input normalisation: takes images scaled to [0, 1] (float32) or raw
+    0..255 pixels (uint8) and computes ``model((x / 255 if uint8 - mean) / std)``.
+
+    The normalisation is one multiply-add per pixel (``x * scale + shift``), exported as such.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 input_dtype: str = "float32") -> None:
+        super().__init__()
+        if input_dtype not in ("float32", "uint8"):
+            raise DeployError(f"input dtype must be float32 or uint8, got {input_dtype!r}")
+        mean_t = torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1)
+        std_t = torch.tensor([float(s) for s in std]).view(1, -1, 1, 1)
+        pixel = 255.0 if input_dtype == "uint8" else 1.0
+        self.register_buffer("scale", 1.0 / (pixel * std_t))
+        self.register_buffer("shift", -mean_t / std_t)
+        self.input_dtype = input_dtype
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(torch.float32) * self.scale + self.shift)
+
+
+def with_preprocessing(
+    model: nn.Module, contract: InputContract, input_dtype: str = "float32"
+) -> tuple[Preprocessed, InputContract]:
+    """``model`` with ``contract``'s normalisation inside, and the contract of the result."""
+    if contract.normalized_inside:
+        raise DeployError("this model already normalises its input")
+    wrapped = Preprocessed(model, contract.mean, contract.std, input_dtype).eval()
+    baked = InputContract.from_dict({**contract.to_dict(), "normalized_inside": True,
+                                     "input_dtype": input_dtype})
+    return wrapped, baked
+
+
+def _check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DeployError(
+            f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} "
+            f"({DYNAMO_MIN_OPSET}..{MAX_OPSET} use the torch.export-based exporter, "
+            f"{MIN_OPSET}..{DYNAMO_MIN_OPSET - 1} the TorchScript-based one)"
+        )
+
+
+def onnx_opset(onnx_model_or_path: Any) -> int:
+    """The default-domain (``ai.onnx``) opset a written ONNX model declares."""
+    model = load_onnx(onnx_model_or_path)
+    versions = {o.domain: o.version for o in model.opset_import}
+    return int(versions.get("", versions.get("ai.onnx", 0)))
 
 
 def _check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, int, int]:
@@ -58,13 +120,32 @@ def _strip_metadata(model: Any) -> None:
         del node.metadata_props[:]
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Exporter chatter (progress lines, warnings, logged tracebacks of internal fallbacks)
+    goes nowhere; failures still raise."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export_dynamo(
     model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool
 ) -> Any:
     require("onnxscript")
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with _quiet():
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic_shapes,
@@ -79,8 +160,7 @@ def _export_torchscript_based(
     onnx = require("onnx")
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet():
         torch.onnx.export(
             model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], opset_version=opset, dynamic_axes=axes,
@@ -97,29 +177,44 @@ def export_onnx(
     dynamic_batch: bool = True,
     exporter: Exporter = "auto",
     deploy: bool = True,
+    contract: InputContract | None = None,
+    input_dtype: str = "float32",
 ) -> Path:
     """Fold ``model`` (:func:`to_deploy`) and write it as ONNX; returns the path.
 
     The graph has one input ``"images"`` of shape ``(N, C, H, W)`` and one output ``"logits"``;
-    with ``dynamic_batch`` the batch dimension ``N`` is symbolic. ``exporter="auto"`` uses
-    torch's ``torch.export``-based exporter (default since torch 2.9; needs onnxscript) and
-    falls back to the TorchScript-based one if it fails. The written model passes
-    ``onnx.checker.check_model``. ``deploy=False`` exports ``model`` as it is (in eval mode).
+    with ``dynamic_batch`` the batch dimension ``N`` is symbolic. Opsets 18 and above come from
+    torch's ``torch.export``-based exporter (needs onnxscript; ``exporter="auto"`` falls back to
+    the TorchScript-based one when it fails and the opset allows), opsets 9..17 from the
+    TorchScript-based one; the written file declares exactly ``opset``, or
+    :class:`DeployError` says why not. The written model passes ``onnx.checker.check_model``
+    and, given ``contract``, records it in ``metadata_props["input_contract"]`` (JSON).
+    ``deploy=False`` exports ``model`` as it is (in eval mode); ``input_dtype="uint8"`` for a
+    model that takes uint8 images (:class:`Preprocessed`).
     """
     onnx = require("onnx")
     shape = _check_input_shape(input_shape)
+    _check_opset(opset)
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise DeployError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise DeployError(f"the torch.export-based exporter writes opset {DYNAMO_MIN_OPSET} and "
+                          f"above, not {opset}; use exporter='torchscript'")
+    if exporter == "torchscript" and opset > TORCHSCRIPT_MAX_OPSET:
+        raise DeployError(f"the TorchScript-based exporter writes opset {TORCHSCRIPT_MAX_OPSET} "
+                          f"at most, not {opset}; use exporter='dynamo'")
     deployed = to_deploy(model) if deploy else copy.deepcopy(model).eval()
     deployed = deployed.float().cpu()
-    example = torch.randn(2 if dynamic_batch else 1, *shape)
+    example = _example_input(2 if dynamic_batch else 1, shape, input_dtype)
     proto = None
     errors = []
-    if exporter in ("auto", "dynamo"):
+    if exporter == "auto":
+        exporter = "dynamo" if opset >= DYNAMO_MIN_OPSET else "torchscript"
+    if exporter == "dynamo":
         try:
             proto = _export_dynamo(deployed, example, opset, dynamic_batch)
         except Exception as e:  # exporter failure: fall back or report
-            if exporter == "dynamo":
+            if opset > TORCHSCRIPT_MAX_OPSET:
                 raise DeployError(f"ONNX export (torch.export-based) failed: {e}") from e
             errors.append(e)
             warnings.warn(
@@ -133,6 +228,12 @@ def export_onnx(
             prior = f" (torch.export-based exporter: {errors[0]})" if errors else ""
             raise DeployError(f"ONNX export failed: {e}{prior}") from e
     _strip_metadata(proto)
+    written = onnx_opset(proto)
+    if written != opset:
+        raise DeployError(f"the exporter wrote opset {written} instead of {opset}; "
+                          f"choose --opset {written}")
+    if contract is not None:
+        onnx.helper.set_model_props(proto, {CONTRACT_KEY: contract.to_json()})
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
@@ -141,6 +242,35 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, os.fspath(path))
     return path
+
+
+def _example_input(batch: int, shape: Sequence[int], input_dtype: str,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    if input_dtype == "uint8":
+        return torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=generator)
+    return torch.randn((batch, *shape), generator=generator)
+
+
+def read_contract(path: str | os.PathLike) -> InputContract | None:
+    """The input contract an exported ONNX or TorchScript file records (None if it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"model file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        props = {p.key: p.value for p in load_onnx(path).metadata_props}
+        text = props.get(CONTRACT_KEY)
+    else:
+        extra = {f"{CONTRACT_KEY}.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+            except Exception as e:
+                raise DeployError(f"cannot read TorchScript file {path}: {e}") from e
+        text = extra[f"{CONTRACT_KEY}.json"] or None
+    if not text:
+        return None
+    return InputContract.from_json(text if isinstance(text, str) else text.decode())
 
 
 def count_feature_adds(onnx_model_or_path: Any) -> int:
@@ -233,10 +363,11 @@ def verify_onnx(
     session = ort.InferenceSession(
         proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
     )
+    uint8 = inputs[0].type.tensor_type.elem_type == require("onnx").TensorProto.UINT8
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in batch_sizes:
-        x = torch.randn((b, *shape), generator=gen)
+        x = _example_input(b, shape, "uint8" if uint8 else "float32", gen)
         ref = _reference_outputs(model, x)
         (out,) = session.run([out_name], {in_name: x.numpy()})
         worst = max(worst, _relative_error(out, ref))
@@ -244,24 +375,32 @@ def verify_onnx(
 
 
 def export_torchscript(
-    model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], deploy: bool = True
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int],
+    deploy: bool = True,
+    contract: InputContract | None = None,
+    input_dtype: str = "float32",
 ) -> Path:
     """Fold ``model`` and save it as TorchScript (``torch.jit.trace``, then ``torch.jit.save``).
 
-    The traced module accepts any batch size. ``torch.jit`` is deprecated upstream in favour of
-    ``torch.export`` but remains the format C++/mobile runtimes load; its warnings are silenced.
+    The traced module accepts any batch size. ``contract`` is saved as the extra file
+    ``input_contract.json`` (``torch.jit.load(path, _extra_files=...)`` reads it).
+    ``torch.jit`` is deprecated upstream in favour of ``torch.export`` but remains the format
+    C++/mobile runtimes load; its warnings are silenced.
     """
     shape = _check_input_shape(input_shape)
     deployed = to_deploy(model) if deploy else copy.deepcopy(model).eval()
     deployed = deployed.float().cpu()
-    example = torch.randn(2, *shape)
+    example = _example_input(2, shape, input_dtype)
+    extra = {f"{CONTRACT_KEY}.json": contract.to_json()} if contract is not None else {}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(deployed, example)
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.jit.save(traced, os.fspath(path))
+            torch.jit.save(traced, os.fspath(path), _extra_files=extra)
     except DeployError:
         raise
     except Exception as e:
@@ -300,14 +439,16 @@ def verify_torchscript(
     input_shape: Sequence[int],
     batch_sizes: Sequence[int] = (1, 3),
     seed: int = 0,
+    input_dtype: str = "float32",
 ) -> float:
-    """Largest relative error between a saved TorchScript module and ``model`` on random inputs."""
+    """Largest relative error between a saved TorchScript module and ``model`` on random inputs
+    (of ``input_dtype``)."""
     module = _load_torchscript(module_or_path)
     shape = _check_input_shape(input_shape)
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in batch_sizes:
-        x = torch.randn((b, *shape), generator=gen)
+        x = _example_input(b, shape, input_dtype, gen)
         ref = _reference_outputs(model, x)
         with torch.no_grad():
             out = _first_output(module(x)).float().numpy()
@@ -323,10 +464,17 @@ def load_model_source(
     A checkpoint's network is rebuilt with :func:`resdist.engine.checkpoint.model_from_checkpoint`
     and its stored ``input_shape`` is used unless one is given.
     """
+    model, shape, name, _ = _load_source(checkpoint_or_model, input_shape)
+    return model, shape, name
+
+
+def _load_source(
+    checkpoint_or_model: Any, input_shape: Sequence[int] | None
+) -> tuple[nn.Module, tuple[int, int, int] | None, str, InputContract | None]:
     if isinstance(checkpoint_or_model, nn.Module):
         name = type(checkpoint_or_model).__name__
         shape = _check_input_shape(input_shape) if input_shape is not None else None
-        return checkpoint_or_model, shape, name
+        return checkpoint_or_model, shape, name, None
     if not isinstance(checkpoint_or_model, (str, os.PathLike)):
         raise DeployError(
             f"expected a checkpoint path or an nn.Module, got {type(checkpoint_or_model).__name__}"
@@ -342,7 +490,25 @@ def load_model_source(
         raise DeployError(f"cannot rebuild the model from {checkpoint_or_model}: {e}") from e
     shape = input_shape if input_shape is not None else ckpt.get("input_shape")
     shape = _check_input_shape(shape) if shape is not None else None
-    return model, shape, str(ckpt["model_name"])
+    try:
+        contract = contract_from_checkpoint(ckpt)
+    except DataError:  # neither recorded nor derivable: export without one
+        contract = None
+    if contract is not None and shape is not None and list(shape) != contract.input_shape:
+        contract = InputContract.from_dict({**contract.to_dict(), "input_shape": list(shape)})
+    return model, shape, str(ckpt["model_name"]), contract
+
+
+def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
+    onnx = require("onnx")
+    proto = load_onnx(path)
+    shapes = value_shapes(proto)
+    out = []
+    for inp in graph_inputs(proto):
+        dims = shapes.get(inp.name, (None, 0))[0]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        out.append({"name": inp.name, "shape": dims, "dtype": str(dtype)})
+    return out
 
 
 def export(
@@ -352,18 +518,34 @@ def export(
     input_shape: Sequence[int] | None = None,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    preprocess: bool = False,
+    input_dtype: str = "float32",
+    contract: InputContract | None = None,
 ) -> dict[str, Any]:
     """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
 
-    The report holds ``path``, ``format``, ``model``, ``input_shape``, ``feature_adds`` (Adds of
-    two feature maps left in the exported graph), ``expected_shortcut_adds`` (from
-    ``model.count_shortcut_adds()`` when the model has it), ``parameters`` (of the deployed
-    network) and ``max_rel_error`` (ONNX Runtime or the reloaded TorchScript module against the
-    PyTorch model on random inputs at two batch sizes; ``None`` with ``verify=False``).
+    ``preprocess`` puts the contract's normalisation inside the graph
+    (:func:`with_preprocessing`), which then takes [0, 1] float32 images or, with
+    ``input_dtype="uint8"``, raw 0..255 pixels. ``contract`` defaults to the checkpoint's.
+
+    The report's figures are read back from the written file: ``path``, ``format``, ``model``,
+    ``inputs`` (name, shape, dtype), ``opset`` (ONNX), ``feature_adds`` (Adds of two feature
+    maps in the graph), ``input_contract`` (the recorded one) and ``expects`` (it in words).
+    Also: ``input_shape``,
+    ``expected_shortcut_adds`` (from ``model.count_shortcut_adds()`` when the model has it),
+    ``parameters`` (of the deployed network) and ``max_rel_error`` (ONNX Runtime or the
+    reloaded TorchScript module against the PyTorch model on random inputs at two batch sizes;
+    ``None`` with ``verify=False``).
     """
     if fmt not in ("onnx", "torchscript"):
         raise DeployError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
-    model, shape, name = load_model_source(checkpoint_or_model, input_shape)
+    if input_dtype not in ("float32", "uint8"):
+        raise DeployError(f"input dtype must be float32 or uint8, got {input_dtype!r}")
+    if input_dtype == "uint8" and not preprocess:
+        raise DeployError("a uint8 input needs the normalisation inside the graph: add "
+                          "--preprocess")
+    model, shape, name, found = _load_source(checkpoint_or_model, input_shape)
+    contract = contract or found
     if _model_device(model).type == "meta":
         raise DeployError("the model's weights are on the meta device (no data): load them first")
     if shape is None:
@@ -373,24 +555,44 @@ def export(
         )
     if fmt == "onnx":
         require("onnx")
+        _check_opset(opset)
     deployed = to_deploy(model)
+    reference: nn.Module = model
+    if preprocess:
+        if contract is None:
+            raise DeployError("--preprocess needs the input contract (mean and std), which "
+                              "this checkpoint does not record")
+        deployed, contract = with_preprocessing(deployed, contract, input_dtype)
+        reference = Preprocessed(model, contract.mean, contract.std, input_dtype).eval()
+        reference.to(_model_device(model))  # compared where the model lives
     if fmt == "onnx":
-        path = export_onnx(deployed, out, shape, opset=opset, deploy=False)
+        path = export_onnx(deployed, out, shape, opset=opset, deploy=False, contract=contract,
+                           input_dtype=input_dtype)
         adds = count_feature_adds(path)
-        err = verify_onnx(path, model, shape) if verify else None
+        err = verify_onnx(path, reference, shape) if verify else None
+        inputs = _onnx_inputs(path)
+        written_opset: int | None = onnx_opset(path)
     else:
-        path = export_torchscript(deployed, out, shape, deploy=False)
+        path = export_torchscript(deployed, out, shape, deploy=False, contract=contract,
+                                  input_dtype=input_dtype)
         adds = count_torchscript_feature_adds(path)
-        err = verify_torchscript(path, model, shape) if verify else None
+        err = verify_torchscript(path, reference, shape, input_dtype=input_dtype) \
+            if verify else None
+        inputs = [{"name": INPUT_NAME, "shape": ["N", *shape], "dtype": input_dtype}]
+        written_opset = None
+    recorded = read_contract(path)
     expected = model.count_shortcut_adds() if hasattr(model, "count_shortcut_adds") else None
     return {
         "path": str(path),
         "format": fmt,
         "model": name,
         "input_shape": list(shape),
+        "inputs": inputs,
+        "opset": written_opset,
         "feature_adds": adds,
         "expected_shortcut_adds": expected,
         "parameters": sum(p.numel() for p in deployed.parameters()),
         "max_rel_error": err,
-        "opset": opset if fmt == "onnx" else None,
+        "input_contract": recorded.to_dict() if recorded is not None else None,
+        "expects": recorded.describe() if recorded is not None else None,
     }

@@ -1,4 +1,4 @@
-"""JointRD: the plain student trained through a (frozen) ResNet teacher (METHOD.md section 3).
+"""JointRD: the plain student trained through a (frozen) ResNet teacher (docs/method.md section 3).
 
 For each stage boundary ``k < S`` the student's stage-``k`` output runs through the teacher's
 stages ``k+1..S`` and head, giving logits ``z_k``; the student's own forward gives ``z_S``. The

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 
 def bn_margins(bn: nn.BatchNorm2d, min_prob: float = 1e-3, eps: float = 1e-6) -> Tensor:
-    """Per-channel margins from the teacher's last BatchNorm (METHOD.md section 3).
+    """Per-channel margins from the teacher's last BatchNorm (docs/method.md section 3).
 
     Channel ``c`` of the pre-ReLU feature is modelled as ``X ~ N(beta_c, gamma_c^2)``; the margin
     is ``E[X | X < 0] = beta - |gamma| * pdf(beta/|gamma|) / cdf(-beta/|gamma|)``, or

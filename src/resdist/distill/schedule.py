@@ -1,4 +1,4 @@
-"""The decay factor m(e) of the mixed-path losses (METHOD.md section 3)."""
+"""The decay factor m(e) of the mixed-path losses (docs/method.md section 3)."""
 
 from __future__ import annotations
 

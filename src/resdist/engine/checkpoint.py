@@ -2,10 +2,11 @@
 
 A checkpoint is a dict with keys ``model`` (state dict of the trained network, the student for
 distillation), ``model_name`` and ``model_kwargs`` (to rebuild it with
-:func:`resdist.models.create_model`), ``input_shape`` ``(C, H, W)``, ``epoch`` (completed epochs),
-``config`` (the run's config as a dict), ``metrics`` (last evaluation) and, for resuming,
-``optimizer``, ``scheduler``, ``objective`` (trainable parts besides the model, e.g. connectors),
-``scaler`` and ``rng``.
+:func:`resdist.models.create_model`), ``input_shape`` ``(C, H, W)``, ``input_contract`` (what
+the model expects as input: a :class:`resdist.data.contract.InputContract` as plain lists,
+strings and numbers), ``epoch`` (completed epochs), ``config`` (the run's config as a dict),
+``metrics`` (last evaluation) and, for resuming, ``optimizer``, ``scheduler``, ``objective``
+(trainable parts besides the model, e.g. connectors), ``scaler`` and ``rng``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedules (METHOD.md section 5)."""
+"""Optimiser and learning-rate schedules (docs/method.md section 5)."""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError
 from ..data import build_data
+from ..data.contract import contract_from_bundle
 from .build import build_all
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .denormals import set_flush_denormal
@@ -233,6 +234,7 @@ class Trainer:
         self.cfg, self.objective, self.model, self.data = cfg, objective, model, data
         self.device, self.info = device, info
         self.model_kwargs, self.input_shape = model_kwargs, input_shape
+        self.input_contract = contract_from_bundle(data).to_dict()  # what the model expects
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
         self.accum_steps = cfg.train.accum_steps
@@ -330,6 +332,7 @@ class Trainer:
         state = {
             "model": self.model.state_dict(), "model_name": self.cfg.model.name,
             "model_kwargs": self.model_kwargs, "input_shape": list(self.input_shape),
+            "input_contract": self.input_contract,
             "epoch": epoch, "config": self.cfg.to_dict(), "metrics": metrics,
             "objective": objective_state, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),

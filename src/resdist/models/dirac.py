@@ -1,4 +1,4 @@
-"""Dirac-parametrised convolution for plain students (METHOD.md section 2).
+"""Dirac-parametrised convolution for plain students (docs/method.md section 2).
 
 The effective kernel is ``alpha * I + beta * W`` where ``I`` is the fixed identity (Dirac)
 kernel, ``alpha`` and ``beta`` are trainable per output channel, and ``W`` is an ordinary kernel.

@@ -1,7 +1,7 @@
 """Model transforms: fold Dirac kernels and BatchNorm into the convolutions, calibrate BatchNorm.
 
 ``to_deploy(model)`` returns a standard conv(-bias)-ReLU network computing the same function as
-``model.eval()`` (METHOD.md section 7). ``calibrate_bn`` re-estimates BatchNorm statistics from
+``model.eval()`` (docs/method.md section 7). ``calibrate_bn`` re-estimates BatchNorm statistics from
 random inputs so that randomly initialised networks have sane activation scales when timed.
 Training uses these transforms too: a frozen teacher computes through its folded copy.
 """
@@ -134,7 +134,7 @@ def calibrate_bn(
     ``num_batches`` forward passes in train mode, using the given ``batches`` or, without them,
     standard-normal inputs of shape ``(batch_size, *input_shape)``. Randomly initialised deep
     plain networks otherwise produce vanishing/denormal or huge activations in eval mode, which
-    distorts latency measurements (METHOD.md section 7). No parameters are changed.
+    distorts latency measurements (docs/method.md section 7). No parameters are changed.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if batches is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable
 
 from torch import nn
@@ -31,6 +32,14 @@ def list_models(pattern: str = "*") -> list[str]:
         return (name.rstrip("0123456789"), int(digits or 0))
 
     return sorted((n for n in _MODELS if fnmatch.fnmatch(n, pattern)), key=key)
+
+
+def model_description(name: str) -> str:
+    """First sentence of the builder's docstring (what ``resdist models`` prints)."""
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown model {name!r}")
+    text = " ".join((_MODELS[name].__doc__ or "").split())
+    return re.split(r"[.;](?:\s|$)", text, maxsplit=1)[0]
 
 
 def is_model(name: str) -> bool:

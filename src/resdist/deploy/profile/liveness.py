@@ -21,7 +21,7 @@ allocation planner; not a replay of ORT's exact plan):
 
 With these rules a width-16 thin CIFAR block at 32x32 (fp32) peaks at 2 feature maps (128 KiB)
 in a plain network and at 3 (192 KiB: block input + two conv outputs) in a ResNet, and ImageNet
-ResNet-50 vs plain-50 at 224x224 peak at 6.9 vs 4.6 MiB per image (METHOD.md section 7).
+ResNet-50 vs plain-50 at 224x224 peak at 6.9 vs 4.6 MiB per image (docs/method.md section 7).
 
 A second, more favourable view of ResNets is available (``analyze_onnx(..., fuse_add=True)``,
 reported by :func:`profile_models` under ``fused_add``): an executor that fuses the shortcut

@@ -1,0 +1,222 @@
+"""Classify image files with a trained model, fed as its recorded input contract says.
+
+``Predictor.load(path)`` takes a resdist checkpoint (``.pth`` or a run folder), an exported
+ONNX file (run with ONNX Runtime) or an exported TorchScript file; all carry the input contract
+(:mod:`resdist.data.contract`). :func:`load_image` turns a PNG/JPEG file into the array the
+model takes: colour mode converted (grey or RGB), shorter side resized and centre-cropped to the
+input size, scaled to [0, 1] and normalised (or left to the graph when it normalises itself).
+
+    predictor = Predictor.load("plain56.onnx")
+    for result in predictor.predict_files(["shoe.png"], topk=3):
+        print(result.path, result.top[0])
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.contract import InputContract, contract_from_checkpoint
+from ..data.errors import DataError
+from .errors import DeployError, require
+
+__all__ = ["IMAGE_SUFFIXES", "Prediction", "Predictor", "find_images", "load_image", "predict"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Prediction:
+    """The top classes for one image: ``top`` is ``[(class name, index, probability), ...]``,
+    most probable first."""
+
+    path: str
+    top: list[tuple[str, int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.path, "top": [{"class": n, "index": i, "probability": p}
+                                           for n, i, p in self.top]}
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively for files
+    with an image suffix (sorted). A missing path or a folder without images is an error."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(f for f in p.rglob("*")
+                            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise DeployError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) inside")
+            found += inside
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DeployError(f"{p}: no such file or folder")
+    if not found:
+        raise DeployError("no image given")
+    return found
+
+
+def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
+    """One image file as the ``(C, H, W)`` array the model takes (see the module docstring).
+
+    Raises:
+        DeployError: the file is not a readable image (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import functional as TF
+
+    c, h, w = contract.input_shape
+    if contract.color_mode not in ("L", "RGB"):
+        raise DeployError(f"cannot read {c}-channel images from files (grey or RGB only)")
+    try:
+        with Image.open(path) as img:
+            img = img.convert(contract.color_mode)
+            img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        reason = "not a readable image" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DeployError(f"{path}: {reason}") from e
+    img = TF.center_crop(TF.resize(img, contract.resize), [h, w])
+    pixels = np.asarray(img, dtype=np.uint8).reshape(h, w, -1).transpose(2, 0, 1)
+    if contract.input_dtype == "uint8":
+        return np.ascontiguousarray(pixels)
+    x = pixels.astype(np.float32) / 255.0
+    if not contract.normalized_inside:
+        mean = np.asarray(contract.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(contract.std, dtype=np.float32).reshape(-1, 1, 1)
+        x = (x - mean) / std
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip file with a ``code/`` folder (checkpoints have none)."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in name for name in z.namelist())
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """A model plus its input contract; ``logits(batch)`` runs it on prepared arrays."""
+
+    def __init__(self, run: Any, contract: InputContract, source: str) -> None:
+        self._run = run
+        self.contract = contract
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Predictor:
+        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder), an ONNX file or a
+        TorchScript file written by ``resdist export``."""
+        path = Path(path)
+        if not path.exists():
+            raise DeployError(f"model not found: {path}")
+        if path.suffix.lower() == ".onnx":
+            return cls._from_onnx(path)
+        if _is_torchscript(path):
+            return cls._from_torchscript(path)
+        return cls._from_checkpoint(path)
+
+    @classmethod
+    def _from_torchscript(cls, path: Path) -> Predictor:
+        from .export import read_contract
+
+        contract = read_contract(path)
+        if contract is None:
+            raise DeployError(f"{path} records no input contract (extra file "
+                              "input_contract.json); export it again with `resdist export`")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(batch)).float().numpy()
+
+        return cls(run, contract, str(path))
+
+    @classmethod
+    def _from_onnx(cls, path: Path) -> Predictor:
+        from .export import read_contract
+
+        ort = require("onnxruntime")
+        contract = read_contract(path)
+        if contract is None:
+            raise DeployError(f"{path} records no input contract (metadata 'input_contract'); "
+                              "export it again with `resdist export`")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(os.fspath(path), so,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise DeployError(f"ONNX Runtime cannot load {path}: {e}") from e
+        name = session.get_inputs()[0].name
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: batch})[0]
+
+        return cls(run, contract, str(path))
+
+    @classmethod
+    def _from_checkpoint(cls, path: Path) -> Predictor:
+        from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        try:
+            contract = contract_from_checkpoint(ckpt)
+        except DataError as e:
+            raise DeployError(f"{path}: {e}") from e
+        model = model_from_checkpoint(ckpt).eval()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(batch)).float().numpy()
+
+        return cls(run, contract, str(path))
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` prepared images -> ``(N, classes)`` logits."""
+        return np.asarray(self._run(batch))
+
+    def predict_files(
+        self, paths: Sequence[str | os.PathLike], topk: int = 5, batch_size: int = 32
+    ) -> list[Prediction]:
+        """Top-``topk`` classes of each image file, in the order given."""
+        if topk < 1:
+            raise DeployError(f"topk must be >= 1, got {topk}")
+        names = self.contract.class_names
+        results = []
+        for start in range(0, len(paths), batch_size):
+            chunk = list(paths[start : start + batch_size])
+            batch = np.stack([load_image(p, self.contract) for p in chunk])
+            probs = _softmax(self.logits(batch))
+            k = min(topk, probs.shape[1])
+            for p, row in zip(chunk, probs):
+                order = np.argsort(-row, kind="stable")[:k]
+                top = [(names[i] if i < len(names) else str(i), int(i), float(row[i]))
+                       for i in order]
+                results.append(Prediction(str(p), top))
+        return results
+
+
+def predict(
+    model: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5
+) -> list[Prediction]:
+    """Top-``topk`` classes for image files and folders, with a checkpoint or an ONNX file."""
+    return Predictor.load(model).predict_files(find_images(images), topk=topk)

@@ -1,0 +1,203 @@
+"""The input contract end to end: a trained checkpoint records it, exported files carry it,
+``resdist predict`` follows it (same classes as evaluation), baked normalisation is exact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from resdist.cli import main  # noqa: E402
+from resdist.config import Config  # noqa: E402
+from resdist.data import build_data  # noqa: E402
+from resdist.data.contract import InputContract, contract_from_checkpoint  # noqa: E402
+from resdist.deploy import export  # noqa: E402
+from resdist.deploy.export import onnx_opset, read_contract  # noqa: E402
+from resdist.deploy.predict import Predictor, load_image, predict  # noqa: E402
+from resdist.engine.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from resdist.engine.trainer import train  # noqa: E402
+
+TINY = {
+    "data": {"name": "synthetic", "synthetic_samples": 96, "synthetic_size": 16,
+             "synthetic_channels": 1, "synthetic_classes": 4, "batch_size": 32},
+    "model": {"name": "plain20", "width_mult": 0.25},
+    "optim": {"lr": 0.05, "schedule": "onecycle"},
+    "train": {"epochs": 2, "progress": False, "tensorboard": False, "device": "cpu"},
+}
+N_IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A tiny trained run, a few of its test images as PNG files and their evaluation classes."""
+    root = tmp_path_factory.mktemp("contract")
+    cfg = Config.from_dict(TINY)
+    cfg.train.out = str(root / "run")
+    torch.manual_seed(0)
+    train(cfg)
+    data = build_data(cfg.data)
+    images, _ = next(iter(data.test))  # normalised as evaluation sees them
+    images = images[:N_IMAGES]
+    raw = data.test.images[:N_IMAGES]  # the uint8 pixels behind them
+    folder = root / "images"
+    folder.mkdir()
+    files = []
+    for i, pixels in enumerate(raw):
+        path = folder / f"img{i}.png"
+        Image.fromarray(pixels[0].numpy(), mode="L").save(path)
+        files.append(path)
+    model = model_from_checkpoint(root / "run" / "last.pth").eval()
+    with torch.no_grad():
+        logits = model(images)
+    return {"root": root, "ckpt": root / "run" / "last.pth", "files": files, "folder": folder,
+            "classes": logits.argmax(1).tolist(), "logits": logits.numpy(), "raw": raw}
+
+
+def _plain(obj) -> bool:
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_plain(v) for v in obj)
+    return isinstance(obj, (str, int, float, bool)) or obj is None
+
+
+def test_checkpoint_records_the_contract_as_plain_types(trained):
+    ckpt = load_checkpoint(trained["ckpt"])
+    recorded = ckpt["input_contract"]
+    assert _plain(recorded)
+    contract = InputContract.from_dict(recorded)
+    assert contract.input_shape == [1, 16, 16] and contract.color_mode == "L"
+    assert contract.mean == [0.5] and contract.std == [0.25]
+    assert contract.class_names == [f"class_{i}" for i in range(4)]
+    assert not contract.normalized_inside and contract.value_range == [0.0, 1.0]
+
+
+def test_contract_round_trip_checkpoint_onnx_predict(trained, tmp_path):
+    """checkpoint -> ONNX metadata -> predict gives the classes evaluation gives."""
+    by_ckpt = predict(trained["ckpt"], [str(p) for p in trained["files"]], topk=2)
+    assert [r.top[0][1] for r in by_ckpt] == trained["classes"]
+    onnx_path = tmp_path / "m.onnx"
+    report = export(trained["ckpt"], "onnx", onnx_path, opset=17)
+    contract = read_contract(onnx_path)
+    assert contract == contract_from_checkpoint(load_checkpoint(trained["ckpt"]))
+    assert report["input_contract"] == contract.to_dict()
+    assert "(x / 255 - mean) / std" in report["expects"]
+    by_onnx = predict(onnx_path, [trained["folder"]], topk=2)  # a folder of PNGs
+    assert [r.top[0][1] for r in by_onnx] == trained["classes"]
+    for a, b in zip(by_ckpt, by_onnx):
+        assert a.top[0][0] == b.top[0][0] and a.top[0][2] == pytest.approx(b.top[0][2], abs=1e-5)
+
+
+@pytest.mark.parametrize("input_dtype", ["float32", "uint8"])
+def test_baked_normalisation_gives_the_same_logits(trained, tmp_path, input_dtype):
+    path = tmp_path / f"baked-{input_dtype}.onnx"
+    report = export(trained["ckpt"], "onnx", path, opset=17, preprocess=True,
+                    input_dtype=input_dtype)
+    assert report["inputs"][0]["dtype"] == input_dtype and report["feature_adds"] == 0
+    contract = read_contract(path)
+    assert contract.normalized_inside and contract.input_dtype == input_dtype
+    raw = trained["raw"].numpy()
+    x = raw if input_dtype == "uint8" else raw.astype(np.float32) / 255.0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": x})
+    np.testing.assert_allclose(logits, trained["logits"], rtol=1e-4, atol=1e-4)
+    # predict feeds it un-normalised pixels, as its contract says
+    assert [r.top[0][1] for r in predict(path, trained["files"], topk=1)] == trained["classes"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated
+def test_baked_torchscript_records_the_contract(trained, tmp_path):
+    path = tmp_path / "baked.pt"
+    export(trained["ckpt"], "torchscript", path, preprocess=True, input_dtype="uint8")
+    contract = read_contract(path)
+    assert contract is not None and contract.input_dtype == "uint8"
+    module = torch.jit.load(str(path))
+    with torch.no_grad():
+        logits = module(trained["raw"]).numpy()
+    np.testing.assert_allclose(logits, trained["logits"], rtol=1e-4, atol=1e-4)
+    assert [r.top[0][1] for r in predict(path, trained["files"], topk=1)] == trained["classes"]
+
+
+def test_opset_is_honoured_or_refused(trained, tmp_path, capsys):
+    out = tmp_path / "m13.onnx"
+    assert main(["export", "--checkpoint", str(trained["ckpt"]), "--out", str(out),
+                 "--opset", "13"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["opset"] == 13 == onnx_opset(out)
+    for bad in ("5", "40"):
+        assert main(["export", "--checkpoint", str(trained["ckpt"]), "--out",
+                     str(tmp_path / "x.onnx"), "--opset", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"opset {bad} is not supported" in err and "9..23" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_succeeds_silently_with_the_contract_in_the_report(trained, tmp_path):
+    """The torch.export-based exporter (opset 18) prints nothing but the JSON report."""
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run(
+        [sys.executable, "-m", "resdist", "export", "--checkpoint", str(trained["ckpt"]),
+         "--out", str(out), "--preprocess"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    report = json.loads(proc.stdout)
+    assert report["opset"] == 18 == onnx_opset(out)
+    assert report["input_contract"]["normalized_inside"] is True
+    assert report["inputs"][0]["name"] == "images"
+
+
+def test_predict_command_text_json_and_topk(trained, capsys):
+    files = [str(p) for p in trained["files"][:2]]
+    assert main(["predict", str(trained["ckpt"]), *files, "--topk", "3"]) == 0
+    out = capsys.readouterr().out
+    assert files[0] in out and out.count("%") == 6 and "class_" in out
+    assert main(["predict", str(trained["ckpt"]), *files, "--json", "--topk", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in rows] == files
+    for row, want in zip(rows, trained["classes"]):
+        probs = [t["probability"] for t in row["top"]]
+        assert len(probs) == 2 and probs == sorted(probs, reverse=True)
+        assert row["top"][0]["index"] == want and row["top"][0]["class"] == f"class_{want}"
+
+
+def test_bad_image_is_one_line_naming_the_file(trained, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    assert main(["predict", str(trained["ckpt"]), str(trained["files"][0]), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "broken.png" in err and err.startswith("resdist predict: error:")
+    assert main(["predict", str(trained["ckpt"]), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+
+
+def test_images_are_converted_resized_and_cropped_per_the_contract(tmp_path):
+    contract = InputContract(input_shape=[1, 8, 8], color_mode="L", resize=10, mean=[0.5],
+                             std=[0.5], class_names=["a", "b"])
+    path = tmp_path / "rgb.jpg"
+    Image.new("RGB", (20, 30), (255, 255, 255)).save(path)  # wide JPEG, colour
+    x = load_image(path, contract)
+    assert x.shape == (1, 8, 8) and x.dtype == np.float32
+    np.testing.assert_allclose(x, 1.0, atol=1e-2)  # white: (1 - 0.5) / 0.5
+
+
+def test_old_checkpoint_contract_comes_from_its_config(tmp_path):
+    """Checkpoints written before the contract existed: derived from the saved config."""
+    from resdist.engine.checkpoint import save_checkpoint
+    from resdist.models import create_model
+
+    kw = {"num_classes": 10, "in_chans": 1, "width_mult": 0.25}
+    path = save_checkpoint({"model": create_model("plain20", **kw).state_dict(),
+                            "model_name": "plain20", "model_kwargs": kw,
+                            "input_shape": [1, 28, 28], "config": Config().to_dict()},
+                           tmp_path / "old.pth")
+    contract = Predictor.load(path).contract
+    assert contract.dataset == "fashion-mnist" and contract.mean == [0.286]
+    assert contract.class_names[0] == "T-shirt/top" and contract.resize == 28

@@ -1,0 +1,151 @@
+"""The README stays true: every ``resdist`` command in its bash blocks runs, shrunk to tiny data
+written in the real on-disk formats, and its "Deploying the model" Python example runs and
+prints the class ``resdist predict`` prints.
+
+Shrinking only appends options (argparse keeps the last value of a flag) or, for ``torchrun``
+lines, runs the same ``resdist`` command once with ``--dry-run``. A README command of a kind
+this test does not know how to shrink fails the test, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resdist.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from data_writers import write_cifar, write_fmnist  # noqa: E402
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+TINY_FMNIST = ["--data-dir", "fm", "--limit-train", "64", "--limit-test", "32", "--batch-size",
+               "32", "--epochs", "1", "--no-progress", "--set", "model.width_mult=0.25",
+               "--set", "train.tensorboard=false", "--set", "train.device=cpu"]
+TINY_PRESET = ["--set", "data.limit_train=8", "--set", "data.limit_test=4", "--set",
+               "data.batch_size=4", "--set", "data.eval_batch_size=4", "--epochs", "1",
+               "--no-progress", "--set", "train.tensorboard=false", "--set", "train.device=cpu"]
+TINY_SUITE = ["--seeds", "0", "--data-dir", "fm", "--out", "runs/rep", "--results", "runs/rep",
+              "--set", "model.name=plain20", "--set", "model.width_mult=0.25", "--set",
+              "data.limit_train=64", "--set", "data.limit_test=32", "--set", "data.batch_size=32",
+              "--set", "train.epochs=1"]
+
+
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def readme_commands(text: str) -> list[list[str]]:
+    """``resdist ...`` and ``torchrun ... -m resdist ...`` lines of the bash blocks, with
+    continuation lines joined and trailing comments dropped, as argv lists."""
+    commands = []
+    for block in bash_blocks(text):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv and (argv[0] == "resdist" or argv[0] == "torchrun"):
+                commands.append(argv)
+    return commands
+
+
+def shrink(argv: list[str]) -> list[str]:
+    """The README command as ``main()`` arguments, on tiny data."""
+    if argv[0] == "torchrun":
+        at = argv.index("resdist")
+        assert argv[at - 1] == "-m", argv
+        return argv[at + 1 :] + ["--dry-run"]
+    args = argv[1:]
+    command = args[0]
+    if command == "train":
+        if "--dry-run" in args:
+            return args
+        return args + (TINY_PRESET if "--preset" in args else TINY_FMNIST)
+    if command == "eval":
+        return args + ["--data-dir", "fm"]
+    if command == "export":
+        return args + ["--opset", "17"]  # the TorchScript-based exporter: quicker
+    if command == "profile":
+        return args + ["--runs", "2", "--batch-sizes", "1", "--threads", "1", "--in-chans", "1"]
+    if command == "reproduce":
+        return args + TINY_SUITE
+    if command in ("predict", "models", "presets"):
+        return args
+    pytest.fail(f"README command {shlex.join(argv)!r}: this test does not know how to shrink "
+                f"{command!r}; teach shrink() before documenting it")
+    return []
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with tiny Fashion-MNIST (./fm), CIFAR-100 (./data) and a PNG."""
+    monkeypatch.chdir(tmp_path)
+    arrays = write_fmnist(tmp_path / "fm", n_train=64, n_test=32)
+    write_cifar(tmp_path / "data", 100, per_batch=8, n_test=4)
+    Image.fromarray(arrays["t10k-images-idx3-ubyte"][0], mode="L").save(tmp_path / "shoe.png")
+    return tmp_path
+
+
+def test_readme_documents_every_command():
+    seen = {shrink(argv)[0] for argv in readme_commands(README.read_text())}
+    assert {"train", "eval", "export", "predict", "profile", "reproduce", "models",
+            "presets"} <= seen
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_shrunk(workdir: Path, capsys):
+    torch.manual_seed(0)
+    commands = readme_commands(README.read_text())
+    assert len(commands) >= 10
+    for argv in commands:
+        args = shrink(argv)
+        code = main(args)
+        captured = capsys.readouterr()
+        assert code == 0, f"{shlex.join(argv)} -> {shlex.join(args)}: {captured.err[-2000:]}"
+        assert "Traceback" not in captured.err
+    assert (workdir / "plain56.onnx").is_file()
+    assert (workdir / "runs" / "cifar100-plain18-jointrd" / "last.pth").is_file()
+
+
+def _deploy_example(text: str) -> str:
+    section = text.split("## Deploying the model", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return code
+
+
+def test_readme_onnx_runtime_example_prints_the_predicted_class(tmp_path: Path, capsys):
+    """The example runs as written, on an exported model and a PNG, and agrees with predict;
+    docs/deploy.md repeats it verbatim."""
+    from resdist.deploy import export
+    from resdist.engine.checkpoint import save_checkpoint
+    from resdist.models import create_model
+
+    code = _deploy_example(README.read_text())
+    assert code in (README.parent / "docs" / "deploy.md").read_text()
+    assert len(code.strip().splitlines()) <= 14
+    kw = {"num_classes": 10, "in_chans": 1, "width_mult": 0.25}
+    model = create_model("plain20", **kw)
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "plain20",
+                            "model_kwargs": kw, "input_shape": [1, 28, 28],
+                            "config": {"data": {"name": "fashion-mnist"}}},
+                           tmp_path / "last.pth")
+    export(ckpt, "onnx", tmp_path / "plain56.onnx", opset=17, verify=False)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(
+        tmp_path / "shoe.png")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert main(["predict", str(tmp_path / "plain56.onnx"), str(tmp_path / "shoe.png"),
+                 "--topk", "1", "--json"]) == 0
+    import json
+
+    best = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
+    assert proc.stdout.strip() == best
