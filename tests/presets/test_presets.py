@@ -239,7 +239,9 @@ def test_cifar_recipe(path: Path):
 def test_imagenet_recipe(path: Path):
     cfg = Config.from_yaml(path)
     assert cfg.data.name == "imagefolder" and cfg.data.image_size == 224
-    assert 512 % cfg.data.batch_size == 0  # global batch 512 = batch_size x processes
+    # written for 8 GPUs: global batch 512 = batch_size x 8 processes x accum_steps
+    assert cfg.data.batch_size * 8 * cfg.train.accum_steps == 512
+    assert cfg.train.amp == "auto"  # bf16 on GPUs that have it, else fp16 with loss scaling
     assert cfg.optim.lr == 0.2 and cfg.optim.weight_decay == 1e-4
     assert cfg.train.epochs == 120 and cfg.optim.schedule == "step"
     assert cfg.optim.step_size == 30 and cfg.optim.gamma == 0.1
