@@ -7,6 +7,7 @@ its checkpoints, and ``resdist train --config that.yaml`` re-runs it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 32
     synthetic_channels: int = 3
+    skip_bad_images: bool = False  # ImageFolder: leave out unreadable/empty files (else an error)
 
 
 @dataclass
@@ -117,7 +119,8 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
-    resume: bool = False
+    resume: bool = False  # continue the run in `out` from its last.pth
+    overwrite: bool = False  # move a run already in `out` aside to `out`.old-<time>, start anew
 
 
 @dataclass
@@ -133,35 +136,79 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> Config:
-        """Check enumerated values and ranges; raise :class:`ConfigError` naming the key."""
-        checks = [
-            ("data.name", self.data.name, DATASETS),
-            ("distill.method", self.distill.method, METHODS),
-            ("optim.schedule", self.optim.schedule, SCHEDULES),
-            ("distill.path_loss", self.distill.path_loss, ("ce", "kd")),
+        """Check every enumerated value and range; raise :class:`ConfigError` naming the key.
+
+        Runs before anything is built or written, so a bad value costs no training time.
+        """
+        d, m, dist, o, t = self.data, self.model, self.distill, self.optim, self.train
+        choices = [
+            ("data.name", d.name, DATASETS),
+            ("distill.method", dist.method, METHODS),
+            ("optim.schedule", o.schedule, SCHEDULES),
+            ("distill.path_loss", dist.path_loss, ("ce", "kd")),
         ]
-        for key, value, allowed in checks:
+        for key, value, allowed in choices:
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-        if self.train.amp not in (None, "bf16", "fp16"):
-            raise ConfigError(f"train.amp={self.train.amp!r} is not one of bf16, fp16 (or null)")
-        positive = {
-            "train.epochs": self.train.epochs, "data.batch_size": self.data.batch_size,
-            "data.eval_batch_size": self.data.eval_batch_size, "optim.lr": self.optim.lr,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
-        if not 0.0 <= self.distill.dc <= 1.0:
-            raise ConfigError(f"distill.dc must lie in [0, 1], got {self.distill.dc}")
-        if not 0.0 < self.distill.decay_fraction <= 1.0:
-            raise ConfigError(
-                f"distill.decay_fraction must lie in (0, 1], got {self.distill.decay_fraction}"
-            )
-        if self.distill.feature_weight < 0:
-            raise ConfigError("distill.feature_weight must be >= 0")
-        if self.data.val_split < 0:
-            raise ConfigError("data.val_split must be >= 0")
+        for key, value, allowed in (("train.amp", t.amp, ("bf16", "fp16")),
+                                    ("model.stem", m.stem, ("cifar", "imagenet"))):
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)} (or null)")
+        at_least = [  # (key, value, minimum); None values mean "not set" and pass
+            ("data.batch_size", d.batch_size, 1), ("data.eval_batch_size", d.eval_batch_size, 1),
+            ("data.limit_train", d.limit_train, 1), ("data.limit_test", d.limit_test, 1),
+            ("data.crop_padding", d.crop_padding, 0), ("data.image_size", d.image_size, 1),
+            ("data.num_workers", d.num_workers, 0), ("data.val_split", d.val_split, 0),
+            ("data.synthetic_samples", d.synthetic_samples, 1),
+            ("data.synthetic_classes", d.synthetic_classes, 2),
+            ("data.synthetic_size", d.synthetic_size, 1),
+            ("data.synthetic_channels", d.synthetic_channels, 1),
+            ("distill.feature_weight", dist.feature_weight, 0),
+            ("optim.momentum", o.momentum, 0), ("optim.weight_decay", o.weight_decay, 0),
+            ("optim.step_size", o.step_size, 1), ("optim.warmup_epochs", o.warmup_epochs, 0),
+            ("train.epochs", t.epochs, 1), ("train.seed", t.seed, 0),
+            ("train.eval_every", t.eval_every, 1),
+        ]
+        for key, value, low in at_least:
+            if value is not None and not (math.isfinite(value) and value >= low):
+                raise ConfigError(f"{key} must be a number >= {low}, got {value}")
+        above_zero = [("optim.lr", o.lr), ("optim.gamma", o.gamma),
+                      ("distill.kd_temperature", dist.kd_temperature),
+                      ("model.width_mult", m.width_mult)]
+        for key, value in above_zero:
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be a positive number, got {value}")
+        in_range = [  # (key, value, low, high, which ends are included)
+            ("distill.dc", dist.dc, 0.0, 1.0, "[]"),
+            ("distill.decay_fraction", dist.decay_fraction, 0.0, 1.0, "(]"),
+            ("distill.kd_alpha", dist.kd_alpha, 0.0, 1.0, "[]"),
+            ("optim.momentum", o.momentum, 0.0, 1.0, "[)"),
+        ]
+        for key, value, low, high, ends in in_range:
+            ok = (low <= value if ends[0] == "[" else low < value) and (
+                value <= high if ends[1] == "]" else value < high)
+            if not ok:
+                raise ConfigError(f"{key} must lie in {ends[0]}{low:g}, {high:g}{ends[1]}, "
+                                  f"got {value}")
+        for value in o.milestones:
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"optim.milestones must be fractions of the run >= 0, got {value}")
+        if o.nesterov and o.momentum == 0:
+            raise ConfigError("optim.nesterov needs optim.momentum > 0 (or set optim.nesterov=false)")
+        if not t.out:
+            raise ConfigError("train.out (--out) must name a run directory")
+        if t.device != "auto":
+            import torch
+
+            try:
+                torch.device(t.device)
+            except (RuntimeError, ValueError):
+                raise ConfigError(
+                    f"train.device={t.device!r} is not a device (auto, cpu, cuda or cuda:N)"
+                ) from None
+        if t.resume and t.overwrite:
+            raise ConfigError("train.resume and train.overwrite exclude each other: --resume "
+                              "continues the run in --out, --overwrite replaces it")
         return self
 
     # --- YAML -----------------------------------------------------------------------------
