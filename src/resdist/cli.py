@@ -29,7 +29,7 @@ _FLAG_KEYS = {
     "lr": "optim.lr", "schedule": "optim.schedule", "epochs": "train.epochs",
     "out": "train.out", "seed": "train.seed", "device": "train.device", "amp": "train.amp",
     "channels_last": "train.channels_last", "compile": "train.compile",
-    "sync_bn": "train.sync_bn", "resume": "train.resume",
+    "sync_bn": "train.sync_bn", "resume": "train.resume", "overwrite": "train.overwrite",
 }
 
 
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="resdist", description="Residual Distillation: plain CNNs trained to ResNet "
         "accuracy through a ResNet teacher, deployed without shortcuts.")
     parser.add_argument("--version", action="version", version=f"resdist {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: RESDIST_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser("train", help="train a model (CE, KD, feature KD or JointRD)",
@@ -83,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the step")
     t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP")
     t.add_argument("--resume", action="store_true", default=None,
-                   help="continue from OUT/last.pth")
+                   help="continue the run in OUT from OUT/last.pth")
+    t.add_argument("--overwrite", action="store_true", default=None,
+                   help="OUT already holds a run: move its files to OUT.old-<time> and start anew")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set distill.dc=0.5 (repeatable)")
@@ -93,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a resdist checkpoint (or its run dir)")
     _add_data_args(e)
     e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--limit-test", type=int, default=None, metavar="N",
+                   help="score only the first N test images (default: the full test set)")
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--device", default="auto")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the checkpoint's config, e.g. --set "
+                   "data.data_dir=/data (repeatable)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: ResNet, plain CE and plain JointRD on real "
@@ -159,16 +168,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = Config.from_dict(ckpt.get("config"))
+    cfg.data.limit_test = None  # the full test set, whatever the training run scored
     if args.data:
         cfg.data.name = args.data
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     if args.download:
         cfg.data.download = True
-    if args.batch_size:
+    if args.batch_size is not None:
         cfg.data.eval_batch_size = args.batch_size
+    if args.limit_test is not None:
+        cfg.data.limit_test = args.limit_test
+    cfg.override(list(args.set))
     if args.split == "test":
         cfg.data.val_split = 0.0
+    elif not cfg.data.val_split:
+        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0);"
+                          " evaluate --split test, or --set data.val_split=...")
+    cfg.validate()
     device = resolve_device(args.device, DistInfo())
     data = build_data(cfg.data, device=device, seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt).to(device)
@@ -177,8 +194,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"checkpoint has {want} classes, data set {cfg.data.name!r} has "
                           f"{data.num_classes}")
     loader = data.test if args.split == "test" else data.val
-    if loader is None:
-        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0)")
     m = evaluate(model, loader)
     print(f"{ckpt['model_name']} on {cfg.data.name} {args.split} ({m['samples']} images): "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
@@ -210,17 +225,28 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _os_error_line(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}:{where}; check that the path exists and that you may use it"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit status 2 (``--debug`` or
+    ``RESDIST_DEBUG=1`` re-raises it with its traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("RESDIST_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except ResdistError as e:
-        print(f"resdist {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ResdistError, OSError) as e:
+        if debug:
+            raise
+        msg = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        print(f"resdist {args.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

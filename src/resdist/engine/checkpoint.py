@@ -14,6 +14,7 @@ nothing any other way (:mod:`resdist.safe_load`).
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -34,18 +35,31 @@ class CheckpointError(ResdistError, ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    On any failure the temporary file is removed and an existing ``path`` stays as it was.
+
+    Raises:
+        CheckpointError: the file cannot be written (disk full, permission denied, ...).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        err = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
+        if err is None or not isinstance(e, Exception):
+            raise
+        reason = "no space left on the device" if err.errno == errno.ENOSPC else (
+            err.strerror or str(err))
+        raise CheckpointError(f"cannot write {path}: {reason}") from e
     return path
 
 

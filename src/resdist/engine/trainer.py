@@ -26,6 +26,7 @@ compiler).
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,16 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import build_data
+from ..errors import ResdistError
 from .build import build_all
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -54,8 +63,24 @@ from .distributed import (
 )
 from .metrics import MetricsLogger, evaluate, topk_correct
 from .optim import build_optimizer, build_scheduler
+from .rundir import RunDirError, open_run_dir
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(ResdistError, FloatingPointError):
+    """Training cannot go on (a non-finite loss); the message names the step and what to do."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); without it, bf16
+    autocast on the CPU is emulated and many times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", f.read()))
+        return bool(flags)
+    except OSError:
+        return "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
 @dataclass
@@ -92,6 +117,24 @@ def train(cfg: Config) -> RunResult:
     cfg.validate()
     info = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, info)
+    # the run directory is checked and locked by rank 0 before anything is built or written
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            lock = open_run_dir(cfg, say=tqdm.write)
+        except RunDirError as e:
+            refusal = str(e)
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise RunDirError(refusal)
+    try:
+        return _train(cfg, info, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
     if device.type == "cpu":  # deep plain nets at init produce denormals: 10x slower on CPU
         torch.set_flush_denormal(True)
     else:  # fixed batch shapes (drop_last): let cuDNN pick the fastest convolutions
@@ -128,7 +171,7 @@ def optimizer_step(
     """One training step: forward under autocast, check the loss, scaled backward, step.
 
     Raises:
-        FloatingPointError: the loss is not finite, here or (under DDP) on any other rank, so
+        TrainingError: the loss is not finite, here or (under DDP) on any other rank, so
             that every rank stops at the same step instead of waiting on the others.
     """
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -137,7 +180,7 @@ def optimizer_step(
     finite = bool(torch.isfinite(loss))
     if not all_true(finite, loss.device):
         what = str(loss.item()) if not finite else "non-finite on another rank"
-        raise FloatingPointError(f"loss became {what}{where}")
+        raise TrainingError(f"loss became {what}{where}")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -167,6 +210,9 @@ class Trainer:
         use_scaler = self.amp_dtype is torch.float16 and device.type == "cuda"
         if self.amp_dtype is torch.float16 and not use_scaler:
             self.say(f"train.amp=fp16 on {device.type} runs without loss scaling; bf16 is safer")
+        if self.amp_dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+            self.say("warning: this CPU has no native bf16 (AVX512-BF16/AMX): --amp bf16 is "
+                     "emulated and much slower than fp32; leave --amp off on this machine")
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.step_module: nn.Module = objective
         if info.enabled:
@@ -179,8 +225,7 @@ class Trainer:
             self.step_module = torch.compile(self.step_module)
         self.start_epoch = 0
         self.logger: MetricsLogger | None = None
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if info.is_main:  # train() has checked and locked the folder
             cfg.to_yaml(self.run_dir / "config.yaml")
             self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
         if cfg.train.resume:
@@ -209,10 +254,12 @@ class Trainer:
         path = self.run_dir / "last.pth"
         ckpt = self._load_last(path)
         if ckpt is None:
+            if self.logger is not None:
+                self.logger.reconcile(0)
             self.say(f"resume: no checkpoint at {path}, starting from scratch")
             return
-        self.model.load_state_dict(ckpt["model"])
-        result = self.objective.load_state_dict(ckpt["objective"], strict=False)
+        load_weights(self.model, ckpt["model"], str(path))
+        result = load_weights(self.objective, ckpt["objective"], str(path), strict=False)
         skipped = self._not_checkpointed()
         bad = [k for k in result.missing_keys if not k.startswith(skipped)]
         if bad or result.unexpected_keys:
@@ -227,8 +274,8 @@ class Trainer:
         if ckpt.get("rng") and not self.info.enabled:
             set_rng_state(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
-        if self.logger is not None:
-            self.logger.truncate(self.start_epoch)
+        if self.logger is not None:  # one row per checkpointed epoch, whatever the crash left
+            self.logger.reconcile(self.start_epoch, ckpt.get("metrics"))
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
 
     def _not_checkpointed(self) -> tuple[str, ...]:
@@ -251,9 +298,26 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
         }
-        save_checkpoint(state, self.run_dir / "last.pth")
+        last = self.run_dir / "last.pth"
+        try:
+            save_checkpoint(state, last)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
+                "written; make room and continue with --resume"
+            ) from e
         if best:
-            save_checkpoint(state, self.run_dir / "best.pth")
+            try:
+                save_checkpoint(state, self.run_dir / "best.pth")
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}; {last} holds epoch {epoch}; make room and "
+                                      "continue with --resume") from e
+
+    def _kept(self, epoch: int) -> str:
+        """What survives a failure after ``epoch`` completed epochs, for error messages."""
+        if epoch > 0:
+            return f"the last good checkpoint {self.run_dir / 'last.pth'} (epoch {epoch}) is kept"
+        return "no checkpoint was written yet"
 
     def _evaluate(self) -> dict[str, float]:
         """Validation and test metrics; each rank evaluates its shard, counts are summed."""
@@ -316,16 +380,21 @@ class Trainer:
         train_time = sum(r.get("epoch_time_s", 0.0) for r in history)
         for epoch in range(self.start_epoch, self.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update(self.train_epoch(epoch))
+            try:
+                row.update(self.train_epoch(epoch))
+            except TrainingError as e:
+                hint = " or train without --amp fp16" if self.amp_dtype is torch.float16 else ""
+                raise TrainingError(f"{e}; {self._kept(epoch)}; lower the learning rate (--lr)"
+                                    f"{hint} and start again") from None
             train_time += row["epoch_time_s"]
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
                 row.update(self._evaluate())
             is_best = row.get(best_key, -1) > best
             best = max(best, row.get(best_key, -1))
             history.append(row)
+            self._checkpoint(epoch + 1, row, is_best)  # the row is logged only once it is saved
             if self.logger is not None:
                 self.logger.log(row)
-            self._checkpoint(epoch + 1, row, is_best)
             barrier()  # no rank runs ahead of rank 0's checkpoint
             msg = (f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  "
                    f"train {row['train_top1']:.2f}%")
