@@ -100,6 +100,7 @@ class RunLock:
             self._fd = None
 
     def __enter__(self) -> RunLock:
+        self.acquire()
         return self
 
     def __exit__(self, *exc: Any) -> None:
