@@ -245,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         msg = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        msg = " ".join(msg.split())  # one line, whatever the message
         print(f"resdist {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

@@ -32,7 +32,9 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
+        text = str(e)
+        # "Unsupported operand": bytes that are no pickle at all (a corrupt file), not a payload
+        if "Weights only load failed" not in text or "Unsupported operand" in text:
             raise
         raise UnsafeFileError(
             f"{os.fspath(path)} contains code or objects that are not allowed in a checkpoint "

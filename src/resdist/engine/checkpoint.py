@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -75,7 +76,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except UnsafeFileError:
         raise
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
+        reason = "not a PyTorch file, or corrupt" if isinstance(e, pickle.UnpicklingError) else (
+            _first_line(e))
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
         raise CheckpointError(f"{path} is not a resdist checkpoint (no model/model_name keys)")
     return ckpt

@@ -226,10 +226,11 @@ class Trainer:
         self.start_epoch = 0
         self.logger: MetricsLogger | None = None
         if info.is_main:  # train() has checked and locked the folder
-            cfg.to_yaml(self.run_dir / "config.yaml")
             self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
         if cfg.train.resume:
             self._resume()
+        if info.is_main:  # only once the checkpoint (if any) has been found to fit
+            cfg.to_yaml(self.run_dir / "config.yaml")
         self.num_params = sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------------------------
