@@ -21,7 +21,7 @@ from resdist.engine.metrics import MetricsLogger
 from resdist.engine.rundir import RunLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from data_writers import write_fmnist, write_imagefolder, write_idx  # noqa: E402
+from data_writers import write_fmnist, write_idx, write_imagefolder  # noqa: E402
 
 ROWS_DOC = Path(__file__).resolve().parents[1] / "docs" / "faults.md"
 TINY = ["--data", "synthetic", "--model", "plain20", "--batch-size", "32", "--no-progress",
