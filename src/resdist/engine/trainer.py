@@ -393,10 +393,19 @@ class Trainer:
             is_best = row.get(best_key, -1) > best
             best = max(best, row.get(best_key, -1))
             history.append(row)
-            self._checkpoint(epoch + 1, row, is_best)  # the row is logged only once it is saved
-            if self.logger is not None:
-                self.logger.log(row)
-            barrier()  # no rank runs ahead of rank 0's checkpoint
+            failure: Exception | None = None
+            try:
+                self._checkpoint(epoch + 1, row, is_best)  # the row is logged once it is saved
+                if self.logger is not None:
+                    self.logger.log(row)
+            except (CheckpointError, OSError) as e:
+                failure = e
+            # no rank runs ahead of rank 0's checkpoint, and all stop if rank 0 could not write
+            if not all_true(failure is None, self.device):
+                if failure is not None:
+                    raise failure
+                raise CheckpointError("rank 0 could not write the run directory (its message "
+                                      "says why); continue with --resume once it is fixed")
             msg = (f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  "
                    f"train {row['train_top1']:.2f}%")
             if "val_top1" in row:
