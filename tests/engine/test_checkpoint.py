@@ -103,3 +103,12 @@ def test_failed_write_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, m
         save_checkpoint({"model": {}}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_evaluating_an_empty_set_is_an_error():
+    from resdist.data import DataError
+    from resdist.engine import evaluate
+
+    model = create_model("plain20", num_classes=3, in_chans=1, width_mult=0.25)
+    with pytest.raises(DataError, match="evaluation set is empty"):
+        evaluate(model, [])
