@@ -273,6 +273,7 @@ def test_missing_data(tmp_path, capsys):
     line = fails(_train(tmp_path / "r", "--data", "fashion-mnist", "--data-dir",
                         str(tmp_path / "nothing")), capsys)
     assert str(tmp_path / "nothing") in line
+    assert not (tmp_path / "r").exists()  # the folder the failed run created is gone again
 
 
 def _imagefolder_args(root: Path, out: Path, *extra: str) -> list[str]:

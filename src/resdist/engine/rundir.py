@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -55,8 +56,9 @@ def _os_error(e: OSError, what: str) -> RunDirError:
 class RunLock:
     """An exclusive ``flock`` on ``out/.lock`` holding this process's pid and host name."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, remove_empty_dir: bool = False) -> None:
         self.path = run_dir / LOCK_NAME
+        self.remove_empty_dir = remove_empty_dir  # the run created the folder: tidy up
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -90,7 +92,8 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
-        """Remove the lock file and drop the lock (idempotent)."""
+        """Remove the lock file and drop the lock (idempotent); with ``remove_empty_dir``, a run
+        folder left empty (the run failed before writing anything) is removed too."""
         if self._fd is None:
             return
         try:
@@ -98,6 +101,9 @@ class RunLock:
         finally:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+        if self.remove_empty_dir:
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()  # only succeeds when empty
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -169,6 +175,7 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
     run_dir = Path(cfg.train.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -176,7 +183,7 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"cannot write into the run directory {run_dir}: permission denied; "
                           "choose another --out")
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir, remove_empty_dir=created)
     lock.acquire()
     try:
         found = existing_run(run_dir)

@@ -1,9 +1,10 @@
 """The training loop: one config in, a run directory with checkpoints and metrics out.
 
-``train(cfg)`` builds data, networks and the objective from a :class:`~resdist.config.Config`,
-then steps SGD over the objective's loss, evaluates every epoch, writes ``last.pth`` (and
-``best.pth``) atomically, appends ``metrics.csv``/``metrics.jsonl`` (and TensorBoard), and can
-resume.
+``train(cfg)`` checks and locks the run directory (:mod:`resdist.engine.rundir`), builds data,
+networks and the objective from a :class:`~resdist.config.Config`, then steps SGD over the
+objective's loss, evaluates every epoch, writes ``last.pth`` (and ``best.pth``) atomically and
+only then appends the epoch's row to ``metrics.csv``/``metrics.jsonl`` (and TensorBoard), and
+can resume (the logs are then made to hold one row per checkpointed epoch).
 
 Distributed (``torchrun --nproc-per-node N -m resdist train ...``, any method): each process
 trains a DistributedDataParallel replica of the objective (NCCL, one GPU per process; gloo on
@@ -386,7 +387,8 @@ class Trainer:
             except TrainingError as e:
                 hint = " or train without --amp fp16" if self.amp_dtype is torch.float16 else ""
                 raise TrainingError(f"{e}; {self._kept(epoch)}; lower the learning rate (--lr)"
-                                    f"{hint} and start again") from None
+                                    f"{hint} and train again (--overwrite or a new --out)"
+                                    ) from None
             train_time += row["epoch_time_s"]
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
                 row.update(self._evaluate())
