@@ -51,3 +51,29 @@ def test_data_section_check_raises_the_callers_error():
     with pytest.raises(DataError, match="data.crop_padding"):
         DataConfig(crop_padding=-1).check(DataError)
     assert DATASET_NAMES is DATASETS and "onecycle" in SCHEDULES
+
+
+@pytest.mark.parametrize("bad", [
+    "data.batch_size=0", "data.eval_batch_size=0", "data.limit_train=0", "data.limit_test=0",
+    "data.crop_padding=-1", "data.image_size=0", "data.num_workers=-1", "data.val_split=-0.1",
+    "data.val_split=nan", "data.synthetic_samples=0", "data.synthetic_classes=1",
+    "data.synthetic_size=0", "data.synthetic_channels=0", "model.stem=tiny",
+    "model.width_mult=0", "model.width_mult=nan", "distill.dc=-0.1",
+    "distill.decay_fraction=0", "distill.feature_weight=-1", "distill.feature_weight=inf",
+    "distill.kd_alpha=1.5", "distill.kd_temperature=0", "distill.path_loss=mse",
+    "optim.lr=0", "optim.lr=nan", "optim.lr=-inf", "optim.momentum=-0.1", "optim.momentum=1",
+    "optim.weight_decay=-1", "optim.schedule=linear", "optim.milestones=[0.5,nan]",
+    "optim.gamma=0", "optim.step_size=0", "optim.warmup_epochs=-1", "train.epochs=0",
+    "train.seed=-1", "train.device=tpu:x", "train.amp=fp8", "train.eval_every=0",
+])
+def test_validate_rejects_every_out_of_range_value_naming_the_key(bad):
+    key = bad.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Config().override([bad]).validate()
+
+
+def test_validate_rejects_contradictions():
+    with pytest.raises(ConfigError, match="optim.nesterov"):
+        Config().override(["optim.momentum=0"]).validate()
+    with pytest.raises(ConfigError, match="exclude each other"):
+        Config().override(["train.resume=true", "train.overwrite=true"]).validate()

@@ -33,7 +33,8 @@ _FLAG_KEYS = {
     "lr": "optim.lr", "schedule": "optim.schedule", "epochs": "train.epochs",
     "out": "train.out", "seed": "train.seed", "device": "train.device", "amp": "train.amp",
     "channels_last": "train.channels_last", "compile": "train.compile",
-    "sync_bn": "train.sync_bn", "resume": "train.resume", "accum_steps": "train.accum_steps",
+    "sync_bn": "train.sync_bn", "resume": "train.resume", "overwrite": "train.overwrite",
+    "accum_steps": "train.accum_steps",
 }
 
 
@@ -132,6 +133,8 @@ def _add_train_parser(sub) -> None:
                    "per process)")
     t.add_argument("--resume", action="store_true", default=None,
                    help="continue from OUT/last.pth (optimiser, schedule and RNG included)")
+    t.add_argument("--overwrite", action="store_true", default=None,
+                   help="OUT already holds a run: move its files to OUT.old-<time> and start anew")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar, only one line per epoch")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -152,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy through a ResNet teacher, deployed without shortcuts. Docs: docs/README.md.")
     parser.add_argument("--version", action="version", version=f"resdist {__version__}",
                         help="print the version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: RESDIST_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _add_train_parser(sub)
@@ -164,10 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e, defaults=False)
     e.add_argument("--split", choices=["test", "val"], default="test",
                    help="test set, or the validation split the run held out (default: test)")
+    e.add_argument("--limit-test", type=int, default=None, metavar="N",
+                   help="score only the first N test images (default: the full test set)")
     e.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="evaluation batch size (default: the run's data.eval_batch_size)")
     e.add_argument("--device", default="auto", metavar="DEV",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the checkpoint's config, e.g. --set "
+                   "data.data_dir=/data (repeatable)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: ResNet, plain CE and plain JointRD on real "
@@ -297,16 +307,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = Config.from_dict(ckpt.get("config"))
+    cfg.data.limit_test = None  # the full test set, whatever the training run scored
     if args.data:
         cfg.data.name = args.data
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     if args.download:
         cfg.data.download = True
-    if args.batch_size:
+    if args.batch_size is not None:
         cfg.data.eval_batch_size = args.batch_size
+    if args.limit_test is not None:
+        cfg.data.limit_test = args.limit_test
+    cfg.override(list(args.set))
     if args.split == "test":
         cfg.data.val_split = 0.0
+    elif not cfg.data.val_split:
+        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0);"
+                          " evaluate --split test, or --set data.val_split=...")
+    cfg.validate()
     device = resolve_device(args.device, DistInfo())
     data = build_data(cfg.data, device=device, seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt).to(device)
@@ -315,8 +333,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"checkpoint has {want} classes, data set {cfg.data.name!r} has "
                           f"{data.num_classes}")
     loader = data.test if args.split == "test" else data.val
-    if loader is None:
-        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0)")
     m = evaluate(model, loader)
     print(f"{ckpt['model_name']} on {cfg.data.name} {args.split} ({m['samples']} images): "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
@@ -379,20 +395,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _os_error_line(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}:{where}; check that the path exists and that you may use it"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit status 2 (``--debug`` or
+    ``RESDIST_DEBUG=1`` re-raises it with its traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("RESDIST_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except ResdistError as e:
-        print(f"resdist {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
         return 0
+    except (ResdistError, OSError) as e:
+        if debug:
+            raise
+        msg = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        msg = " ".join(msg.split())  # one line, whatever the message
+        print(f"resdist {args.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

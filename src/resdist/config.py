@@ -7,6 +7,7 @@ its checkpoints, and ``resdist train --config that.yaml`` re-runs it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -48,21 +49,25 @@ def check_range(
     high: float | None = None,
     *,
     low_open: bool = False,
+    high_open: bool = False,
     optional: bool = False,
     error: type[Exception] = ConfigError,
 ) -> None:
-    """Raise ``error`` unless ``low <= value`` (``low < value`` if ``low_open``) and, when
-    given, ``value <= high``; ``None`` passes when ``optional`` (it then means "all" or
-    "default")."""
+    """Raise ``error`` unless ``value`` is a finite number with ``low <= value`` (``low <
+    value`` if ``low_open``) and, when given, ``value <= high`` (``<`` if ``high_open``);
+    ``None`` passes when ``optional`` (it then means "all" or "default")."""
     if value is None and optional:
         return
-    above = value is not None and (value > low if low_open else value >= low)
-    if above and (high is None or value <= high):
+    ok = value is not None and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if ok:
         return
     if high is None:
         bound = f"must be {'>' if low_open else '>='} {low:g}"
     else:
-        bound = f"must lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+        bound = (f"must lie in {'(' if low_open else '['}{low:g}, {high:g}"
+                 f"{')' if high_open else ']'}")
     raise error(f"{key} {bound}{' (or null)' if optional else ''}, got {value}")
 
 
@@ -100,6 +105,7 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 32
     synthetic_channels: int = 3
+    skip_bad_images: bool = False  # ImageFolder: leave out unreadable/empty files (else an error)
 
     def check(self, error: type[Exception] = ConfigError) -> None:
         """Check the data set name and the sizes; raise ``error`` naming the key."""
@@ -111,6 +117,11 @@ class DataConfig:
         check_range("data.crop_padding", self.crop_padding, 0, optional=True, error=error)
         check_range("data.val_split", self.val_split, 0, error=error)
         check_range("data.num_workers", self.num_workers, 0, error=error)
+        check_range("data.image_size", self.image_size, 1, error=error)
+        check_range("data.synthetic_samples", self.synthetic_samples, 1, error=error)
+        check_range("data.synthetic_classes", self.synthetic_classes, 2, error=error)
+        check_range("data.synthetic_size", self.synthetic_size, 1, error=error)
+        check_range("data.synthetic_channels", self.synthetic_channels, 1, error=error)
 
 
 @dataclass
@@ -153,6 +164,8 @@ class DistillConfig:
         check_choice("distill.method", self.method, METHODS, "method")
         check_distill_settings(self.dc, self.decay_fraction, self.feature_weight, self.path_loss,
                                prefix="distill.")
+        check_range("distill.kd_alpha", self.kd_alpha, 0, 1)
+        check_range("distill.kd_temperature", self.kd_temperature, 0, low_open=True)
 
 
 @dataclass
@@ -185,7 +198,8 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
-    resume: bool = False
+    resume: bool = False  # continue the run in `out` from its last.pth
+    overwrite: bool = False  # move a run already in `out` aside to `out`.old-<time>, start anew
     accum_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
     check_every: int = 50  # steps between host syncs: finiteness check, progress bar refresh
     dist_timeout_min: float = 60.0  # how long DDP collectives wait for the other ranks
@@ -204,17 +218,49 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> Config:
-        """Check enumerated values and ranges; raise :class:`ConfigError` naming the key."""
-        self.data.check()
+        """Check every enumerated value and range; raise :class:`ConfigError` naming the key.
+
+        Runs before anything is built or written, so a bad value costs no training time.
+        """
+        d, m, o, t = self.data, self.model, self.optim, self.train
+        d.check()
         self.distill.check()
-        check_choice("optim.schedule", self.optim.schedule, SCHEDULES, "schedule")
-        check_range("optim.lr", self.optim.lr, 0, low_open=True)
-        if self.train.amp is not None:
-            check_choice("train.amp", self.train.amp, AMP_MODES, "precision")
-        check_range("train.epochs", self.train.epochs, 1)
-        check_range("train.accum_steps", self.train.accum_steps, 1)
-        check_range("train.check_every", self.train.check_every, 1)
-        check_range("train.dist_timeout_min", self.train.dist_timeout_min, 0, low_open=True)
+        if m.stem is not None:
+            check_choice("model.stem", m.stem, STEMS, "stem")
+        check_range("model.width_mult", m.width_mult, 0, low_open=True, optional=True)
+        check_choice("optim.schedule", o.schedule, SCHEDULES, "schedule")
+        check_range("optim.lr", o.lr, 0, low_open=True)
+        check_range("optim.momentum", o.momentum, 0, 1, high_open=True)
+        check_range("optim.weight_decay", o.weight_decay, 0)
+        check_range("optim.gamma", o.gamma, 0, low_open=True)
+        check_range("optim.step_size", o.step_size, 1)
+        check_range("optim.warmup_epochs", o.warmup_epochs, 0)
+        for value in o.milestones:
+            check_range("optim.milestones", value, 0)
+        if o.nesterov and o.momentum == 0:
+            raise ConfigError("optim.nesterov needs optim.momentum > 0 (or set optim.nesterov=false)")
+        if t.amp is not None:
+            check_choice("train.amp", t.amp, AMP_MODES, "precision")
+        check_range("train.epochs", t.epochs, 1)
+        check_range("train.seed", t.seed, 0)
+        check_range("train.eval_every", t.eval_every, 1)
+        check_range("train.accum_steps", t.accum_steps, 1)
+        check_range("train.check_every", t.check_every, 1)
+        check_range("train.dist_timeout_min", t.dist_timeout_min, 0, low_open=True)
+        if not t.out:
+            raise ConfigError("train.out (--out) must name a run directory")
+        if t.device != "auto":
+            import torch
+
+            try:
+                torch.device(t.device)
+            except (RuntimeError, ValueError):
+                raise ConfigError(
+                    f"train.device={t.device!r} is not a device (auto, cpu, cuda or cuda:N)"
+                ) from None
+        if t.resume and t.overwrite:
+            raise ConfigError("train.resume and train.overwrite exclude each other: --resume "
+                              "continues the run in --out, --overwrite replaces it")
         return self
 
     # --- YAML -----------------------------------------------------------------------------
@@ -243,7 +289,10 @@ class Config:
         try:
             return cls.from_dict(yaml.safe_load(text))
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {what}") from e
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -58,10 +58,12 @@ def run_name(model: str, row: Row) -> str:
 
 def run_config(base: Config, model: str, row: Row, teacher: str, root: Path) -> Config:
     """The config of one run: ``model`` trained as ``row`` says, in ``root/run_name``; students
-    learn from the teacher run beside them (``root/{teacher}-ce/last.pth``)."""
+    learn from the teacher run beside them (``root/{teacher}-ce/last.pth``). The run resumes
+    what its folder already holds (an interrupted run continues, a finished one is kept)."""
     cfg = Config.from_dict(base.to_dict()).override(list(row.overrides))
     cfg.model.name, cfg.distill.method = model, row.method
     cfg.train.out = str(root / run_name(model, row))
+    cfg.train.resume = True
     if row.method != "ce":
         cfg.teacher.checkpoint = str(root / run_name(teacher, Row("ce")) / "last.pth")
     return cfg
@@ -71,7 +73,12 @@ def _finished(run_dir: Path, epochs: int) -> list[dict[str, Any]] | None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return None
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash
+            continue
     return rows if rows and rows[-1].get("epoch") == epochs else None
 
 

@@ -81,3 +81,19 @@ def test_errors(tmp_path, tree):
     Image.new("RGB", (8, 8)).save(tree / "train" / "dog" / "0.png")
     with pytest.raises(DataError, match="different class folders"):
         build_data(_cfg(tree))
+
+
+def test_bad_images_are_found_before_training_or_skipped_and_counted(tree, capsys):
+    from resdist.data.imagefolder import bad_images
+
+    empty = tree / "train" / "ant" / "empty.png"
+    empty.write_bytes(b"")
+    cut = tree / "train" / "bee" / "cut.png"
+    cut.write_bytes((tree / "train" / "bee" / "0.png").read_bytes()[:40])
+    found = dict(bad_images(sorted(str(p) for p in (tree / "train").rglob("*.png"))))
+    assert set(found) == {str(empty), str(cut)} and "0 bytes" in found[str(empty)]
+    with pytest.raises(DataError, match=f"{empty}.*and 1 more bad files.*skip_bad_images"):
+        read_imagefolder(tree, image_size=16)
+    train, _ = read_imagefolder(tree, image_size=16, skip_bad_images=True)
+    assert len(train) == 12 and str(empty) not in [p for p, _ in train.samples]
+    assert "left out 2 unreadable image files" in capsys.readouterr().err

@@ -120,3 +120,22 @@ def test_shard_indices_helper():
     assert shard_indices(order, 1, 2, even=True).tolist() == [0, 1, 4]
     assert shard_indices(order, 1, 2, even=False).tolist() == [0, 1]
     assert shard_indices(torch.arange(2), 3, 4, even=True).tolist() == [1]
+
+
+def test_augmentation_depends_on_sample_not_on_rank_or_batch():
+    # one process at batch 16 and two ranks at batch 8 see the same augmented image for each
+    # sample (labels are the sample indices), epoch after epoch
+    aug = RandomCropFlip(2, flip=True)
+    one = _train(n=64, seed=4, augment=aug, batch_size=16)
+    ranks = [_train(n=64, seed=4, augment=aug, batch_size=8, rank=r, world_size=2)
+             for r in range(2)]
+    for _ in range(2):
+        ref = {int(y): x for xb, yb in one for x, y in zip(xb, yb)}
+        got = {int(y): x for loader in ranks for xb, yb in loader for x, y in zip(xb, yb)}
+        assert got.keys() == ref.keys() and len(ref) == 64
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), k
+    plain = _train(n=64, seed=4, batch_size=16)
+    plain.set_epoch(1)
+    one.set_epoch(1)
+    assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(one, plain))  # it augments

@@ -145,6 +145,23 @@ def test_ddp_sync_bn_matches_single_process_global_batch(tmp_path, teacher):
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
 
+def test_ddp_with_augmentation_matches_single_process_on_a_resnet(tmp_path):
+    # a real thin ResNet-20 with random crop + flip on: each sample's augmentation comes from
+    # (seed, epoch, sample index), so the two ranks' union is the one process's batch, exactly
+    sets = {"model.name": "resnet20", "model.dirac": False, "data.augment": True,
+            "data.crop_padding": 1, "data.synthetic_channels": 3, "train.sync_bn": True}
+    _launch([_spec(tmp_path / "ddp", **sets)])
+    train(Config.from_dict(_spec(tmp_path / "one", **sets,
+                                 **{"data.batch_size": WORLD * PER_RANK_BATCH})))
+    ddp = load_checkpoint(tmp_path / "ddp" / "last.pth")
+    one = load_checkpoint(tmp_path / "one" / "last.pth")
+    assert ddp["epoch"] == one["epoch"] == 2  # 4 SGD steps
+    worst = max((ddp["model"][k] - one["model"][k]).abs().max().item()
+                for k in _float_state(one["model"]))
+    print(f"max |DDP - single| over parameters and BN statistics: {worst:.1e}")
+    _assert_states_close(ddp["model"], one["model"], "resnet20 with augmentation")
+
+
 def test_ddp_runs_every_method(tmp_path, teacher):
     # DDP raises on the second step if a trainable parameter got no gradient; reaching the
     # checkpoint means every method's trainable parameters (connectors included) are used

@@ -138,7 +138,7 @@ def _check_run(cfg: Config, result: RunResult, root: Path, num_classes: int) -> 
     assert 0.0 <= row["test_top1"] <= 100.0, row
     last = root / cfg.train.out / "last.pth"
     assert last.is_file(), f"no checkpoint at {cfg.train.out}/last.pth"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["model_name"] == cfg.model.name
     assert ckpt["model_kwargs"]["num_classes"] == num_classes
     if cfg.distill.method == "jointrd":

@@ -118,6 +118,10 @@ def build_data(
         num_classes = cfg.synthetic_classes
 
     train, test = train.head(cfg.limit_train), test.head(cfg.limit_test)
+    for split, part in (("training", train), ("test", test)):
+        if len(part) == 0:
+            raise DataError(f"the {cfg.name} {split} set is empty (0 images); check the files "
+                            "under data.data_dir")
     val: ArrayDataset | None = None
     if cfg.val_split:
         train_idx, val_idx = holdout_indices(len(train), cfg.val_split, labels=train.labels)
@@ -159,7 +163,8 @@ def _build_imagefolder(
     shard_eval: bool,
 ) -> DataBundle:
     train_all, test = read_imagefolder(
-        cfg.data_dir, image_size=cfg.image_size, augment=cfg.augment, hflip=cfg.hflip
+        cfg.data_dir, image_size=cfg.image_size, augment=cfg.augment, hflip=cfg.hflip,
+        skip_bad_images=cfg.skip_bad_images,
     )
     keep = evenly_spaced(len(train_all), cfg.limit_train)
     train_idx, val_idx = keep, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 from .errors import DataError
@@ -22,12 +23,58 @@ def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
         raise DataError(f"{show(root)}: {e}") from e
 
 
+def bad_images(paths: list[str]) -> list[tuple[str, str]]:
+    """The files among ``paths`` that cannot be images: ``(path, reason)`` for each file that
+    is empty, unreadable or that PIL cannot identify or verify. Cheap: a size check and PIL's
+    header parse and ``verify()``, no decoding of the pixels."""
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            if Path(path).stat().st_size == 0:
+                bad.append((path, "empty file (0 bytes)"))
+                continue
+            with Image.open(path) as im:
+                im.verify()
+        except OSError as e:  # PIL.UnidentifiedImageError is an OSError too
+            bad.append((path, e.strerror or str(e).split("\n")[0]))
+        except Exception as e:  # verify() raises several types for corrupt data
+            bad.append((path, f"corrupt image ({type(e).__name__})"))
+    return bad
+
+
+def _check_images(dataset, root: Path, skip: bool) -> None:
+    """Refuse (or, with ``skip``, leave out and count) the unreadable files of ``dataset``."""
+    bad = bad_images([p for p, _ in dataset.samples])
+    if not bad:
+        return
+    first, reason = bad[0]
+    if not skip:
+        raise DataError(
+            f"{first}: {reason}" + (f" (and {len(bad) - 1} more bad files under {show(root)})"
+                                    if len(bad) > 1 else "")
+            + "; replace or remove it, or leave such files out with "
+            "--set data.skip_bad_images=true"
+        )
+    drop = {p for p, _ in bad}
+    dataset.samples = [s for s in dataset.samples if s[0] not in drop]
+    dataset.imgs = dataset.samples
+    dataset.targets = [t for _, t in dataset.samples]
+    print(f"data: left out {len(bad)} unreadable image files under {show(root)} "
+          f"(first: {first}: {reason})", file=sys.stderr)
+    if not dataset.samples:
+        raise DataError(f"{show(root)}: no readable image left after leaving out {len(bad)} "
+                        "bad files")
+
+
 def read_imagefolder(
     data_dir: str | Path | None = None,
     *,
     image_size: int = 224,
     augment: bool = True,
     hflip: bool = True,
+    skip_bad_images: bool = False,
 ):  # -> tuple[ImageFolder, ImageFolder]
     """Load ``data_dir/train`` and ``data_dir/val`` as torchvision ``ImageFolder`` sets.
 
@@ -37,8 +84,12 @@ def read_imagefolder(
     are normalised with the ImageNet mean and std. Class indices follow the sorted folder
     names, which must be the same in ``train`` and ``val``.
 
+    Every file is checked before training starts (:func:`bad_images`): an empty or unreadable
+    one is an error naming it, or, with ``skip_bad_images``, is left out and counted.
+
     Raises:
-        DataError: a folder is missing, a class folder holds no image, or the class lists differ.
+        DataError: a folder is missing, a class folder holds no image, an image file is bad
+            (unless skipped), or the class lists differ.
     """
     if image_size < 1:
         raise DataError(f"data.image_size must be >= 1, got {image_size}")
@@ -57,6 +108,8 @@ def read_imagefolder(
     train = _image_folder(root / "train",
                           imagefolder_train_transform(image_size, augment=augment, hflip=hflip))
     val = _image_folder(root / "val", imagefolder_eval_transform(image_size))
+    for split, dataset in (("train", train), ("val", val)):
+        _check_images(dataset, root / split, skip_bad_images)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))

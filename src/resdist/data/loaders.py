@@ -72,8 +72,8 @@ def _check_batches(n: int, batch_size: int, drop_last: bool) -> None:
         )
 
 
-def _augment_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+def _augment_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class InMemoryLoader:
@@ -83,6 +83,10 @@ class InMemoryLoader:
     rank's shard of it, then per batch an ``index_select``, the vectorised augmentation (on
     uint8, so crops pad with black as in the standard recipes) and a fused float conversion
     and normalisation. No worker processes, no per-sample Python.
+
+    Each sample's crop and flip are drawn from ``(seed, epoch, index of the sample in the data
+    set)`` only (one CPU generator per epoch draws them for the whole set), so one process and
+    N processes at the same global batch see the same augmented images, on any device.
 
     Args:
         images: ``(N, C, H, W)`` uint8. Moved to ``device`` once, unless ``storage`` says where
@@ -178,16 +182,16 @@ class InMemoryLoader:
         epoch = self.epoch
         self.epoch += 1
         idx = self.indices(epoch)[: self.num_samples].to(self.images.device)
-        gen = None
+        params = None
         if self.augment is not None:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(_augment_seed(self.seed, epoch, self.rank))
+            gen = torch.Generator().manual_seed(_augment_seed(self.seed, epoch))
+            params = self.augment.draw(self.dataset_size, gen).to(self.images.device)
         for start in range(0, len(idx), self.batch_size):
             batch = idx[start : start + self.batch_size]
             x = self._gather(self.images, batch).to(self.device, non_blocking=True)
             y = self._gather(self.labels, batch).to(self.device, non_blocking=True)
-            if self.augment is not None:
-                x = self.augment(x, gen)
+            if params is not None:
+                x = self.augment.apply(x, params.index_select(0, batch))
             yield self.normalize(x), y
 
 

@@ -30,6 +30,10 @@ class RandomCropFlip:
     runs on whatever device the batch is on. Works on any dtype; applied to raw uint8 pixels it
     pads with black, as torchvision's ``RandomCrop(padding=p)`` does before normalisation.
 
+    The random draws are separate from their application (:meth:`draw`, :meth:`apply`), so a
+    loader can draw each sample's crop and flip from its index in the data set: then the
+    augmentation does not depend on how samples are split into batches or across processes.
+
     Args:
         padding: pixels of zero padding on each side (0: no crop, output = input size).
         flip: flip each sample horizontally with probability 1/2.
@@ -44,26 +48,44 @@ class RandomCropFlip:
     def __repr__(self) -> str:
         return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, C, H, W)``, same dtype and device."""
+    def draw(
+        self, n: int, generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Random parameters for ``n`` samples: ``(n, 3)`` int64 rows ``(dy, dx, flip)``, crop
+        offsets in ``[0, 2 * padding]`` and a 0/1 flip (all zero where disabled)."""
+        params = torch.zeros((n, 3), dtype=torch.int64, device=device)
+        if self.padding:
+            params[:, :2] = torch.randint(0, 2 * self.padding + 1, (n, 2), device=device,
+                                          generator=generator)
+        if self.flip:
+            params[:, 2] = torch.rand(n, device=device, generator=generator) < 0.5
+        return params
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Crop and flip ``x`` ``(B, C, H, W)`` with the ``(B, 3)`` parameters of :meth:`draw`."""
         if self.padding == 0 and not self.flip:
             return x
         b, c, h, w = x.shape
         p = self.padding
         dev = x.device
+        params = params.to(dev)
         rows = torch.arange(h, device=dev).expand(b, h)
         cols = torch.arange(w, device=dev).expand(b, w)
         if p:
             x = torch.nn.functional.pad(x, (p, p, p, p))
-            oy = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
-            ox = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
-            rows = rows + oy
-            cols = cols + ox
+            rows = rows + params[:, 0:1]
+            cols = cols + params[:, 1:2]
             x = x.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * p))
         if self.flip:
-            flip = torch.rand((b, 1), device=dev, generator=generator) < 0.5
-            cols = torch.where(flip, cols.flip(1), cols)
+            cols = torch.where(params[:, 2:3].bool(), cols.flip(1), cols)
         return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``, same dtype and device."""
+        if self.padding == 0 and not self.flip:
+            return x
+        return self.apply(x, self.draw(x.shape[0], generator, x.device))
 
 
 class Normalize:

@@ -128,9 +128,10 @@ class ResidualDistiller(TeacherObjective):
                 t_logits = te.forward_head(F.relu(t_pre))
 
         m, w = self.decay, 1.0 / S
-        ce_student = F.cross_entropy(logits, labels)
+        # every loss and sum in float32, also under autocast (the networks alone run in fp16/bf16)
+        ce_student = F.cross_entropy(logits.float(), labels)
         if self.path_loss == "ce":
-            path_terms = [F.cross_entropy(z, labels) for z in path_logits]
+            path_terms = [F.cross_entropy(z.float(), labels) for z in path_logits]
         else:
             path_terms = [
                 hinton_kd_loss(z, t_logits, labels, self.kd_alpha, self.kd_temperature)
@@ -152,7 +153,7 @@ class ResidualDistiller(TeacherObjective):
             out["feat_student"] = feat_student.detach()
             out["feat_paths"] = torch.as_tensor(feat_paths).detach()
         if self.train_teacher:
-            ce_teacher = F.cross_entropy(t_logits, labels)
+            ce_teacher = F.cross_entropy(t_logits.float(), labels)
             loss = loss + ce_teacher
             out["ce_teacher"] = ce_teacher.detach()
         # a tensor built from the loss (not torch.tensor(m)) keeps torch.compile from guarding on m

@@ -2,7 +2,8 @@
 
 Every objective is an ``nn.Module`` holding the network being trained as ``.student`` (for
 ``CrossEntropy`` simply the model) and returning a dict with ``loss`` (the scalar to minimise),
-``logits`` (the student's logits) and named, detached loss terms for logging. The engine calls
+``logits`` (the student's logits) and named, detached loss terms for logging. Losses are
+computed in float32 also under autocast: the networks run in fp16/bf16, the losses do not. The engine calls
 ``set_progress(epoch, total_epochs)`` before each step so schedules such as the decay factor can
 follow the run; a training loop is ``objective(x, y)["loss"].backward()``.
 """
@@ -85,7 +86,7 @@ class CrossEntropy(Objective):
 
     def forward(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         logits = self.student(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits.float(), labels)
         return {"loss": loss, "logits": logits, "ce": loss.detach()}
 
 
@@ -123,7 +124,7 @@ class FeatureKD(TeacherObjective):
         st = self.student
         s_pre = st.forward_stages(st.forward_stem(images), pre_relu=True)
         logits = st.forward_head(F.relu(s_pre))
-        ce = F.cross_entropy(logits, labels)
+        ce = F.cross_entropy(logits.float(), labels)
         with torch.no_grad():
             te = self.teacher_compute
             t_pre = te.forward_stages(te.forward_stem(images), pre_relu=True)

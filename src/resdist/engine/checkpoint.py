@@ -7,11 +7,17 @@ the model expects as input: a :class:`resdist.data.contract.InputContract` as pl
 strings and numbers), ``epoch`` (completed epochs), ``config`` (the run's config as a dict),
 ``metrics`` (last evaluation) and, for resuming, ``optimizer``, ``scheduler``, ``objective``
 (trainable parts besides the model, e.g. connectors), ``scaler`` and ``rng``.
+
+Everything in it is a tensor, a number, a string or a plain list/dict (the RNG states too), so
+any resdist checkpoint loads with ``torch.load(path, weights_only=True)``, and resdist loads
+nothing any other way (:mod:`resdist.safe_load`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -23,6 +29,7 @@ from torch import nn
 
 from ..errors import ResdistError
 from ..models import create_model
+from ..safe_load import UnsafeFileError, load_torch_file
 
 
 class CheckpointError(ResdistError, ValueError):
@@ -30,18 +37,31 @@ class CheckpointError(ResdistError, ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    On any failure the temporary file is removed and an existing ``path`` stays as it was.
+
+    Raises:
+        CheckpointError: the file cannot be written (disk full, permission denied, ...).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        err = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
+        if err is None or not isinstance(e, Exception):
+            raise
+        reason = "no space left on the device" if err.errno == errno.ENOSPC else (
+            err.strerror or str(err))
+        raise CheckpointError(f"cannot write {path}: {reason}") from e
     return path
 
 
@@ -53,9 +73,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = load_torch_file(path, map_location=map_location)
+    except UnsafeFileError:
+        raise
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        reason = "not a PyTorch file, or corrupt" if isinstance(e, pickle.UnpicklingError) else (
+            _first_line(e))
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
         raise CheckpointError(f"{path} is not a resdist checkpoint (no model/model_name keys)")
     return ckpt
@@ -67,21 +91,55 @@ def model_from_checkpoint(
     """Rebuild the trained network stored in a checkpoint (a path or an already loaded dict)."""
     ckpt = path if isinstance(path, dict) else load_checkpoint(path, map_location)
     model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], f"checkpoint ({ckpt['model_name']})")
     return model
 
 
+def load_weights(model: nn.Module, state: dict[str, Any], source: str, strict: bool = True):
+    """``model.load_state_dict(state)``, with a mismatch reported as one line.
+
+    Raises:
+        CheckpointError: a tensor is missing, unexpected or of another shape than the model's.
+    """
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        if len(detail) > 300:
+            detail = detail[:300] + " ..."
+        raise CheckpointError(
+            f"the weights of {source} do not fit {type(model).__name__}: {detail}"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """Python, NumPy, torch (and the current CUDA device's) RNG states as plain data:
+    lists, numbers, strings and tensors only, so the checkpoint loads with
+    ``weights_only=True``."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`rng_state` saved (the CUDA state only where CUDA is available)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        torch.cuda.set_rng_state(state["cuda"].cpu())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data import DataError
 from .distributed import all_reduce_sum
 
 
@@ -34,6 +36,9 @@ def evaluate(
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
 
     Counts are summed across ranks when distributed (the loader should then shard the set).
+
+    Raises:
+        DataError: the loader yields no image (on any rank).
     """
     was_training = model.training
     model.eval()
@@ -52,7 +57,10 @@ def evaluate(
         ])
     model.train(was_training)
     all_reduce_sum(totals)
-    n = max(totals[3].item(), 1.0)
+    if totals[3].item() == 0:
+        raise DataError("the evaluation set is empty (no images to score); check the data "
+                        "folder, data.limit_test and data.val_split")
+    n = totals[3].item()
     return {"loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n,
             "top5": 100.0 * totals[2].item() / n, "samples": int(totals[3].item())}
 
@@ -74,16 +82,10 @@ class MetricsLogger:
                 self.writer = None
 
     def log(self, row: dict[str, Any]) -> None:
+        """Append ``row`` (call it once the epoch's checkpoint is written)."""
         with self.jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        rows = self.read()
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        with self.csv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
+        self._write_csv(self.read())
         if self.writer is not None:
             step = int(row.get("epoch", 0))
             for k, v in row.items():
@@ -91,15 +93,48 @@ class MetricsLogger:
                     self.writer.add_scalar(k.replace("_", "/", 1), v, step)
             self.writer.flush()
 
+    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        tmp = self.csv.with_name(self.csv.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.csv)
+
     def read(self) -> list[dict[str, Any]]:
+        """The logged rows; a line a crash left half-written is skipped."""
         if not self.jsonl.exists():
             return []
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.jsonl.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
 
-    def truncate(self, epochs: int) -> None:
-        """Keep only rows of epochs ``<= epochs`` (after resuming from an earlier checkpoint)."""
-        rows = [r for r in self.read() if r.get("epoch", 0) <= epochs]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def reconcile(self, epochs: int, last_row: dict[str, Any] | None = None) -> None:
+        """Make the logs hold exactly one row for each epoch ``1..epochs`` that a checkpoint
+        covers (after resuming from a checkpoint of ``epochs`` completed epochs): rows past it,
+        duplicates and torn lines go; ``last_row`` (the checkpoint's own metrics) fills in the
+        last epoch when a crash came between its checkpoint and its row."""
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for r in self.read():
+            e = r.get("epoch")
+            if isinstance(e, int) and 1 <= e <= epochs:
+                by_epoch[e] = r
+        if epochs >= 1 and epochs not in by_epoch and last_row and last_row.get("epoch") == epochs:
+            by_epoch[epochs] = last_row
+        rows = [by_epoch[e] for e in sorted(by_epoch)]
+        tmp = self.jsonl.with_name(self.jsonl.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.jsonl)
+        self._write_csv(rows)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -1,9 +1,10 @@
 """The training loop: one config in, a run directory with checkpoints and metrics out.
 
-``train(cfg)`` builds data, networks and the objective from a :class:`~resdist.config.Config`,
-then steps SGD over the objective's loss, evaluates every epoch, writes ``last.pth`` (and
-``best.pth``) atomically, appends ``metrics.csv``/``metrics.jsonl`` (and TensorBoard), and can
-resume.
+``train(cfg)`` checks and locks the run directory (:mod:`resdist.engine.rundir`), builds data,
+networks and the objective from a :class:`~resdist.config.Config`, then steps SGD over the
+objective's loss, evaluates every epoch, writes ``last.pth`` (and ``best.pth``) atomically and
+only then appends the epoch's row to ``metrics.csv``/``metrics.jsonl`` (and TensorBoard), and
+can resume (the logs are then made to hold one row per checkpointed epoch).
 
 Distributed (``torchrun --nproc-per-node N -m resdist train ...``, any method): each process
 trains a DistributedDataParallel replica of the objective (NCCL, one GPU per process; gloo on
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,8 +43,16 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
+from ..errors import ResdistError
 from .build import build_all
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .denormals import set_flush_denormal
 from .distributed import (
     DistInfo,
@@ -59,8 +69,24 @@ from .distributed import (
 )
 from .metrics import MetricsLogger, evaluate, topk_correct
 from .optim import build_optimizer, build_scheduler
+from .rundir import RunDirError, open_run_dir
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(ResdistError, FloatingPointError):
+    """Training cannot go on (a non-finite loss); the message names the step and what to do."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); without it, bf16
+    autocast on the CPU is emulated and many times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", f.read()))
+        return bool(flags)
+    except OSError:
+        return "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
 @dataclass
@@ -107,6 +133,24 @@ def train(cfg: Config) -> RunResult:
     info = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
     check_distributed_options(cfg, info)
     device = resolve_device(cfg.train.device, info)
+    # the run directory is checked and locked by rank 0 before anything is built or written
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            lock = open_run_dir(cfg, say=tqdm.write)
+        except RunDirError as e:
+            refusal = str(e)
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise RunDirError(refusal)
+    try:
+        return _train(cfg, info, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
     if device.type == "cpu":  # deep plain nets at init produce denormals: 10x slower on CPU
         set_flush_denormal(True)
     else:  # fixed batch shapes (drop_last): let cuDNN pick the fastest convolutions
@@ -203,7 +247,7 @@ def optimizer_step(
     The trainer batches its checks (:class:`Trainer`); this form serves benchmarks and tests.
 
     Raises:
-        FloatingPointError: the loss is not finite, here or (under DDP) on any other rank, so
+        TrainingError: the loss is not finite, here or (under DDP) on any other rank, so
             that every rank stops at the same step instead of waiting on the others.
     """
     optimizer.zero_grad(set_to_none=True)
@@ -213,7 +257,7 @@ def optimizer_step(
     finite = bool(torch.isfinite(loss))
     if not all_true(finite, loss.device):
         what = str(loss.item()) if not finite else "non-finite on another rank"
-        raise FloatingPointError(f"loss became {what}{where}")
+        raise TrainingError(f"loss became {what}{where}")
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -250,6 +294,9 @@ class Trainer:
         self.amp_dtype, self.scaler = amp_setup(cfg.train.amp, device)
         if self.amp_dtype is torch.float16 and not self.scaler.is_enabled():
             self.say(f"train.amp=fp16 on {device.type} runs without loss scaling; bf16 is safer")
+        if self.amp_dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+            self.say("warning: this CPU has no native bf16 (AVX512-BF16/AMX): --amp bf16 is "
+                     "emulated and much slower than fp32; leave --amp off on this machine")
         self.step_module: nn.Module = objective
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         if info.enabled:
@@ -266,12 +313,12 @@ class Trainer:
             self.step_module = torch.compile(self.step_module)
         self.start_epoch = 0
         self.logger: MetricsLogger | None = None
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.to_yaml(self.run_dir / "config.yaml")
+        if info.is_main:  # train() has checked and locked the folder
             self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
         if cfg.train.resume:
             self._resume()
+        if info.is_main:  # only once the checkpoint (if any) has been found to fit
+            cfg.to_yaml(self.run_dir / "config.yaml")
         self.num_params = sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------------------------
@@ -296,10 +343,12 @@ class Trainer:
         path = self.run_dir / "last.pth"
         ckpt = self._load_last(path)
         if ckpt is None:
+            if self.logger is not None:
+                self.logger.reconcile(0)
             self.say(f"resume: no checkpoint at {path}, starting from scratch")
             return
-        self.model.load_state_dict(ckpt["model"])
-        result = self.objective.load_state_dict(ckpt["objective"], strict=False)
+        load_weights(self.model, ckpt["model"], str(path))
+        result = load_weights(self.objective, ckpt["objective"], str(path), strict=False)
         skipped = self._not_checkpointed()
         bad = [k for k in result.missing_keys if not k.startswith(skipped)]
         if bad or result.unexpected_keys:
@@ -314,8 +363,8 @@ class Trainer:
         if ckpt.get("rng") and not self.info.enabled:
             set_rng_state(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
-        if self.logger is not None:
-            self.logger.truncate(self.start_epoch)
+        if self.logger is not None:  # one row per checkpointed epoch, whatever the crash left
+            self.logger.reconcile(self.start_epoch, ckpt.get("metrics"))
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
 
     def _not_checkpointed(self) -> tuple[str, ...]:
@@ -338,9 +387,26 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
         }
-        save_checkpoint(state, self.run_dir / "last.pth")
+        last = self.run_dir / "last.pth"
+        try:
+            save_checkpoint(state, last)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
+                "written; make room and continue with --resume"
+            ) from e
         if best:
-            save_checkpoint(state, self.run_dir / "best.pth")
+            try:
+                save_checkpoint(state, self.run_dir / "best.pth")
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}; {last} holds epoch {epoch}; make room and "
+                                      "continue with --resume") from e
+
+    def _kept(self, epoch: int) -> str:
+        """What survives a failure after ``epoch`` completed epochs, for error messages."""
+        if epoch > 0:
+            return f"the last good checkpoint {self.run_dir / 'last.pth'} (epoch {epoch}) is kept"
+        return "no checkpoint was written yet"
 
     def _evaluate(self) -> dict[str, float]:
         """Validation and test metrics; each rank evaluates its shard, counts are summed."""
@@ -369,7 +435,7 @@ class Trainer:
         One host synchronisation (and, under DDP, one all-reduce) per call."""
         if any_rank_true(bad):
             steps = f"step {last}" if first == last else f"steps {first}-{last}"
-            raise FloatingPointError(
+            raise TrainingError(
                 f"loss became non-finite at epoch {epoch + 1}, {steps} (on this or another rank)"
             )
 
@@ -431,17 +497,32 @@ class Trainer:
         train_time = sum(r.get("epoch_time_s", 0.0) for r in history)
         for epoch in range(self.start_epoch, self.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update(self.train_epoch(epoch))
+            try:
+                row.update(self.train_epoch(epoch))
+            except TrainingError as e:
+                hint = " or train without --amp fp16" if self.amp_dtype is torch.float16 else ""
+                raise TrainingError(f"{e}; {self._kept(epoch)}; lower the learning rate (--lr)"
+                                    f"{hint} and train again (--overwrite or a new --out)"
+                                    ) from None
             train_time += row["epoch_time_s"]
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
                 row.update(self._evaluate())
             is_best = row.get(best_key, -1) > best
             best = max(best, row.get(best_key, -1))
             history.append(row)
-            if self.logger is not None:
-                self.logger.log(row)
-            self._checkpoint(epoch + 1, row, is_best)
-            barrier()  # no rank runs ahead of rank 0's checkpoint
+            failure: Exception | None = None
+            try:
+                self._checkpoint(epoch + 1, row, is_best)  # the row is logged once it is saved
+                if self.logger is not None:
+                    self.logger.log(row)
+            except (CheckpointError, OSError) as e:
+                failure = e
+            # no rank runs ahead of rank 0's checkpoint, and all stop if rank 0 could not write
+            if not all_true(failure is None, self.device):
+                if failure is not None:
+                    raise failure
+                raise CheckpointError("rank 0 could not write the run directory (its message "
+                                      "says why); continue with --resume once it is fixed")
             msg = (f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  "
                    f"train {row['train_top1']:.2f}%")
             if "val_top1" in row:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ResdistError
+from ..safe_load import UnsafeFileError, load_torch_file
 
 
 class WeightsError(ResdistError, ValueError):
@@ -46,7 +47,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path)
+    except UnsafeFileError:
+        raise
     except Exception as e:  # corrupt or not a torch file
         raise WeightsError(f"cannot read weights file {path}: {e}") from e
     if isinstance(obj, Mapping):

@@ -1,0 +1,204 @@
+"""A run directory holds one run: checks, the lock, ``--overwrite`` and stale temporary files.
+
+:func:`open_run_dir` runs before anything is written (rank 0 only under DDP):
+
+* ``out`` must be a folder that can be created and written;
+* a lock file ``out/.lock`` is held with ``fcntl.flock`` for the life of the run, so a second
+  training into the same folder refuses; the kernel drops the lock whenever the holder exits
+  (also on ``kill -9``), so a lock file left by a dead process is simply taken over;
+* a folder that already holds a run (``config.yaml``, ``last.pth``, ``best.pth`` or metrics)
+  is refused unless the run is resumed (``--resume``) or replaced (``--overwrite``: the old
+  run's files are moved, not deleted, to the sibling folder ``out.old-<YYYYmmdd-HHMMSS>``);
+* ``--resume`` with a model, method or data set other than the saved ``config.yaml``'s is
+  refused, naming the key, before anything in the folder changes;
+* temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import Config
+from ..errors import ResdistError
+
+try:  # POSIX; elsewhere the lock is advisory only through the file's presence
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "metrics.csv")
+LOCK_NAME = ".lock"
+# keys that make a run what it is: resuming with another value would mix two runs
+RESUME_KEYS = (
+    "data.name", "model.name", "model.stem", "model.width_mult", "model.dirac",
+    "model.keep_downsample_shortcuts", "distill.method", "distill.path_loss", "teacher.train",
+)
+
+
+class RunDirError(ResdistError, RuntimeError):
+    """The run directory cannot be used as asked (the message says why and what to do)."""
+
+
+def _os_error(e: OSError, what: str) -> RunDirError:
+    reason = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return RunDirError(f"{what}: {reason}; choose another --out")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``out/.lock`` holding this process's pid and host name."""
+
+    def __init__(self, run_dir: Path, remove_empty_dir: bool = False) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.remove_empty_dir = remove_empty_dir  # the run created the folder: tidy up
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunDirError` naming the process that holds it."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise _os_error(e, f"cannot write into the run directory {self.path.parent}") from e
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunDirError(
+                    f"{self.path.parent} is in use by another training ({holder}); wait for it "
+                    "to finish, or train into another --out"
+                ) from None
+            # a releasing holder unlinks the file: make sure we locked the one on disk
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent); with ``remove_empty_dir``, a run
+        folder left empty (the run failed before writing anything) is removed too."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+        if self.remove_empty_dir:
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()  # only succeeds when empty
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def existing_run(run_dir: Path) -> list[str]:
+    """The run files already in ``run_dir`` (empty: no run there)."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def check_resume_matches(run_dir: Path, cfg: Config) -> None:
+    """Raise :class:`RunDirError` when ``cfg`` differs from the saved run in a :data:`RESUME_KEYS`
+    key (nothing is compared when the folder holds no ``config.yaml``)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise RunDirError(f"cannot read {path} to check --resume: {e}") from e
+    new = cfg.to_dict()
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        old_value = (saved.get(section) or {}).get(name, new[section][name])
+        if old_value != new[section][name]:
+            raise RunDirError(
+                f"--resume: the run in {run_dir} has {key}={old_value!r}, this command asks for "
+                f"{new[section][name]!r}; resume with the run's own settings "
+                f"(--config {path} --resume) or train into a new --out"
+            )
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move everything in ``run_dir`` but the lock to ``<run_dir>.old-<time>``; returns it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
+    dest.mkdir(parents=True)
+    for entry in run_dir.iterdir():
+        if entry.name != LOCK_NAME:
+            shutil.move(str(entry), str(dest / entry.name))
+    return dest
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete checkpoint temporaries (``.NAME.pth.*.tmp``) a crash mid-write left behind."""
+    stale = sorted(run_dir.glob(".*.pth.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def open_run_dir(cfg: Config, say=print) -> RunLock:
+    """Check, lock and prepare ``cfg.train.out`` for the run ``cfg`` describes (see module
+    docstring); returns the held lock (release it when the run ends).
+
+    Raises:
+        RunDirError: ``out`` is a file or cannot be written, another training holds it, it
+            holds a run and neither ``resume`` nor ``overwrite`` is set, or ``resume`` asks for
+            another model/method/data set than the saved run.
+    """
+    run_dir = Path(cfg.train.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _os_error(e, f"cannot create the run directory {run_dir}") from e
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write into the run directory {run_dir}: permission denied; "
+                          "choose another --out")
+    lock = RunLock(run_dir, remove_empty_dir=created)
+    lock.acquire()
+    try:
+        found = existing_run(run_dir)
+        if cfg.train.resume:
+            check_resume_matches(run_dir, cfg)
+        elif found and cfg.train.overwrite:
+            say(f"--overwrite: moved the previous run in {run_dir} to {move_aside(run_dir)}")
+        elif found:
+            raise RunDirError(
+                f"{run_dir} already holds a run ({', '.join(found)}); continue it with "
+                "--resume, train into a new --out, or replace it with --overwrite (the old "
+                f"files move to {run_dir.name}.old-<time>)"
+            )
+        remove_stale_temporaries(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -1,0 +1,370 @@
+"""One test per row of docs/faults.md: every fault a user can cause is one line on stderr, exit
+status 2 (130 for Ctrl-C), no traceback, and nothing lost or mixed."""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from resdist.cli import main
+from resdist.config import Config
+from resdist.engine import load_checkpoint
+from resdist.engine import trainer as trainer_module
+from resdist.engine.metrics import MetricsLogger
+from resdist.engine.rundir import RunLock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+from data_writers import write_fmnist, write_idx, write_imagefolder  # noqa: E402
+
+ROWS_DOC = Path(__file__).resolve().parents[1] / "docs" / "faults.md"
+TINY = ["--data", "synthetic", "--model", "plain20", "--batch-size", "32", "--no-progress",
+        "--set", "data.synthetic_samples=96", "--set", "data.synthetic_size=8",
+        "--set", "data.synthetic_channels=1", "--set", "data.limit_test=16",
+        "--set", "model.width_mult=0.25", "--set", "train.tensorboard=false",
+        "--device", "cpu"]
+
+
+def _train(out: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ["train", *TINY, "--epochs", str(epochs), "--out", str(out), *extra]
+
+
+def fails(args: list[str], capsys, code: int = 2) -> str:
+    """Run the CLI, expect exit status ``code`` and exactly one error line; return it."""
+    got = main(args)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert got == code, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    if code == 2:
+        assert lines[0].startswith(f"resdist {args[0]}: error: "), lines[0]
+    return lines[0]
+
+
+def ok(args: list[str], capsys) -> tuple[str, str]:
+    got = main(args)
+    cap = capsys.readouterr()
+    assert got == 0, cap.err
+    return cap.out, cap.err
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished 1-epoch run (its last.pth is the good checkpoint of these tests)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(_train(run)) == 0
+    return run
+
+
+def test_every_row_of_the_fault_table_has_a_test():
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", ROWS_DOC.read_text(), flags=re.M)
+    text = Path(__file__).read_text()
+    assert len(rows) >= 15
+    for row in rows:
+        assert f"def test_{row.replace('-', '_')}" in text, row
+
+
+# --- unsafe-file -----------------------------------------------------------------------------
+
+class Payload:
+    """Pickles as ``open(marker, "w")``: full unpickling creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("where", ["eval", "export", "profile", "resume", "teacher-checkpoint",
+                                   "teacher-weights"])
+def test_unsafe_file(tmp_path, capsys, where):
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Payload(marker), "model_name": "plain20"}, evil)
+    run = tmp_path / "run"
+    args = {
+        "eval": ["eval", "--checkpoint", str(evil), "--data", "synthetic"],
+        "export": ["export", "--checkpoint", str(evil), "--out", str(tmp_path / "m.onnx")],
+        "profile": ["profile", str(evil), "--no-latency"],
+        "resume": _train(run, "--resume"),
+        "teacher-checkpoint": _train(run, "--method", "kd", "--teacher-checkpoint", str(evil)),
+        "teacher-weights": _train(run, "--method", "kd", "--teacher-weights", str(evil)),
+    }[where]
+    if where == "resume":
+        run.mkdir()
+        evil.rename(run / "last.pth")
+    line = fails(args, capsys)
+    assert "contains code or objects that are not allowed" in line
+    assert "resdist will not execute it" in line
+    assert not marker.exists()
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert "cannot read checkpoint" in fails(["eval", "--checkpoint", str(bad)], capsys)
+
+
+def test_weights_do_not_fit(tmp_path, capsys, trained):
+    ckpt = torch.load(trained / "last.pth", weights_only=True)
+    ckpt["model_name"] = "plain32"
+    torch.save(ckpt, tmp_path / "other.pth")
+    line = fails(["eval", "--checkpoint", str(tmp_path / "other.pth")], capsys)
+    assert "do not fit" in line
+    # --resume into a folder whose last.pth holds another network (no config.yaml to compare)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pth").write_bytes((trained / "last.pth").read_bytes())
+    assert "do not fit" in fails(_train(run, "--resume", "--model", "plain32"), capsys)
+    assert sorted(p.name for p in run.iterdir()) == ["last.pth"]
+
+
+def test_run_exists(tmp_path, capsys, trained):
+    line = fails(_train(trained), capsys)
+    assert f"{trained} already holds a run" in line
+    assert "--resume" in line and "new --out" in line and "--overwrite" in line
+
+
+def test_run_locked(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        line = fails(_train(run), capsys)
+    assert f"{run} is in use by another training (pid {os.getpid()}" in line
+    assert not (run / "config.yaml").exists()
+
+
+def test_resume_mismatch(tmp_path, capsys, trained):
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    line = fails(_train(trained, "--resume", "--method", "kd"), capsys)
+    assert "distill.method='ce'" in line and "'kd'" in line
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", ["file", "under-file"])
+def test_out_not_a_folder(tmp_path, capsys, case):
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = f if case == "file" else f / "run"
+    line = fails(_train(out), capsys)
+    assert str(out) in line and ("not a folder" in line or "Not a directory" in line)
+    assert f.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_out_not_a_folder_when_not_writable(tmp_path, capsys):
+    tmp_path.chmod(0o500)
+    try:
+        line = fails(_train(tmp_path / "run"), capsys)
+    finally:
+        tmp_path.chmod(0o700)
+    assert "Permission denied" in line or "permission denied" in line
+
+
+def _tmpfs(path: Path, size: int) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "simulated"])
+def test_disk_full(tmp_path, capsys, monkeypatch, trained, how):
+    run = tmp_path / "fs" / "run"
+    if how == "tmpfs":
+        # room for epoch 1's last.pth + best.pth and the small files, not for a third copy
+        size = 2 * (trained / "last.pth").stat().st_size + 48 * 1024
+        if not _tmpfs(tmp_path / "fs", size):
+            pytest.skip("needs root and tmpfs mounts")
+    else:
+        real = torch.save
+
+        def save(obj, f, *a, **k):
+            if isinstance(obj, dict) and obj.get("epoch") == 2:
+                f.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(obj, f, *a, **k)
+
+        monkeypatch.setattr(torch, "save", save)
+    try:
+        line = fails(_train(run, epochs=3), capsys)
+        assert "cannot write" in line and "no space left on the device" in line
+        assert "(epoch 1) is kept" in line and "metrics of epoch 2 are not written" in line
+        assert "--resume" in line
+        assert load_checkpoint(run / "last.pth")["epoch"] == 1
+        assert _epochs(run) == [1]
+        assert not list(run.glob(".*.tmp"))
+    finally:
+        if how == "tmpfs":
+            subprocess.run(["umount", str(tmp_path / "fs")], check=False)
+
+
+def test_crash_and_resume(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real = MetricsLogger.log
+
+    def killed(self, row):  # killed after epoch 2's checkpoint, before its metrics row
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+        real(self, row)
+
+    monkeypatch.setattr(MetricsLogger, "log", killed)
+    assert fails(_train(run, epochs=3), capsys, code=130) == "interrupted"
+    monkeypatch.undo()
+    (run / f".last.pth.{uuid.uuid4().hex[:8]}.tmp").write_bytes(b"torn")
+    ok(_train(run, "--resume", epochs=3), capsys)
+    assert _epochs(run) == [1, 2, 3] and not list(run.glob(".*.tmp"))
+
+
+def test_non_finite_loss(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real = trainer_module.accumulation_step
+    steps = {"n": 0}
+
+    def poisoned(*args, **kw):
+        outs = real(*args, **kw)
+        steps["n"] += 1
+        if steps["n"] == 4:  # epoch 2, step 0 (3 steps per epoch)
+            outs[-1]["loss"] = torch.tensor(float("inf"))
+        return outs
+
+    monkeypatch.setattr(trainer_module, "accumulation_step", poisoned)
+    line = fails(_train(run, epochs=2), capsys)
+    # checked every train.check_every steps and at the epoch's end: the steps since the last check
+    assert "loss became non-finite at epoch 2, steps 0-2" in line
+    assert "(epoch 1) is kept" in line and "lower the learning rate (--lr)" in line
+
+
+@pytest.mark.parametrize("args,key", [
+    (["--lr", "nan"], "optim.lr"), (["--set", "optim.momentum=-0.5"], "optim.momentum"),
+    (["--set", "train.eval_every=0"], "train.eval_every"), (["--epochs", "0"], "train.epochs"),
+    (["--set", "distill.dc=2"], "distill.dc"), (["--set", "optim.weight_decay=-1"],
+                                                 "optim.weight_decay"),
+    (["--set", "data.num_workers=-1"], "data.num_workers"),
+    (["--set", "distill.kd_temperature=0"], "distill.kd_temperature"),
+    (["--set", "train.device=gpu7"], "train.device"),
+])
+def test_bad_config_value(tmp_path, capsys, args, key):
+    out = tmp_path / "run"
+    line = fails(["train", *TINY, "--out", str(out), *args], capsys)
+    assert key in line
+    assert not out.exists()  # checked before anything starts
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    assert "optim.lrr" in fails(_train(tmp_path / "r", "--set", "optim.lrr=1"), capsys)
+    bad = tmp_path / "c.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert "not valid YAML" in fails(["train", "--config", str(bad)], capsys)
+
+
+def test_missing_data(tmp_path, capsys):
+    line = fails(_train(tmp_path / "r", "--data", "fashion-mnist", "--data-dir",
+                        str(tmp_path / "nothing")), capsys)
+    assert str(tmp_path / "nothing") in line
+    assert not (tmp_path / "r").exists()  # the folder the failed run created is gone again
+
+
+def _imagefolder_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "imagefolder", "--data-dir", str(root), "--model", "plain20",
+            "--epochs", "1", "--batch-size", "4", "--out", str(out), "--no-progress",
+            "--device", "cpu", "--set", "data.image_size=16", "--set", "data.num_workers=0",
+            "--set", "model.width_mult=0.25", "--set", "train.tensorboard=false", *extra]
+
+
+def test_bad_image(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    classes = write_imagefolder(root, num_classes=2, n_train=4, n_val=2, size=20)
+    empty = root / "train" / classes[0] / "empty.JPEG"
+    empty.write_bytes(b"")
+    (root / "train" / classes[1] / "garbage.JPEG").write_bytes(b"\x00 not an image" * 10)
+    (root / "val" / classes[1] / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    line = fails(_imagefolder_args(root, tmp_path / "a"), capsys)
+    assert str(empty) in line and "empty file (0 bytes)" in line
+    assert "skip_bad_images" in line
+    assert not (tmp_path / "a" / "last.pth").exists()
+    out, err = ok(_imagefolder_args(root, tmp_path / "b", "--set", "data.skip_bad_images=true"),
+                  capsys)
+    assert "left out 2 unreadable image files" in err and "left out 1 unreadable" in err
+    assert load_checkpoint(tmp_path / "b" / "last.pth")["metrics"]["test_samples"] == 4
+
+
+def test_empty_split(tmp_path, capsys):
+    data = tmp_path / "fm"
+    write_fmnist(data, gz=False, n_train=40, n_test=4)
+    write_idx(data / "t10k-images-idx3-ubyte", torch.zeros(0, 28, 28, dtype=torch.uint8).numpy())
+    write_idx(data / "t10k-labels-idx1-ubyte", torch.zeros(0, dtype=torch.uint8).numpy())
+    line = fails(_train(tmp_path / "r", "--data", "fashion-mnist", "--data-dir", str(data)),
+                 capsys)
+    assert "test set is empty" in line
+
+
+def test_eval_no_val_split(capsys, trained):
+    line = fails(["eval", "--checkpoint", str(trained / "last.pth"), "--split", "val"], capsys)
+    assert "no validation split" in line
+
+
+def test_os_error(tmp_path, capsys, monkeypatch):
+    def denied(self, path=None):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(Config, "to_yaml", denied)
+    out = tmp_path / "run"
+    line = fails(_train(out), capsys)
+    assert f"Permission denied: {out / 'config.yaml'}" in line
+
+
+def test_bf16_without_native_support(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    out, _ = ok(_train(tmp_path / "run", "--amp", "bf16"), capsys)
+    assert len([ln for ln in out.splitlines() if ln.startswith("warning: this CPU has no "
+                                                                "native bf16")]) == 1
+
+
+def test_interrupt(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real = trainer_module.Trainer.train_epoch
+
+    def ctrl_c(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", ctrl_c)
+    assert fails(_train(run, epochs=2), capsys, code=130) == "interrupted"
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1
+    assert not (run / ".lock").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from resdist.engine import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        main(["--debug", "eval", "--checkpoint", str(tmp_path / "none.pth")])
+    monkeypatch.setenv("RESDIST_DEBUG", "1")
+    with pytest.raises(CheckpointError):
+        main(["eval", "--checkpoint", str(tmp_path / "none.pth")])
+
+
+def test_eval_scores_the_full_test_set_unless_limited(capsys, trained):
+    # the run scored 16 test images (data.limit_test); eval scores all 24 unless told otherwise
+    out, _ = ok(["eval", "--checkpoint", str(trained / "last.pth")], capsys)
+    assert "(24 images)" in out
+    out, _ = ok(["eval", "--checkpoint", str(trained / "last.pth"), "--limit-test", "5"], capsys)
+    assert "(5 images)" in out
+    out, _ = ok(["eval", "--checkpoint", str(trained / "last.pth"),
+                 "--set", "data.synthetic_samples=48"], capsys)
+    assert "(12 images)" in out
