@@ -21,7 +21,7 @@ def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, capsys
     assert table.strip() in out
     assert (tmp_path / "resnet20-ce" / "last.pth").exists()
     # a second demo into the same folder keeps the finished runs (no refusal, no retraining)
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--config", str(settings), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "summary.md").read_text() == table
     assert not [p for p in tmp_path.iterdir() if ".old-" in p.name]
 
