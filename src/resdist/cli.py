@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (top-1/top-5)")
-    e.add_argument("--checkpoint", required=True, help="a resdist checkpoint (or its run dir)")
+    e.add_argument("--checkpoint", required=True, help="a resdist checkpoint (or its run dir), "
+                   "or an exported ONNX model (fp32 or INT8; run with ONNX Runtime)")
     _add_data_args(e)
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--batch-size", type=int, default=None)
@@ -153,6 +154,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .deploy.onnx_eval import model_file_kind
+
+    if model_file_kind(args.checkpoint) == "onnx":
+        from .deploy.commands import run_onnx_eval
+
+        return run_onnx_eval(args)
     from .data import build_data
     from .engine import evaluate, load_checkpoint, model_from_checkpoint
     from .engine.distributed import DistInfo, resolve_device

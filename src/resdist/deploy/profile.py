@@ -836,6 +836,7 @@ def _profile_models(
                 "source": info["source"],
                 "weights": weights,
                 "input_shape": list(shape),
+                "onnx_file": path.name,  # under onnx_dir (INT8 profiling quantises it)
                 "is_resnet": bool(getattr(model, "shortcuts", False)),
                 "parameters": sum(p.numel() for p in deployed.parameters()),
                 "macs_per_image": one.macs,
