@@ -244,6 +244,8 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     err = _one_line_error(base + ["--calibration-data", "fashion-mnist"], capsys)
     assert "only used with --quantize" in err
     assert not (tmp_path / "x.onnx").exists()
+    err = _one_line_error(["profile", "plain20", "--int8", "--no-latency"], capsys)
+    assert "drop --no-latency" in err
     # a file that is neither a checkpoint nor ONNX
     junk = tmp_path / "model.onnx"
     junk.write_text("not a model at all\n")
@@ -260,3 +262,28 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     # a model for 28x28x1 images on a data set of 32x32x3 images
     err = _one_line_error(["eval", "--checkpoint", str(plain), "--data", "synthetic"], capsys)
     assert "1x28x28 inputs but synthetic images are 3x32x32" in err
+
+
+def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
+    from resdist.deploy import calibrate_bn, profile_models
+    from resdist.deploy.quantize import add_int8_latency, format_int8_table
+    from resdist.models import create_model
+
+    models = [(name, calibrate_bn(create_model(name, num_classes=10, in_chans=1,
+                                               width_mult=0.25), 1, (1, 16, 16), 8))
+              for name in ("resnet20", "plain20")]
+    result = profile_models(models, input_shape=(1, 16, 16), latency=False,
+                            memory_check=False, onnx_dir=tmp_path)
+    add_int8_latency(result, tmp_path, batch_sizes=(1, 2), threads=(1,), runs=2,
+                     calibration_images=8)
+    res, plain = result["models"]
+    assert (res["int8"]["feature_adds"], plain["int8"]["feature_adds"]) == (9, 0)
+    for m in (res, plain):
+        assert {(r["threads"], r["batch"]) for r in m["latency"]} == {(1, 1), (1, 2)}
+        assert {(r["threads"], r["batch"]) for r in m["int8"]["latency"]} == {(1, 1), (1, 2)}
+        assert m["int8"]["calibration_images"] == 8 and "Gaussian" in m["int8"]["calibration"]
+        assert len(m["int8"]["speedup"]) == 2
+    (pair,) = result["pairs"]
+    assert len(pair["latency_ratio"]) == 2 and len(pair["latency_ratio_int8"]) == 2
+    table = format_int8_table(result)
+    assert "resnet20 / plain20" in table and "t=1 b=2" in table

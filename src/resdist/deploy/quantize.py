@@ -60,7 +60,8 @@ class QuantizeReport:
         activation_qdq_pairs: ``QuantizeLinear -> DequantizeLinear`` pairs on activations.
         weight_dequantize: ``DequantizeLinear`` nodes reading an INT8 initializer (weights).
         fp32_bytes, int8_bytes: file sizes.
-        calibration_images: images the activation ranges were calibrated on.
+        calibration_images: images the activation ranges were calibrated on (None when a
+            user's ``CalibrationDataReader`` fed them).
         calibration: where the calibration images came from.
         settings: the quantiser's settings (format, types, per-channel, calibration method).
     """
@@ -75,7 +76,7 @@ class QuantizeReport:
     weight_dequantize: int
     fp32_bytes: int
     int8_bytes: int
-    calibration_images: int
+    calibration_images: int | None
     calibration: str
     settings: dict[str, Any]
 
@@ -119,12 +120,12 @@ def _input_name(path: Path) -> str:
     return inputs[0].name
 
 
-def _reader(calibration: Any, input_name: str) -> tuple[Any, Callable[[], int]]:
+def _reader(calibration: Any, input_name: str) -> tuple[Any, Callable[[], int | None]]:
     """A CalibrationDataReader over ``calibration`` and a function giving the images it fed."""
     from onnxruntime.quantization import CalibrationDataReader
 
     if isinstance(calibration, CalibrationDataReader):
-        return calibration, lambda: -1
+        return calibration, lambda: None
 
     class _Arrays(CalibrationDataReader):
         def __init__(self, batches: Iterable[Any]) -> None:
