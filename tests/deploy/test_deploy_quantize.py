@@ -253,6 +253,8 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     assert "neither a resdist checkpoint nor an ONNX model" in err
     with pytest.raises(DeployError):
         model_file_kind(junk)
+    err = _one_line_error(["eval", "--checkpoint", str(tmp_path / "missing.onnx")], capsys)
+    assert "ONNX file not found" in err
     # an fp32 export carries no data set name: eval asks for --data
     plain = tmp_path / "plain.onnx"
     export(ckpt, "onnx", plain)

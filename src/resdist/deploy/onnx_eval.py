@@ -39,9 +39,12 @@ def _parse_onnx(path: Path) -> Any | None:
 
 def model_file_kind(path: str | os.PathLike) -> Literal["checkpoint", "onnx"]:
     """Whether ``path`` holds a resdist checkpoint (a run folder or a torch zip archive) or an
-    ONNX model. A missing path counts as a checkpoint (its loader then says it is missing);
-    a file that is neither raises :class:`DeployError`."""
+    ONNX model. A missing path counts as a checkpoint (its loader then says it is missing)
+    unless it ends in ``.onnx``; a missing ``.onnx`` file or a file that is neither raises
+    :class:`DeployError`."""
     path = Path(path)
+    if not path.exists() and path.suffix.lower() == ".onnx":
+        raise DeployError(f"ONNX file not found: {path}")
     if path.is_dir() or not path.exists():
         return "checkpoint"
     if zipfile.is_zipfile(path):
