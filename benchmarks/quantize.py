@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from resdist.config import Config
+from resdist.data import build_data
 from resdist.deploy import calibrate_bn, export, export_onnx, to_deploy
-from resdist.deploy.onnx_eval import evaluate_onnx_file
+from resdist.deploy.onnx_eval import evaluate_onnx
 from resdist.deploy.profile import measure_latency
 from resdist.deploy.quantize import calibration_batches, gaussian_batches, quantize_onnx
 from resdist.models import create_model
@@ -55,6 +56,7 @@ JOINTRD = ("jointrd", "")
 IMAGENET_PAIRS = (("resnet18", "plain18"), ("resnet34", "plain34"), ("resnet50", "plain50"))
 CALIBRATION_IMAGES = 512
 SEED = 0
+PARTS = ("accuracy", "imagenet")
 
 
 def log(msg: str) -> None:
@@ -116,21 +118,26 @@ def suite_runs(root: Path, data_dir: str | None, train_missing: bool) -> list[di
 
 
 def accuracy(runs: list[dict[str, Any]], onnx_dir: Path) -> list[dict[str, Any]]:
-    """fp32 and INT8 top-1 on the full test set for every run; keeps the ONNX files."""
+    """fp32 and INT8 top-1 on the full test set for every run; keeps the ONNX files.
+
+    Every run of the suite has the same data settings, so the calibration images (and the
+    test set) are read once and shared."""
+    data = runs[0]["config"].data
+    if any(r["config"].data != data for r in runs):
+        raise SystemExit("the runs do not share their data settings")
+    batches = calibration_batches(data, CALIBRATION_IMAGES, seed=SEED)
+    source = (f"{sum(len(b) for b in batches)} images drawn (seed {SEED}) from the runs' "
+              f"training split (first {data.limit_train} images), no augmentation")
+    test = build_data(dataclasses.replace(data, limit_test=None, val_split=0.0, batch_size=1),
+                      device="cpu").test  # the full test set, preprocessed as in training
     out = []
     for run in runs:
-        cfg: Config = run["config"]
         name = run_name(run["model"], Row(run["method"], run["variant"]))
         fp32, int8 = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}-int8.onnx"
         t0 = time.perf_counter()
         exported = export(Path(run["run_dir"]) / "last.pth", "onnx", fp32)
-        batches = calibration_batches(cfg.data, CALIBRATION_IMAGES, seed=SEED)
-        report = quantize_onnx(fp32, int8, batches, calibration_source=(
-            f"{sum(len(b) for b in batches)} images drawn (seed {SEED}) from the run's "
-            f"training split (first {cfg.data.limit_train} images), no augmentation"))
-        data = dataclasses.replace(cfg.data, limit_test=None)  # the full test set
-        m32 = evaluate_onnx_file(fp32, data)
-        m8 = evaluate_onnx_file(int8, data)
+        report = quantize_onnx(fp32, int8, batches, calibration_source=source)
+        m32, m8 = evaluate_onnx(fp32, test), evaluate_onnx(int8, test)
         row = {
             "network": run["label"], "method": run["method"], "run": name,
             "pytorch_test_top1": run["pytorch_test_top1"],
@@ -186,87 +193,116 @@ def _time_pair(
     return rows
 
 
-def latency(acc: list[dict[str, Any]], onnx_dir: Path, quick: bool) -> dict[str, Any]:
+def thin_latency(acc: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """The trained ResNet-32 teacher and JointRD plain-32 student, fp32 and INT8, 1x28x28."""
     teacher = next(r for r in acc if r["run"] == f"{TEACHER}-ce")
     student = next(r for r in acc if r["run"] == f"{STUDENT}-jointrd")
     files = {TEACHER: (Path(teacher["fp32_onnx"]), Path(teacher["int8_onnx"])),
              STUDENT: (Path(student["fp32_onnx"]), Path(student["int8_onnx"]))}
-    thin_runs = {1: 5, 8: 3, 32: 3} if quick else {1: 200, 8: 60, 32: 20}
-    big_runs = {1: 3, 8: 3, 32: 3} if quick else {1: 20, 8: 6, 32: 3}
-    thin_limit, big_limit = (1.0, 1.0) if quick else (10.0, 20.0)
+    runs = {1: 5, 8: 3, 32: 3} if quick else {1: 200, 8: 60, 32: 20}
+    limit = 1.0 if quick else 10.0
     log(f"latency {TEACHER} / {STUDENT} (trained, JointRD student), 1x28x28")
-    rows = _time_pair((TEACHER, STUDENT), files, (1, 28, 28), thin_runs, thin_limit)
-    quant = {}
-    pairs = IMAGENET_PAIRS[:1] if quick else IMAGENET_PAIRS
-    for pair in pairs:
+    rows = _time_pair((TEACHER, STUDENT), files, (1, 28, 28), runs, limit)
+    return {"rows": rows, "runs_per_setting": runs, "max_seconds_per_setting": limit}
+
+
+def imagenet_latency(onnx_dir: Path, quick: bool) -> dict[str, Any]:
+    """ResNet-18/34/50 vs plain-18/34/50 at 3x224x224, random BN-calibrated weights."""
+    runs = {1: 3, 8: 3, 32: 3} if quick else {1: 20, 8: 6, 32: 3}
+    limit = 1.0 if quick else 20.0
+    calib = 8 if quick else 16
+    files: dict[str, tuple[Path, Path]] = {}
+    quant, rows = {}, []
+    for pair in IMAGENET_PAIRS[:1] if quick else IMAGENET_PAIRS:
         for name in pair:
             t0 = time.perf_counter()
-            fp32, int8, info = _imagenet_onnx(name, onnx_dir, 8 if quick else 16)
+            fp32, int8, info = _imagenet_onnx(name, onnx_dir, calib)
             files[name], quant[name] = (fp32, int8), info
             log(f"{name}: exported and quantised in {time.perf_counter() - t0:.0f} s, "
                 f"{info['feature_adds']} feature Adds")
         log(f"latency {pair[0]} / {pair[1]} (random weights), 3x224x224")
-        rows += _time_pair(pair, files, (3, 224, 224), big_runs, big_limit)
-    return {"rows": rows, "imagenet_quantization": quant,
-            "runs_per_setting": {"thin": thin_runs, "imagenet": big_runs},
-            "max_seconds_per_setting": {"thin": thin_limit, "imagenet": big_limit}}
+        rows += _time_pair(pair, files, (3, 224, 224), runs, limit)
+        for name in pair:
+            for f in files.pop(name):
+                f.unlink()
+    return {"rows": rows, "runs_per_setting": runs, "max_seconds_per_setting": limit,
+            "calibration_images": calib, "quantization": quant}
 
 
 # --- report ------------------------------------------------------------------------------------
 
-def format_markdown(result: dict[str, Any]) -> str:
-    meta = result["meta"]
+def _latency_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"# INT8 deployment: plain students vs the INT8 ResNet ({meta['date']})", "",
-        f"Command: `{meta['command']}`", "",
-        f"- CPU: {meta['cpu']} ({meta['cores']} cores); onnxruntime {meta['onnxruntime']}, "
-        f"torch {meta['torch']}, Python {meta['python']}",
-        f"- Quantisation: {meta['quantization']}",
-        f"- Load average at start {meta['loadavg_start']}, end {meta.get('loadavg_end')}: the "
-        "machine was shared with other jobs, so latencies are noisy; each pair's four models "
-        "(ResNet and plain, fp32 and INT8) were timed interleaved run by run and the medians "
-        "are reported",
-        f"- Wall time of this benchmark: {meta.get('wall_seconds')} s (training excluded)", "",
-        "## Accuracy: Fashion-MNIST, full 10k test set (seed 0)", "",
-        "Suite settings: first 20k training images, 3 epochs, one-cycle LR 0.1, batch 128; "
-        "calibration on 512 of those training images (no augmentation). Test top-1 with ONNX "
-        "Runtime; the PyTorch figure of the same checkpoint is shown for reference.", "",
-        "| network | method | PyTorch top-1 (%) | fp32 ONNX top-1 (%) | INT8 top-1 (%) | "
-        "INT8 loss (points) | shortcut Adds (INT8 graph) | Q/DQ pairs (act.) | "
-        "file fp32 / INT8 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in result["accuracy"]:
-        q = r["quantization"]
-        lines.append(
-            f"| {r['network']} | {r['method']} | {r['pytorch_test_top1']:.2f} | "
-            f"{r['fp32_top1']:.2f} | {r['int8_top1']:.2f} | {r['int8_loss_points']:+.2f} | "
-            f"{q['feature_adds']} | {q['activation_qdq_pairs']} | "
-            f"{q['fp32_bytes'] / 2**10:.0f} / {q['int8_bytes'] / 2**10:.0f} KiB |"
-        )
-    lines += ["", "INT8 loss = fp32 top-1 minus INT8 top-1 (positive: INT8 is worse).", ""]
-    lat = result["latency"]
-    lines += [
-        "## Latency: ResNet / plain in fp32 and in INT8", "",
-        "Ratios above 1: the plain network is faster. Medians in ms per batch. Thin nets: the "
-        "trained ResNet-32 and JointRD plain-32; ImageNet-width nets: random weights, BN "
-        "calibrated on Gaussian images, INT8 calibrated on "
-        f"{meta['imagenet_calibration_images']} Gaussian images. Runs per setting (up to, "
-        f"stopping after the time limit once each model has 3): thin "
-        f"{lat['runs_per_setting']['thin']}, ImageNet {lat['runs_per_setting']['imagenet']} "
-        f"(ResNet-50 at batch 32: 3 runs), limits {lat['max_seconds_per_setting']} s.", "",
         "| pair, input | threads | batch | ResNet / plain fp32 | ResNet / plain INT8 | "
         "INT8 speed-up ResNet | INT8 speed-up plain | ms: ResNet fp32, plain fp32, ResNet INT8, "
         "plain INT8 | runs |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for r in lat["rows"]:
+    for r in rows:
         ms = ", ".join(f"{v:.2f}" for v in r["median_ms"].values())
         lines.append(
             f"| {r['pair']}, {r['input']} | {r['threads']} | {r['batch']} | "
             f"{r['ratio_fp32']:.2f} | {r['ratio_int8']:.2f} | {r['int8_speedup_resnet']:.2f} | "
             f"{r['int8_speedup_plain']:.2f} | {ms} | {min(r['runs'].values())} |"
         )
+    return lines
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    meta, parts = result["meta"], result["parts"]
+    first = next(iter(parts.values()))
+    lines = [
+        "# INT8 deployment: plain students vs the INT8 ResNet", "",
+        f"- CPU: {first['cpu']} ({first['cores']} cores); onnxruntime {first['onnxruntime']}, "
+        f"torch {first['torch']}, Python {first['python']}",
+        f"- Quantisation: {meta['quantization']}",
+        "- The machine was shared with other jobs (load averages below), so latencies are "
+        "noisy: each pair's four models (ResNet and plain, fp32 and INT8) were timed "
+        "interleaved run by run, and medians are reported.",
+    ]
+    for name, m in parts.items():
+        lines.append(
+            f"- Part `{name}`: `{m['command']}` on {m['date']}, {m['wall_seconds']} s "
+            f"(training excluded), load average {m['loadavg_start']} -> {m['loadavg_end']}"
+        )
+    if "accuracy" in result:
+        lines += [
+            "", "## Accuracy: Fashion-MNIST, full 10k test set (seed 0)", "",
+            "The accuracy suite's settings (first 20k training images, 3 epochs, one-cycle LR "
+            "0.1, batch 128, seed 0), trained on this machine; calibration on 512 of those "
+            "training images (no augmentation). Test top-1 with ONNX Runtime; the PyTorch "
+            "figure of the same checkpoint is shown for reference.", "",
+            "| network | method | PyTorch top-1 (%) | fp32 ONNX top-1 (%) | INT8 top-1 (%) | "
+            "INT8 loss (points) | shortcut Adds (INT8 graph) | Q/DQ pairs (act.) | "
+            "file fp32 / INT8 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in result["accuracy"]:
+            q = r["quantization"]
+            lines.append(
+                f"| {r['network']} | {r['method']} | {r['pytorch_test_top1']:.2f} | "
+                f"{r['fp32_top1']:.2f} | {r['int8_top1']:.2f} | {r['int8_loss_points']:+.2f} | "
+                f"{q['feature_adds']} | {q['activation_qdq_pairs']} | "
+                f"{q['fp32_bytes'] / 2**10:.0f} / {q['int8_bytes'] / 2**10:.0f} KiB |"
+            )
+        lines += ["", "INT8 loss = fp32 top-1 minus INT8 top-1 (positive: INT8 is worse)."]
+    lines += ["", "## Latency: ResNet / plain in fp32 and in INT8 (ONNX Runtime, CPU)", "",
+              "Ratios above 1: the plain network is faster; INT8 speed-up = fp32 / INT8. "
+              "Medians in ms per batch; runs = the fewest any of the four models got."]
+    if "thin_latency" in result:
+        t = result["thin_latency"]
+        lines += ["", f"Thin nets (trained ResNet-32 and JointRD plain-32, INT8 calibrated on "
+                  f"training images); up to {t['runs_per_setting']} runs per batch size, "
+                  f"stopping after {t['max_seconds_per_setting']} s once each model has 3.", "",
+                  *_latency_table(t["rows"])]
+    if "imagenet_latency" in result:
+        t = result["imagenet_latency"]
+        lines += ["", "ImageNet-width nets (ImageNet stem, 1000 classes), random weights with "
+                  "BatchNorm statistics calibrated on Gaussian images, INT8 calibrated on "
+                  f"{t['calibration_images']} Gaussian images; up to "
+                  f"{t['runs_per_setting']} runs per batch size, stopping after "
+                  f"{t['max_seconds_per_setting']} s once each model has 3 (so ResNet-50 at "
+                  "batch 32 has 3 runs).", "", *_latency_table(t["rows"])]
     lines += ["", "![accuracy and latency](quantize.png)", ""]
     return "\n".join(lines)
 
@@ -277,19 +313,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    acc, rows = result["accuracy"], result["latency"]["rows"]
+    acc = result.get("accuracy", [])
+    rows = [r for k in ("thin_latency", "imagenet_latency") for r in result.get(k, {}).get(
+        "rows", [])]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
     ax = axes[0]
-    x = np.arange(len(acc))
-    ax.bar(x - 0.2, [r["fp32_top1"] for r in acc], 0.4, label="fp32")
-    ax.bar(x + 0.2, [r["int8_top1"] for r in acc], 0.4, label="INT8")
-    labels = [f"{r['network']}\n{r['method']}" for r in acc]
-    ax.set_xticks(x, labels, fontsize=7)
-    lo = min(min(r["int8_top1"], r["fp32_top1"]) for r in acc)
-    ax.set_ylim(lo - 2, max(r["fp32_top1"] for r in acc) + 1)
+    if acc:
+        x = np.arange(len(acc))
+        ax.bar(x - 0.2, [r["fp32_top1"] for r in acc], 0.4, label="fp32")
+        ax.bar(x + 0.2, [r["int8_top1"] for r in acc], 0.4, label="INT8")
+        ax.set_xticks(x, [f"{r['network']}\n{r['method']}" for r in acc], fontsize=6)
+        lo = min(min(r["int8_top1"], r["fp32_top1"]) for r in acc)
+        ax.set_ylim(lo - 2, max(r["fp32_top1"] for r in acc) + 1)
+        ax.legend(fontsize=8)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Fashion-MNIST, full test set, seed 0", fontsize=10)
-    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax = axes[1]
     x = np.arange(len(rows))
@@ -323,35 +361,49 @@ def main(argv: list[str] | None = None) -> int:
                         "runs/reproduce reuses the accuracy suite's runs")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--only", choices=PARTS, default=None,
+                        help="measure one part (accuracy: accuracy and the thin nets' latency; "
+                        "imagenet: ResNet-18/34/50 latency) and keep the other part of an "
+                        "existing quantize.json")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training")
     parser.add_argument("--quick", action="store_true", help="few timing runs (smoke test)")
     parser.add_argument("--render-only", action="store_true",
                         help="re-render quantize.md/.png from quantize.json")
     args = parser.parse_args(argv)
     out = Path(args.results)
+    previous = out / "quantize.json"
     if args.render_only:
-        print(write_report(json.loads((out / "quantize.json").read_text()), out))
+        print(write_report(json.loads(previous.read_text()), out))
         return 0
-    runs = suite_runs(Path(args.runs), args.data_dir, not args.no_train)
-    meta = environment()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="resdist-quantize-") as tmp:
-        acc = accuracy(runs, Path(tmp))
-        lat = latency(acc, Path(tmp), args.quick)
-    for r in acc:
-        r.pop("fp32_onnx"), r.pop("int8_onnx")
-    meta.update({
-        "command": shlex.join(["python", "benchmarks/quantize.py", *(argv or sys.argv[1:])]),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+    result: dict[str, Any] = {"meta": {}, "parts": {}}
+    if args.only and previous.exists():
+        result = json.loads(previous.read_text())
+    command = shlex.join(["python", "benchmarks/quantize.py", *(argv or sys.argv[1:])])
+    for part in [args.only] if args.only else PARTS:
+        if part == "accuracy":
+            runs = suite_runs(Path(args.runs), args.data_dir, not args.no_train)
+        meta = environment()
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="resdist-quantize-") as tmp:
+            if part == "accuracy":
+                acc = accuracy(runs, Path(tmp))
+                result["thin_latency"] = thin_latency(acc, args.quick)
+                for r in acc:
+                    r.pop("fp32_onnx"), r.pop("int8_onnx")
+                result["accuracy"] = acc
+            else:
+                result["imagenet_latency"] = imagenet_latency(Path(tmp), args.quick)
+        meta.update({"command": command, "wall_seconds": round(time.perf_counter() - start, 1),
+                     "loadavg_end": [round(v, 2) for v in os.getloadavg()]})
+        result["parts"][part] = meta
+    result["meta"] = {
         "quantization": "onnxruntime.quantization: quant_pre_process, then quantize_static "
-                        "(QDQ, per-channel QInt8 weights, QInt8 activations, MinMax "
-                        f"calibration on {CALIBRATION_IMAGES} training images)",
-        "imagenet_calibration_images": 8 if args.quick else 16,
+                        "(QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax "
+                        f"calibration; {CALIBRATION_IMAGES} training images for the trained "
+                        "nets)",
         "seed": SEED,
         "suite": FASHION_MNIST_SUITE,
-    })
-    result = {"meta": meta, "accuracy": acc, "latency": lat}
+    }
     print(write_report(result, out))
     return 0
 

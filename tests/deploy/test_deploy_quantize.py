@@ -289,3 +289,17 @@ def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
     assert len(pair["latency_ratio"]) == 2 and len(pair["latency_ratio_int8"]) == 2
     table = format_int8_table(result)
     assert "resnet20 / plain20" in table and "t=1 b=2" in table
+
+
+def test_onnx_runtime_runs_every_conv_of_the_int8_resnet_in_int8(quantized, tmp_path):
+    """uint8 activations: the shortcut Adds become QLinearAdd and no Conv falls back to fp32."""
+    from collections import Counter
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(quantized["resnet20"]["path"], so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    assert ops["Conv"] == 0 and ops["QLinearConv"] == 21  # stem + 2 per block + 2 projections
+    assert ops["Add"] == 0 and ops["QLinearAdd"] == 9

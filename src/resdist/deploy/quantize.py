@@ -3,15 +3,19 @@
 :func:`quantize_onnx` takes an fp32 ONNX model (as written by :func:`~resdist.deploy.export_onnx`)
 through ``onnxruntime.quantization``: its model pre-processing step (``quant_pre_process``:
 shape inference and graph clean-up), then ``quantize_static`` in QDQ format with per-channel
-signed INT8 weights and signed INT8 activations whose ranges are calibrated (MinMax) on the
+signed INT8 weights and unsigned INT8 activations whose ranges are calibrated (MinMax) on the
 batches a :class:`~onnxruntime.quantization.CalibrationDataReader` (or any iterable of
 arrays) yields. :func:`calibration_batches` draws those batches from a resdist data set's
 training split with the training preprocessing but no random augmentation, so nothing of the
 test set is seen. :func:`quantize_checkpoint` is the whole path from a checkpoint.
 
-Activations are ``QInt8`` (S8S8), ONNX Runtime's documented first choice for the QDQ format:
-on x86 its CPU kernels run it through the same VNNI/AVX2 code paths as U8S8, and signed
-activations with an asymmetric zero point cover ReLU outputs with the full 256 levels.
+Activations are ``QUInt8`` (U8S8), not the tool's default ``QInt8``: ONNX Runtime's CPU
+provider (1.32) turns a QDQ ``Add`` into ``QLinearAdd`` only for uint8, so with int8
+activations every shortcut ``Add`` of a ResNet, and the convolution feeding it, stays in fp32
+(ResNet-18: 11 of 20 convolutions), which would make the INT8 ResNet look slow for a reason
+that has nothing to do with shortcuts. With uint8 every convolution becomes ``QLinearConv``.
+On x86 CPUs without VNNI, U8S8 can saturate (ONNX Runtime documents ``reduce_range`` for that);
+the CPUs measured here have AVX512-VNNI.
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ def quantize_onnx(
                     os.fspath(pre), os.fspath(out_path), reader,
                     quant_format=ort_quant.QuantFormat.QDQ,
                     per_channel=per_channel,
-                    activation_type=ort_quant.QuantType.QInt8,
+                    activation_type=ort_quant.QuantType.QUInt8,
                     weight_type=ort_quant.QuantType.QInt8,
                     calibrate_method=methods[calibrate_method],
                 )
@@ -228,7 +232,7 @@ def quantize_onnx(
         calibration=calibration_source,
         settings={
             "tool": "onnxruntime.quantization (quant_pre_process + quantize_static)",
-            "format": "QDQ", "weights": "QInt8", "activations": "QInt8",
+            "format": "QDQ", "weights": "QInt8", "activations": "QUInt8",
             "per_channel": per_channel, "calibrate_method": calibrate_method,
         },
         **counts,
@@ -479,7 +483,7 @@ def add_int8_latency(
         pair["latency_ratio"] = _ratios(res["latency"], plain["latency"])
         pair["latency_ratio_int8"] = _ratios(res["int8"]["latency"], plain["int8"]["latency"])
     result["meta"]["int8"] = (
-        "onnxruntime.quantization static QDQ, per-channel QInt8 weights, QInt8 activations "
+        "onnxruntime.quantization static QDQ, per-channel QInt8 weights, QUInt8 activations "
         f"(MinMax), calibration on {calibration_images} images per model (see each model); "
         "fp32 and INT8 sessions timed interleaved in one run"
     )
