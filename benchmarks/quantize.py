@@ -199,7 +199,7 @@ def thin_latency(acc: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     student = next(r for r in acc if r["run"] == f"{STUDENT}-jointrd")
     files = {TEACHER: (Path(teacher["fp32_onnx"]), Path(teacher["int8_onnx"])),
              STUDENT: (Path(student["fp32_onnx"]), Path(student["int8_onnx"]))}
-    runs = {1: 5, 8: 3, 32: 3} if quick else {1: 200, 8: 60, 32: 20}
+    runs = {1: 5, 8: 3, 32: 3} if quick else {1: 400, 8: 150, 32: 50}
     limit = 1.0 if quick else 10.0
     log(f"latency {TEACHER} / {STUDENT} (trained, JointRD student), 1x28x28")
     rows = _time_pair((TEACHER, STUDENT), files, (1, 28, 28), runs, limit)
@@ -208,8 +208,8 @@ def thin_latency(acc: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
 
 def imagenet_latency(onnx_dir: Path, quick: bool) -> dict[str, Any]:
     """ResNet-18/34/50 vs plain-18/34/50 at 3x224x224, random BN-calibrated weights."""
-    runs = {1: 3, 8: 3, 32: 3} if quick else {1: 20, 8: 6, 32: 3}
-    limit = 1.0 if quick else 20.0
+    runs = {1: 3, 8: 3, 32: 3} if quick else {1: 50, 8: 15, 32: 6}
+    limit = 1.0 if quick else 30.0
     calib = 8 if quick else 16
     files: dict[str, tuple[Path, Path]] = {}
     quant, rows = {}, []
@@ -239,7 +239,9 @@ def _latency_table(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
-        ms = ", ".join(f"{v:.2f}" for v in r["median_ms"].values())
+        resnet, plain = r["pair"].split(" / ")
+        ms = ", ".join(f"{r['median_ms'][f'{n} {p}']:.2f}" for p in ("fp32", "int8")
+                       for n in (resnet, plain))
         lines.append(
             f"| {r['pair']}, {r['input']} | {r['threads']} | {r['batch']} | "
             f"{r['ratio_fp32']:.2f} | {r['ratio_int8']:.2f} | {r['int8_speedup_resnet']:.2f} | "
@@ -301,8 +303,9 @@ def format_markdown(result: dict[str, Any]) -> str:
                   "BatchNorm statistics calibrated on Gaussian images, INT8 calibrated on "
                   f"{t['calibration_images']} Gaussian images; up to "
                   f"{t['runs_per_setting']} runs per batch size, stopping after "
-                  f"{t['max_seconds_per_setting']} s once each model has 3 (so ResNet-50 at "
-                  "batch 32 has 3 runs).", "", *_latency_table(t["rows"])]
+                  f"{t['max_seconds_per_setting']} s once each model has 3 (the runs column "
+                  "gives the count; ResNet-50 at batch 32 has the fewest).", "",
+                  *_latency_table(t["rows"])]
     lines += ["", "![accuracy and latency](quantize.png)", ""]
     return "\n".join(lines)
 
@@ -322,7 +325,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         x = np.arange(len(acc))
         ax.bar(x - 0.2, [r["fp32_top1"] for r in acc], 0.4, label="fp32")
         ax.bar(x + 0.2, [r["int8_top1"] for r in acc], 0.4, label="INT8")
-        ax.set_xticks(x, [f"{r['network']}\n{r['method']}" for r in acc], fontsize=6)
+        ax.set_xticks(x, [r["run"].replace("-", "\n", 1) for r in acc], fontsize=7)
         lo = min(min(r["int8_top1"], r["fp32_top1"]) for r in acc)
         ax.set_ylim(lo - 2, max(r["fp32_top1"] for r in acc) + 1)
         ax.legend(fontsize=8)
@@ -334,6 +337,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.bar(x - 0.2, [r["ratio_fp32"] for r in rows], 0.4, label="fp32")
     ax.bar(x + 0.2, [r["ratio_int8"] for r in rows], 0.4, label="INT8")
     ax.axhline(1.0, color="k", lw=0.8)
+    if rows:
+        ax.set_ylim(0.8, max(max(r["ratio_fp32"], r["ratio_int8"]) for r in rows) + 0.1)
     ax.set_xticks(x, [f"{r['pair'].split(' / ')[1]} t{r['threads']} b{r['batch']}"
                       for r in rows], rotation=70, ha="right", fontsize=6)
     ax.set_ylabel("latency ResNet / plain")
