@@ -161,11 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint (top-1/top-5)",
+    e = sub.add_parser("eval", help="evaluate a checkpoint or an ONNX model (top-1/top-5)",
                        description="Evaluate a checkpoint on the test split (or its run's "
                        "validation split) of the data set it was trained on, or another one.")
     e.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a resdist checkpoint (or its run folder, for last.pth)")
+                   help="a resdist checkpoint (or its run folder, for last.pth), or an exported "
+                   "ONNX model (fp32 or INT8, run with ONNX Runtime)")
     _add_data_args(e, defaults=False)
     e.add_argument("--split", choices=["test", "val"], default="test",
                    help="test set, or the validation split the run held out (default: test)")
@@ -301,6 +302,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .deploy.onnx_eval import model_file_kind
+
+    if model_file_kind(args.checkpoint) == "onnx":
+        from .deploy.commands import run_onnx_eval
+
+        return run_onnx_eval(args)
     from .data import build_data
     from .engine import evaluate, load_checkpoint, model_from_checkpoint
     from .engine.distributed import DistInfo, resolve_device

@@ -13,6 +13,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..config import STEMS
 from .errors import DeployError
 
 __all__ = ["add_export_parser", "add_predict_parser", "add_profile_parser", "run_export",
-           "run_predict", "run_profile"]
+           "run_onnx_eval", "run_predict", "run_profile"]
 
 
 def _positive_int(text: str) -> int:
@@ -72,8 +73,43 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "--preprocess (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip running the exported model against PyTorch")
+    q = p.add_argument_group("INT8 quantisation (ONNX Runtime's static QDQ quantiser)")
+    q.add_argument("--quantize", choices=("int8",), default=None,
+                   help="write a statically quantised model: per-channel INT8 weights, INT8 "
+                   "activations calibrated on training images")
+    q.add_argument("--calibration-data", metavar="DATASET",
+                   help="data set whose training images calibrate the activation ranges "
+                   "(fashion-mnist, cifar10, cifar100, imagefolder, synthetic)")
+    q.add_argument("--data-dir", metavar="DIR",
+                   help="folder of the calibration data set (default: its standard location)")
+    q.add_argument("--calibration-images", type=_positive_int, default=None, metavar="N",
+                   help="training images to calibrate on (default: 512)")
     p.set_defaults(func=run_export)
     return p
+
+
+def _check_quantize_args(args: argparse.Namespace) -> None:
+    quant_only = {"--calibration-data": args.calibration_data, "--data-dir": args.data_dir,
+                  "--calibration-images": args.calibration_images}
+    if args.quantize is None:
+        given = [flag for flag, value in quant_only.items() if value is not None]
+        if given:
+            raise DeployError(f"{given[0]} is only used with --quantize int8")
+        return
+    if args.fmt != "onnx":
+        raise DeployError("--quantize int8 writes ONNX; use --format onnx (TorchScript export "
+                          "stays fp32)")
+    if args.preprocess or args.input_dtype != "float32":
+        raise DeployError("--quantize int8 takes normalised float inputs; drop --preprocess / "
+                          "--input-dtype (bake the normalisation into an fp32 export instead)")
+    if args.calibration_data is None:
+        raise DeployError("--quantize int8 needs --calibration-data DATASET: the training "
+                          "images whose activation ranges set the INT8 scales")
+    from ..data.locations import DATASET_NAMES
+
+    if args.calibration_data not in DATASET_NAMES:
+        raise DeployError(f"unknown data set {args.calibration_data!r} for --calibration-data; "
+                          f"choose one of {', '.join(DATASET_NAMES)}")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -83,6 +119,17 @@ def run_export(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise DeployError(f"checkpoint not found: {ckpt}")
+    _check_quantize_args(args)
+    if args.quantize == "int8":
+        from .quantize import DEFAULT_CALIBRATION_IMAGES, quantize_checkpoint
+
+        report = quantize_checkpoint(
+            ckpt, args.out, args.calibration_data, data_dir=args.data_dir,
+            calibration_images=args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
+            input_shape=args.input_shape, opset=args.opset,
+        )
+        print(json.dumps(report, indent=2))
+        return 0
     report = export(
         ckpt, args.fmt, args.out, input_shape=args.input_shape, opset=args.opset,
         verify=not args.no_verify, preprocess=args.preprocess, input_dtype=args.input_dtype,
@@ -158,6 +205,10 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None, metavar="S",
                    help="stop a setting's runs after S seconds once each model has 3 runs")
     p.add_argument("--no-latency", action="store_true", help="memory and MACs only")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantise every model to INT8 (ONNX Runtime static QDQ) and time "
+                   "it beside fp32; checkpoints calibrate on their run's training images, "
+                   "random-weight models on Gaussian images")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write profile.json, profile.png and profile.md there")
     p.set_defaults(func=run_profile)
@@ -173,20 +224,53 @@ def run_profile(args: argparse.Namespace) -> int:
         kwargs["stem"] = args.stem
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise DeployError(f"--max-seconds must be positive, got {args.max_seconds}")
-    result = profile_models(
-        args.models,
-        input_shape=(args.in_chans, args.input_size, args.input_size),
-        batch_sizes=args.batch_sizes,
-        threads=[t or None for t in args.threads],
-        runs=args.runs,
-        max_seconds=args.max_seconds,
-        model_kwargs=kwargs,
-        latency=not args.no_latency,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
+    if args.int8 and args.no_latency:
+        raise DeployError("--int8 times the quantised models; drop --no-latency")
+    timing = {"batch_sizes": args.batch_sizes, "threads": [t or None for t in args.threads],
+              "runs": args.runs, "max_seconds": args.max_seconds}
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="resdist-profile-") as onnx_dir:
+        result = profile_models(
+            args.models,
+            input_shape=(args.in_chans, args.input_size, args.input_size),
+            model_kwargs=kwargs,
+            latency=not args.no_latency and not args.int8,
+            onnx_dir=onnx_dir,
+            log=log,
+            **timing,
+        )
+        if args.int8:
+            from .quantize import add_int8_latency
+
+            add_int8_latency(result, onnx_dir, log=log, **timing)
     result["meta"]["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))
+    if args.int8:
+        from .quantize import format_int8_table
+
+        print("\n" + format_int8_table(result))
     if args.out:
         write_profile_report(result, args.out)
-        print(f"\nwrote {Path(args.out) / 'profile.json'}, profile.png and profile.md")
+        written = "profile.png and profile.md"
+        if args.int8:
+            (Path(args.out) / "profile_int8.md").write_text(format_int8_table(result) + "\n")
+            written = "profile.png, profile.md and profile_int8.md"
+        print(f"\nwrote {Path(args.out) / 'profile.json'}, {written}")
+    return 0
+
+
+def run_onnx_eval(args: argparse.Namespace) -> int:
+    """``resdist eval --checkpoint MODEL.onnx``: ONNX Runtime on the data set's test split."""
+    from .onnx_eval import evaluate_onnx_file
+
+    if getattr(args, "split", "test") != "test":
+        raise DeployError("an ONNX model is evaluated on the test split only; --split val needs "
+                          "the run's checkpoint (its config holds the validation split)")
+    m = evaluate_onnx_file(
+        args.checkpoint, args.data, data_dir=args.data_dir, download=args.download,
+        batch_size=args.batch_size, limit_test=getattr(args, "limit_test", None),
+    )
+    print(f"{Path(args.checkpoint).name} (ONNX {m['precision']}) on {m['data']} test "
+          f"({m['samples']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  "
+          f"loss {m['loss']:.4f}")
     return 0

@@ -89,6 +89,7 @@ class ModelProfile:
     source: str
     weights: str
     input_shape: list[int]
+    onnx_file: str  # the exported fp32 graph, under the run's onnx_dir
     is_resnet: bool
     parameters: int
     macs_per_image: int
@@ -233,6 +234,7 @@ def _profile_one(
         source=src.source,
         weights=weights,
         input_shape=list(shape),
+        onnx_file=path.name,
         is_resnet=(bool(model.shortcuts) if hasattr(model, "shortcuts") else feature_adds > 0),
         parameters=sum(p.numel() for p in deployed.parameters()),
         macs_per_image=one.macs,

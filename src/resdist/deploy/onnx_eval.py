@@ -1,0 +1,193 @@
+"""Evaluate an exported ONNX model (fp32 or INT8) with ONNX Runtime on a resdist test set.
+
+The images go through the same reading and preprocessing as in training and in
+``resdist eval`` of a checkpoint (:func:`resdist.data.build_data`), and the metrics are those of
+:func:`resdist.engine.evaluate` (top-1, top-5, mean cross-entropy), so the figures of a
+checkpoint and of its fp32 export agree.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._onnx_graph import graph_inputs, load_onnx, value_shapes
+from .errors import DeployError, require
+
+__all__ = ["evaluate_onnx", "evaluate_onnx_file", "model_file_kind", "onnx_input_shape"]
+
+
+def _parse_onnx(path: Path) -> Any | None:
+    """The ModelProto in ``path`` if it is a real ONNX model (a graph with nodes), else None."""
+    onnx = require("onnx")
+    try:
+        model = onnx.load(os.fspath(path))
+    except Exception:
+        return None
+    if not model.HasField("graph") or not model.graph.node or model.ir_version < 1:
+        return None
+    return model
+
+
+def model_file_kind(path: str | os.PathLike) -> Literal["checkpoint", "onnx"]:
+    """Whether ``path`` holds a resdist checkpoint (a run folder or a torch zip archive) or an
+    ONNX model. A missing path, or a file that is not ONNX, counts as a checkpoint (its loader
+    then says what is wrong with it) unless it ends in ``.onnx``: a missing or unreadable
+    ``.onnx`` file raises :class:`DeployError`."""
+    path = Path(path)
+    if not path.exists() and path.suffix.lower() == ".onnx":
+        raise DeployError(f"ONNX file not found: {path}")
+    if path.is_dir() or not path.exists():
+        return "checkpoint"
+    if zipfile.is_zipfile(path):
+        return "checkpoint"
+    if _parse_onnx(path) is not None:
+        return "onnx"
+    if path.suffix.lower() != ".onnx":
+        return "checkpoint"  # its loader says what is wrong with it (corrupt, refused, ...)
+    raise DeployError(
+        f"{path} is neither a resdist checkpoint nor an ONNX model; pass a .pth written by "
+        "resdist train or an .onnx written by resdist export"
+    )
+
+
+def onnx_input_shape(onnx_model_or_path: Any) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of a model's single input when fixed, else None."""
+    model = load_onnx(onnx_model_or_path)
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        return None
+    dims = value_shapes(model)[inputs[0].name][0]
+    if dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return (int(dims[1]), int(dims[2]), int(dims[3]))
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    ort = require("onnxruntime")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeployError(f"ONNX Runtime cannot load {path}: {detail}") from e
+
+
+def evaluate_onnx(
+    path: str | os.PathLike,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of an ONNX model over ``loader``.
+
+    ``loader`` yields ``(images, labels)`` batches as resdist loaders do (float32 NCHW,
+    normalised); ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
+    Returns the same keys as :func:`resdist.engine.evaluate`.
+    """
+    from ..engine.metrics import topk_correct
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"ONNX file not found: {path}")
+    session = _session(path, threads)
+    in_name = session.get_inputs()[0].name
+    totals = np.zeros(4, dtype=np.float64)
+    for images, labels in loader:
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        try:
+            (logits,) = session.run(None, {in_name: x})[:1]
+        except Exception as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DeployError(f"ONNX Runtime failed on a batch of shape {x.shape}: {detail}") \
+                from e
+        out = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        y = labels.detach().cpu()
+        if out.dim() != 2 or int(y.max()) >= out.shape[1]:
+            raise DeployError(
+                f"the model outputs shape {tuple(out.shape)}, not (N, classes) for the "
+                f"data set's labels (up to {int(y.max())})"
+            )
+        c1, c5 = topk_correct(out, y)
+        totals += [float(F.cross_entropy(out, y, reduction="sum")), float(c1), float(c5),
+                   float(y.numel())]
+    n = max(totals[3], 1.0)
+    return {"loss": totals[0] / n, "top1": 100.0 * totals[1] / n,
+            "top5": 100.0 * totals[2] / n, "samples": int(totals[3])}
+
+
+def evaluate_onnx_file(
+    path: str | os.PathLike,
+    data: Any = None,
+    *,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    batch_size: int | None = None,
+    limit_test: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate an ONNX model on the test set of a resdist data set.
+
+    Args:
+        path: the ``.onnx`` file (fp32 or INT8).
+        data: a data set name or :class:`~resdist.config.DataConfig`; None reads the name from
+            the model's metadata (``resdist.data``, written by INT8 export).
+        data_dir, download, batch_size, limit_test: as in ``resdist eval``.
+        threads: ONNX Runtime intra-op threads.
+
+    Returns:
+        The metrics of :func:`evaluate_onnx` plus ``data`` (the data set), ``precision``
+        (``"int8"`` when the graph holds ``QuantizeLinear`` nodes, else ``"fp32"``) and
+        ``path``.
+    """
+    from ..config import DataConfig
+    from ..data import build_data
+    from ..data.locations import DATASET_NAMES
+    from .quantize import DATA_METADATA_KEY
+
+    path = Path(path)
+    proto = load_onnx(path)
+    if data is None:
+        props = {p.key: p.value for p in proto.metadata_props}
+        data = props.get(DATA_METADATA_KEY)
+        if data is None:
+            raise DeployError(
+                f"{path.name} does not say which data set it was trained on; pass --data NAME"
+            )
+    cfg = DataConfig(name=data) if isinstance(data, str) else data
+    if cfg.name not in DATASET_NAMES:
+        raise DeployError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    # the training loader is built but unused here: batch 1 so that any training split fits
+    cfg = replace(cfg, val_split=0.0, augment=False, batch_size=1)
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    if download is not None:
+        cfg.download = download
+    if batch_size is not None:
+        cfg.eval_batch_size = batch_size
+    if limit_test is not None:
+        cfg.limit_test = limit_test
+    bundle = build_data(cfg, device="cpu")
+    want = onnx_input_shape(proto)
+    have = (bundle.in_chans, bundle.image_size, bundle.image_size)
+    if want is not None and want != have:
+        raise DeployError(
+            f"{path.name} takes {want[0]}x{want[1]}x{want[2]} inputs but {cfg.name} images are "
+            f"{have[0]}x{have[1]}x{have[2]}; evaluate it on the data set it was exported for"
+        )
+    metrics: dict[str, Any] = evaluate_onnx(path, bundle.test, threads=threads)
+    int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
+    metrics.update({"data": cfg.name, "precision": "int8" if int8 else "fp32",
+                    "path": str(path)})
+    return metrics
