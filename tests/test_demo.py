@@ -18,6 +18,7 @@ def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, capsys
     out = capsys.readouterr().out
     table = (tmp_path / "summary.md").read_text()
     assert "| resnet20 (teacher) | ce |" in table and "| plain20 | jointrd |" in table
+    assert f"Machine: {demo.machine_line()}" in table
     assert table.strip() in out
     assert (tmp_path / "resnet20-ce" / "last.pth").exists()
     # a second demo into the same folder keeps the finished runs (no refusal, no retraining)

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from resdist import reproduce
 from resdist.cli import main
 
@@ -27,3 +29,32 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch
     capsys.readouterr()
     assert main(args) == 0  # second time: every run is reused, nothing retrained
     assert capsys.readouterr().out.count("finished run reused") == 16
+    md = (tmp_path / "res" / "accuracy.md").read_text()
+    assert "Paired differences" in md and f"Machine: {reproduce.machine()['cpu']}" in md
+    assert summary["machine"]["torch"]
+
+
+def _row(model, method, seeds, values):
+    return {"model": model, "method": method, "seeds": seeds, "final_top1": values}
+
+
+def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
+    summary = {"rows": [
+        _row("resnet32", "ce", [0, 1, 2], [89.0, 88.0, 90.0]),
+        _row("plain32", "ce", [0, 1, 2], [85.0, 84.0, 86.0]),
+        _row("plain32", "feature-kd", [0, 1, 2], [87.0, 87.0, 87.0]),
+        _row("plain32", "jointrd", [2, 0, 1], [88.0, 86.0, 85.0]),  # seeds in another order
+        _row("plain32 (Dirac)", "jointrd", [0, 1, 2], [80.0, 80.0, 80.0]),
+    ]}
+    by_name = {p["comparison"]: p for p in reproduce.paired_differences(summary)}
+    assert set(by_name) == {"plain32 jointrd - plain CE", "plain32 jointrd - feature KD",
+                            "teacher - plain32 jointrd"}
+    vs_ce = by_name["plain32 jointrd - plain CE"]
+    assert vs_ce["seeds"] == [2, 0, 1] and vs_ce["differences"] == [2.0, 1.0, 1.0]
+    # mean 4/3, std 1/sqrt(3); t(0.975, 2 df) = 4.303
+    half = 4.303 * (1 / 3**0.5) / 3**0.5
+    assert vs_ce["mean"] == pytest.approx(4 / 3)
+    assert vs_ce["ci95"] == pytest.approx([4 / 3 - half, 4 / 3 + half])
+    one = reproduce.paired_differences({"rows": [r | {"seeds": [0], "final_top1": [1.0]}
+                                                 for r in summary["rows"]]})
+    assert all(p["ci95"] is None for p in one)

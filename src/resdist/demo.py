@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import Config
 from .presets import load_preset
-from .reproduce import Row, run_config
+from .reproduce import Row, machine, run_config
 
 #: The packaged preset holding the demo's settings (shared with the accuracy suite, whose seed-0
 #: teacher, CE and JointRD runs the demo repeats).
@@ -67,11 +67,18 @@ def run_demo(
     return 0
 
 
+def machine_line() -> str:
+    """``CPU model, N cores, torch X`` of this machine."""
+    m = machine()
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+
+
 def format_table(rows: list[dict[str, Any]], cfg: Config) -> str:
     n = cfg.data.limit_train or "all"
     lines = [
         f"Fashion-MNIST ({n} training images, {cfg.train.epochs} epoch(s), seed {cfg.train.seed}); "
         "test top-1 at the final epoch",
+        f"Machine: {machine_line()} (a short budget's accuracy depends on the CPU's rounding)",
         "",
         "| model | method | test top-1 (%) | best epoch (%) | params | train time (s) | img/s |",
         "|---|---|---:|---:|---:|---:|---:|",
