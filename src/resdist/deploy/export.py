@@ -35,6 +35,7 @@ from ._onnx_graph import (
     without_weights,
 )
 from .errors import DeployError, require
+from .runtime import cpu_session
 
 __all__ = [
     "CONTRACT_KEY", "DEFAULT_OPSET", "INPUT_NAME", "MAX_OPSET", "MIN_OPSET", "OUTPUT_NAME",
@@ -344,7 +345,7 @@ def verify_onnx(
     (only the fixed batch size when the graph's batch dimension is not symbolic).
     ``input_shape`` defaults to the graph input's ``(C, H, W)``.
     """
-    ort = require("onnxruntime")
+    require("onnxruntime")  # a missing extra is said before any other work
     proto = load_onnx(path)
     inputs = graph_inputs(proto)
     if len(inputs) != 1 or not proto.graph.output:
@@ -358,11 +359,7 @@ def verify_onnx(
     shape = _check_input_shape(input_shape)
     if dims is not None and isinstance(dims[0], int):
         batch_sizes = (dims[0],)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    session = ort.InferenceSession(
-        proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
-    )
+    session = cpu_session(proto.SerializeToString())
     uint8 = inputs[0].type.tensor_type.elem_type == require("onnx").TensorProto.UINT8
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError, require
+from .runtime import cpu_session
 
 __all__ = ["evaluate_onnx", "evaluate_onnx_file", "model_file_kind", "onnx_input_shape"]
 
@@ -71,19 +72,6 @@ def onnx_input_shape(onnx_model_or_path: Any) -> tuple[int, int, int] | None:
     return (int(dims[1]), int(dims[2]), int(dims[3]))
 
 
-def _session(path: Path, threads: int | None) -> Any:
-    ort = require("onnxruntime")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeployError(f"ONNX Runtime cannot load {path}: {detail}") from e
-
-
 def evaluate_onnx(
     path: str | os.PathLike,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -101,7 +89,7 @@ def evaluate_onnx(
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"ONNX file not found: {path}")
-    session = _session(path, threads)
+    session = cpu_session(path, threads)
     in_name = session.get_inputs()[0].name
     totals = np.zeros(4, dtype=np.float64)
     for images, labels in loader:

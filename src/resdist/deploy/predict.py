@@ -27,6 +27,7 @@ import torch
 from ..data.contract import InputContract, contract_from_checkpoint
 from ..data.errors import DataError
 from .errors import DeployError, require
+from .runtime import cpu_session
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "Predictor", "find_images", "load_image", "predict"]
 
@@ -154,18 +155,12 @@ class Predictor:
     def _from_onnx(cls, path: Path) -> Predictor:
         from .export import read_contract
 
-        ort = require("onnxruntime")
+        require("onnxruntime")  # a missing extra is said before any other work
         contract = read_contract(path)
         if contract is None:
             raise DeployError(f"{path} records no input contract (metadata 'input_contract'); "
                               "export it again with `resdist export`")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(os.fspath(path), so,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise DeployError(f"ONNX Runtime cannot load {path}: {e}") from e
+        session = cpu_session(path)
         name = session.get_inputs()[0].name
 
         def run(batch: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from ..models.fold import to_deploy
 from ._onnx_graph import graph_inputs, load_onnx
 from .errors import DeployError, require
 from .export import DEFAULT_OPSET, count_feature_adds, export_onnx, load_model_source
+from .runtime import cpu_session
 
 __all__ = [
     "DATA_METADATA_KEY", "DEFAULT_CALIBRATION_IMAGES", "QuantizeReport", "calibration_batches",
@@ -379,11 +380,7 @@ def quantize_checkpoint(
 
 def _agreement(fp32: Path, int8: Path, batches: Sequence[np.ndarray]) -> float:
     """Fraction of images whose INT8 top-1 class equals the fp32 one."""
-    ort = require("onnxruntime")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sessions = [ort.InferenceSession(os.fspath(p), so, providers=["CPUExecutionProvider"])
-                for p in (fp32, int8)]
+    sessions = [cpu_session(p) for p in (fp32, int8)]
     name = sessions[0].get_inputs()[0].name
     same = total = 0
     for x in batches:
