@@ -175,12 +175,10 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 
 
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """Whether ``flag`` holds on every rank."""
+    """Whether ``flag`` holds on every rank (the collective runs on ``device``)."""
     if not is_distributed():
         return flag
-    t = torch.tensor([0.0 if flag else 1.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.item() == 0
+    return not any_rank_true(torch.tensor(not flag, device=device))
 
 
 def any_rank_true(flag: Tensor) -> bool:
