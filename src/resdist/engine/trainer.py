@@ -189,6 +189,16 @@ def amp_setup(
     return amp_dtype, torch.amp.GradScaler(device.type, enabled=use_scaler)
 
 
+def forward_losses(
+    module: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """The objective's outputs (``loss`` and its terms, ``logits``) under autocast when
+    ``amp_dtype`` is given."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return module(images, labels)
+
+
 def accumulate_gradients(
     module: nn.Module,
     scaler: torch.amp.GradScaler,
@@ -201,8 +211,7 @@ def accumulate_gradients(
 
     No host synchronisation: the caller checks the returned loss for finiteness when it wants.
     """
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = module(images, labels)
+    out = forward_losses(module, images, labels, amp_dtype)
     loss = out["loss"]
     scaler.scale(loss * scale if scale != 1.0 else loss).backward()
     return out
@@ -251,8 +260,7 @@ def optimizer_step(
             that every rank stops at the same step instead of waiting on the others.
     """
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = objective(images, labels)
+    out = forward_losses(objective, images, labels, amp_dtype)
     loss = out["loss"]
     finite = bool(torch.isfinite(loss))
     if not all_true(finite, loss.device):
