@@ -46,7 +46,7 @@ from resdist.deploy.onnx_eval import evaluate_onnx
 from resdist.deploy.profile import measure_latency
 from resdist.deploy.quantize import calibration_batches, gaussian_batches, quantize_onnx
 from resdist.models import create_model
-from resdist.reproduce import FASHION_MNIST_SUITE, STUDENT_ROWS, Row, run_config, run_name
+from resdist.reproduce import STUDENT_ROWS, Row, run_config, run_name, suite_settings
 
 TEACHER = "resnet32"
 STUDENT = "plain32"
@@ -92,7 +92,7 @@ def suite_runs(root: Path, data_dir: str | None, train_missing: bool) -> list[di
     """The teacher and student runs of the suite (seed 0), trained here if missing."""
     from resdist.engine.trainer import train
 
-    base = Config.from_dict(FASHION_MNIST_SUITE)
+    base = Config.from_dict(suite_settings("fashion-mnist"))
     if data_dir:
         base.data.data_dir = data_dir
     base.validate()
@@ -269,10 +269,12 @@ def format_markdown(result: dict[str, Any]) -> str:
             f"(training excluded), load average {m['loadavg_start']} -> {m['loadavg_end']}"
         )
     if "accuracy" in result:
+        suite = result["meta"]["suite"]
         lines += [
             "", "## Accuracy: Fashion-MNIST, full 10k test set (seed 0)", "",
-            "The accuracy suite's settings (first 20k training images, 3 epochs, one-cycle LR "
-            "0.1, batch 128, seed 0), trained on this machine; calibration on 512 of those "
+            f"The accuracy suite's settings (first {suite['data']['limit_train']} training "
+            f"images, {suite['train']['epochs']} epochs, one-cycle LR 0.1, batch 128, seed 0), "
+            "trained on this machine; calibration on 512 of those "
             "training images (no augmentation). Test top-1 with ONNX Runtime; the PyTorch "
             "figure of the same checkpoint is shown for reference.", "",
             "| network | method | PyTorch top-1 (%) | fp32 ONNX top-1 (%) | INT8 top-1 (%) | "
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"calibration; {CALIBRATION_IMAGES} training images for the trained "
                         "nets)",
         "seed": SEED,
-        "suite": FASHION_MNIST_SUITE,
+        "suite": suite_settings("fashion-mnist"),
     }
     print(write_report(result, out))
     return 0

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -6,10 +7,20 @@ from resdist import reproduce
 from resdist.cli import main
 
 
-def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch, capsys, tiny_run):
-    monkeypatch.setitem(reproduce.SUITES, "fashion-mnist", tiny_run)
-    args = ["reproduce", "fashion-mnist", "--seeds", "0", "1", "--out", str(tmp_path / "runs"),
+@pytest.fixture
+def tiny_suite(monkeypatch, tiny_run):
+    """Both suites run on tiny synthetic settings."""
+    monkeypatch.setattr(reproduce, "suite_settings", lambda name: tiny_run)
+    return tiny_run
+
+
+def _args(tmp_path, *seeds, suite="fashion-mnist"):
+    return ["reproduce", suite, "--seeds", *map(str, seeds), "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "res")]
+
+
+def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, capsys, tiny_suite):
+    args = _args(tmp_path, 0, 1)
     assert main(args) == 0
     summary = json.loads((tmp_path / "res" / "accuracy.json").read_text())
     methods = [(r["model"], r["method"]) for r in summary["rows"]]
@@ -17,8 +28,8 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch
                        ("plain20", "feature-kd"), ("plain20", "jointrd"),
                        ("plain20 (lambda 1e-4, chosen on val)", "jointrd"),
                        ("plain20 (Dirac)", "ce"), ("plain20 (Dirac)", "jointrd")]
-    lam = tmp_path / "runs" / "seed1" / "plain20-jointrd-lambda1e-4" / "config.yaml"
-    assert "feature_weight: 0.0001" in lam.read_text()
+    lam = tmp_path / "runs" / "fashion-mnist" / "seed1" / "plain20-jointrd-lambda1e-4"
+    assert "feature_weight: 0.0001" in (lam / "config.yaml").read_text()
     for r in summary["rows"]:
         assert r["seeds"] == [0, 1] and len(r["curves"][0]) == 2
     assert (tmp_path / "res" / "accuracy.png").stat().st_size > 0
@@ -28,10 +39,71 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, monkeypatch
         f"resdist reproduce fashion-mnist --seeds 0 1 --results {tmp_path / 'res'}")
     capsys.readouterr()
     assert main(args) == 0  # second time: every run is reused, nothing retrained
-    assert capsys.readouterr().out.count("finished run reused") == 16
+    assert capsys.readouterr().out.count("recorded run reused") == 16
     md = (tmp_path / "res" / "accuracy.md").read_text()
     assert "Paired differences" in md and f"Machine: {reproduce.machine()['cpu']}" in md
-    assert summary["machine"]["torch"]
+    assert summary["machines"][0]["runs"] == 16 and summary["machines"][0]["torch"]
+
+
+def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_suite(
+        tmp_path, capsys, monkeypatch, tiny_suite):
+    """An invocation killed after the teacher leaves the teacher's record and weights; another
+    machine (no run folders) trains only the students, from that very teacher, and the report
+    names both machines."""
+    from resdist.engine import trainer
+
+    real_train, trained = trainer.train, []
+
+    def train_then_die(cfg):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(cfg.train.out)
+        return real_train(cfg)
+
+    monkeypatch.setattr(trainer, "train", train_then_die)
+    assert main(_args(tmp_path, 0, suite="fashion-mnist-long")) == 130  # Ctrl-C
+    seed0 = tmp_path / "res" / "runs" / "fashion-mnist-long" / "seed0"
+    assert sorted(p.name for p in seed0.iterdir()) == ["resnet20-ce.json", "resnet20-ce.pth"]
+    teacher = json.loads((seed0 / "resnet20-ce.json").read_text())
+    assert teacher["machine"]["cpu"] == reproduce.machine()["cpu"]
+    assert len(teacher["curve"]) == 2 and teacher["train_time_s"] > 0
+    # "another machine": no run folders, another CPU name; the teacher's record says where it ran
+    shutil.rmtree(tmp_path / "runs")
+    teacher["machine"]["cpu"] = "Other CPU"
+    (seed0 / "resnet20-ce.json").write_text(json.dumps(teacher))
+    monkeypatch.setattr(trainer, "train", real_train)
+    capsys.readouterr()
+    assert main(_args(tmp_path, 0, suite="fashion-mnist-long")) == 0
+    out = capsys.readouterr().out
+    assert out.count("recorded run reused (measured on Other CPU)") == 1
+    assert not (tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "resnet20-ce").exists()
+    kd = (tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "plain20-kd" / "config.yaml")
+    assert str(seed0 / "resnet20-ce.pth") in kd.read_text()  # taught by the kept teacher
+    md = (tmp_path / "res" / "accuracy_long.md").read_text()
+    assert "Other CPU, " in md and f"{reproduce.machine()['cpu']}, " in md
+    summary = json.loads((tmp_path / "res" / "accuracy_long.json").read_text())
+    assert [m["runs"] for m in summary["machines"]] == [1, len(reproduce.LONG_ROWS)]
+
+
+def test_records_made_with_other_settings_are_refused_not_mixed(tmp_path, capsys, tiny_suite):
+    assert main(_args(tmp_path, 0)) == 0
+    before = (tmp_path / "res" / "accuracy.json").read_text()
+    capsys.readouterr()
+    assert main([*_args(tmp_path, 0), "--set", "optim.lr=0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings (differs in: optim.lr)" in err[0]
+    assert (tmp_path / "res" / "accuracy.json").read_text() == before
+    record = tmp_path / "res" / "runs" / "fashion-mnist" / "seed0" / "resnet20-ce.json"
+    record.write_text("{torn")
+    assert main(_args(tmp_path, 0)) == 2
+    assert "is unreadable" in capsys.readouterr().err
+    # without records, finished run folders are reused, but only with the same settings
+    shutil.rmtree(tmp_path / "res")
+    assert main(_args(tmp_path, 0)) == 0
+    assert capsys.readouterr().out.count("finished run reused") == 8
+    shutil.rmtree(tmp_path / "res")
+    assert main([*_args(tmp_path, 0), "--set", "optim.lr=0.01"]) == 2
+    assert "holds a run made with other settings" in capsys.readouterr().err
 
 
 def _row(model, method, seeds, values):

@@ -200,15 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="accuracy evidence: teacher and plain students with "
                        "every method, several seeds, one table",
                        description="Train the teacher and the plain student with every method "
-                       "(settings: the demo preset) for each seed; write accuracy.json/.md/.png.")
+                       "for each seed (fashion-mnist: the demo preset's short budget; "
+                       "fashion-mnist-long: the fashion-mnist-long preset, three times the "
+                       "training per run). Each finished run is recorded under RESULTS/runs/ "
+                       "and reused by later invocations, here or on another machine; the report "
+                       "(accuracy[_long].json/.md/.png) names the machines that contributed.")
     r.add_argument("suite", choices=list(SUITES), help="which suite to run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds; students of seed s learn from the teacher of seed s "
                    "(default: 0 1 2)")
     r.add_argument("--out", default="runs/reproduce", metavar="DIR",
-                   help="run directories; finished runs are reused (default: runs/reproduce)")
-    r.add_argument("--results", default="runs/reproduce", metavar="DIR",
-                   help="where accuracy.json/.md/.png go (default: runs/reproduce)")
+                   help="run directories (DIR/SUITE/seedS/RUN); an interrupted run resumes "
+                   "(default: runs/reproduce)")
+    r.add_argument("--results", default="runs/reproduce/results", metavar="DIR",
+                   help="run records (DIR/runs/SUITE/) and the report "
+                   "(default: runs/reproduce/results)")
     r.add_argument("--data-dir", metavar="DIR",
                    help="Fashion-MNIST folder (default: the standard locations)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -367,7 +373,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
                         command)
     print(format_markdown(summary))
-    print(f"saved accuracy.json/.md/.png under {args.results}")
+    stem = SUITES[args.suite].report
+    print(f"saved {stem}.json/.md/.png under {args.results}; run records under "
+          f"{args.results}/runs/{args.suite}")
     return 0
 
 

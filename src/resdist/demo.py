@@ -5,6 +5,7 @@ teacher; print their accuracies side by side."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def run_demo(
     from .engine.trainer import train
     from .models import teacher_name_for
 
+    start = time.perf_counter()
     base = demo_config(config, overrides)
     if data_dir:
         base.data.data_dir = data_dir
@@ -58,10 +60,12 @@ def run_demo(
             "train_time_s": result.train_time_s,
             "images_per_s": sum(r["images_per_s"] for r in result.history) / len(result.history),
         })
-    table = format_table(rows, base)
+    wall_s = time.perf_counter() - start
+    table = format_table(rows, base, wall_s)
     print("\n" + table)
-    (out_dir / "summary.json").write_text(json.dumps({"config": base.to_dict(), "rows": rows},
-                                                      indent=2))
+    (out_dir / "summary.json").write_text(json.dumps(
+        {"config": base.to_dict(), "rows": rows, "machine": machine(), "wall_s": wall_s},
+        indent=2))
     (out_dir / "summary.md").write_text(table + "\n")
     print(f"\nsaved {out_dir / 'summary.md'} and {out_dir / 'summary.json'}")
     return 0
@@ -73,12 +77,14 @@ def machine_line() -> str:
     return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
 
 
-def format_table(rows: list[dict[str, Any]], cfg: Config) -> str:
+def format_table(rows: list[dict[str, Any]], cfg: Config, wall_s: float | None = None) -> str:
     n = cfg.data.limit_train or "all"
+    took = f"; {int(wall_s // 60)} min {int(wall_s % 60)} s in all" if wall_s is not None else ""
     lines = [
         f"Fashion-MNIST ({n} training images, {cfg.train.epochs} epoch(s), seed {cfg.train.seed}); "
         "test top-1 at the final epoch",
-        f"Machine: {machine_line()} (a short budget's accuracy depends on the CPU's rounding)",
+        f"Machine: {machine_line()}{took} (a short budget's accuracy depends on the CPU's "
+        "rounding)",
         "",
         "| model | method | test top-1 (%) | best epoch (%) | params | train time (s) | img/s |",
         "|---|---|---:|---:|---:|---:|---:|",

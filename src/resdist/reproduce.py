@@ -1,10 +1,12 @@
-"""``resdist reproduce fashion-mnist``: the accuracy evidence we can produce on a CPU.
+"""``resdist reproduce SUITE``: the accuracy evidence we can produce on a CPU.
 
 Trains, on the real Fashion-MNIST training set and evaluated on its test set, the ResNet teacher
 and the plain student with each method (CE, Hinton KD, feature KD, JointRD), with the same
 architecture, schedule and seeds; students of seed ``s`` learn from the teacher of seed ``s``.
-Writes ``accuracy.json``, ``accuracy.md`` (mean and spread over seeds) and ``accuracy.png``
-(test-accuracy curves). Finished runs are reused, so an interrupted suite can be restarted.
+Two suites: ``fashion-mnist`` (the demo's short budget) and ``fashion-mnist-long`` (three times
+the training per run). Each finished run is recorded under ``RESULTS/runs/`` as it finishes
+(:mod:`resdist.run_records`) and reused by later invocations, on this machine or another; the
+report (``accuracy*.json/.md/.png``) names the machines that contributed.
 """
 
 from __future__ import annotations
@@ -17,15 +19,7 @@ from typing import Any
 
 from .config import Config, check_choice
 from .presets import preset_dict
-
-#: Shared settings of the Fashion-MNIST suite: the ``demo`` preset (the one place they are
-#: written; the demo reads it too) without progress bars. Depth 32 is the smallest thin net whose
-#: plain version trails its ResNet by at least a point in this budget on a validation split
-#: (README "Results" gives the check).
-_DEMO = preset_dict("demo")
-FASHION_MNIST_SUITE: dict[str, Any] = {
-    **_DEMO, "train": {**_DEMO.get("train", {}), "progress": False},
-}
+from .run_records import RecordError, RunStore, settings, summary_fields
 
 
 @dataclass(frozen=True)
@@ -38,17 +32,47 @@ class Row:
     overrides: tuple[str, ...] = ()
 
 
-#: Student rows. Every row is reported and none is selected on the test set. "Dirac" is the
-#: released code's Dirac-parametrised student (folded into plain convs at export, so the deployed
-#: network is the same). The lambda 1e-4 row is the one choice made here, on a validation split
-#: (README "Accuracy evidence").
+@dataclass(frozen=True)
+class Suite:
+    """A set of runs: shared settings (a packaged preset), student rows, report file stem."""
+
+    preset: str
+    rows: tuple[Row, ...]
+    report: str  # accuracy.json/.md/.png or accuracy_long.json/...
+    title: str
+
+
+#: Student rows of the short suite. Every row is reported and none is selected on the test set.
+#: "Dirac" is the released code's Dirac-parametrised student (folded into plain convs at export,
+#: so the deployed network is the same). The lambda 1e-4 row is the one choice made here, on a
+#: validation split (README "Results").
 STUDENT_ROWS: tuple[Row, ...] = (
     Row("ce"), Row("kd"), Row("feature-kd"), Row("jointrd"),
     Row("jointrd", "lambda1e-4", "lambda 1e-4, chosen on val", ("distill.feature_weight=1e-4",)),
     Row("ce", "dirac", "Dirac", ("model.dirac=true",)),
     Row("jointrd", "dirac", "Dirac", ("model.dirac=true",)),
 )
-SUITES = {"fashion-mnist": FASHION_MNIST_SUITE}
+
+#: Student rows of the long suite: the baselines, JointRD with the paper's defaults, JointRD with
+#: the setting chosen on a validation split at this budget (README "Results" says what was
+#: tried), and Dirac JointRD.
+LONG_ROWS: tuple[Row, ...] = (
+    Row("ce"), Row("kd"), Row("feature-kd"), Row("jointrd"),
+    Row("jointrd", "lambda1e-4", "lambda 1e-4, chosen on val", ("distill.feature_weight=1e-4",)),
+    Row("jointrd", "dirac", "Dirac", ("model.dirac=true",)),
+)
+
+SUITES: dict[str, Suite] = {
+    "fashion-mnist": Suite("demo", STUDENT_ROWS, "accuracy", "Fashion-MNIST, short budget"),
+    "fashion-mnist-long": Suite("fashion-mnist-long", LONG_ROWS, "accuracy_long",
+                                "Fashion-MNIST, long budget"),
+}
+
+
+def suite_settings(name: str) -> dict[str, Any]:
+    """The shared settings of suite ``name``: its preset, without progress bars or TensorBoard."""
+    d = preset_dict(SUITES[name].preset)
+    return {**d, "train": {**d.get("train", {}), "progress": False, "tensorboard": False}}
 
 
 def run_name(model: str, row: Row) -> str:
@@ -69,10 +93,18 @@ def run_config(base: Config, model: str, row: Row, teacher: str, root: Path) -> 
     return cfg
 
 
-def _finished(run_dir: Path, epochs: int) -> list[dict[str, Any]] | None:
+def _finished(run_dir: Path, epochs: int, config: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]] | None:
+    """The per-epoch metrics of a finished run in ``run_dir``, or ``None`` if it is not
+    finished. With ``config``: a finished run made with other settings is refused."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return None
+    if config is not None and (run_dir / "config.yaml").exists():
+        made = settings(Config.from_yaml(run_dir / "config.yaml").to_dict())
+        if made != settings(config):
+            raise RecordError(f"run folder {run_dir} holds a run made with other settings; "
+                              "pass another --out folder, or delete it to train it again")
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -90,38 +122,76 @@ def run_suite(
     results_dir: str | Path | None = None,
     command: str = "",
 ) -> dict[str, Any]:
-    """Train every (method, seed) of suite ``name``; return and save the summary."""
-    from .engine.trainer import train
+    """Train every (method, seed) of suite ``name`` not yet recorded; return and save the summary.
+
+    With ``results_dir``, each finished run is recorded there at once and recorded runs are not
+    trained again (:class:`resdist.run_records.RunStore`).
+    """
     from .models import teacher_name_for
 
     check_choice("suite", name, list(SUITES), "suite")
-    base = Config.from_dict(SUITES[name]).override(list(overrides or [])).validate()
+    suite = SUITES[name]
+    base = Config.from_dict(suite_settings(name)).override(list(overrides or [])).validate()
     student = base.model.name
     teacher = teacher_name_for(student)
-    out = Path(out)
+    store = RunStore(results_dir, name) if results_dir is not None else None
+    here = machine()
     runs: list[dict[str, Any]] = []
-    plan = [(teacher, Row("ce"))] + [(student, row) for row in STUDENT_ROWS]
+    plan = [(teacher, Row("ce"))] + [(student, row) for row in suite.rows]
     for seed in seeds:
+        root = Path(out) / name / f"seed{seed}"
+        teacher_run = run_name(teacher, Row("ce"))
         for model, row in plan:
-            cfg = run_config(base, model, row, teacher, out / f"seed{seed}")
+            cfg = run_config(base, model, row, teacher, root)
             cfg.train.seed = seed
-            history = _finished(Path(cfg.train.out), cfg.train.epochs)
             what = " ".join(filter(None, (f"seed {seed}:", model, row.method, row.variant)))
-            if history is None:
-                print(f"== {what} ==", flush=True)
-                history = train(cfg).history
-            else:
-                print(f"== {what}: finished run reused ==", flush=True)
+            record = _run_one(cfg, store, seed, run_name(model, row), teacher_run, what, here)
             label = f"{model} ({row.label})" if row.label else model
-            runs.append({"model": label, "method": row.method, "seed": seed, "history": history})
+            runs.append({"model": label, "method": row.method, "seed": seed, **record})
     summary = summarize(runs, base, seeds, command)
-    summary["machine"] = machine()
+    summary["suite"], summary["title"] = name, suite.title
+    summary["machine"] = here
     if results_dir is not None:
-        write_report(summary, Path(results_dir))
+        write_report(summary, Path(results_dir), suite.report)
     return summary
 
 
+def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_run: str,
+             what: str, here: dict[str, Any]) -> dict[str, Any]:
+    """The record of one run: reused from ``store`` when there, else trained and recorded."""
+    from .engine.trainer import train
+
+    config = cfg.to_dict()
+    record = store.load(seed, run, config) if store else None
+    if record is not None:
+        print(f"== {what}: recorded run reused (measured on {record['machine']['cpu']}) ==",
+              flush=True)
+        return record
+    if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).exists() and store:
+        # the teacher was trained by an earlier invocation, maybe elsewhere: use its kept weights
+        kept = store.teacher_path(seed, teacher_run)
+        if not kept.exists():
+            raise RecordError(f"the teacher of seed {seed} is recorded but neither its run "
+                              f"({cfg.teacher.checkpoint}) nor its weights ({kept}) exist; "
+                              f"delete {store.record_path(seed, teacher_run)} to train it again")
+        cfg.teacher.checkpoint = str(kept)
+    history = _finished(Path(cfg.train.out), cfg.train.epochs, config)
+    if history is None:
+        print(f"== {what} ==", flush=True)
+        history = train(cfg).history
+    else:
+        print(f"== {what}: finished run reused ==", flush=True)
+    fields = summary_fields(history)
+    if store is None:
+        return {**fields, "machine": here}
+    if run == teacher_run:
+        store.save_teacher(seed, run, Path(cfg.train.out) / "last.pth")
+    return store.save(seed, run, config, fields, here)
+
+
 def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> dict[str, Any]:
+    """Per row: final and best top-1 per seed, mean and std, train time, curves; and the machines
+    that measured the runs (with how many runs each)."""
     rows = []
     keys = []
     for r in runs:
@@ -130,18 +200,26 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
             keys.append(k)
     for model, method in keys:
         rs = [r for r in runs if (r["model"], r["method"]) == (model, method)]
-        final = [r["history"][-1]["test_top1"] for r in rs]
-        best = [max(h["test_top1"] for h in r["history"]) for r in rs]
-        time_s = [sum(h["epoch_time_s"] for h in r["history"]) for r in rs]
+        final = [r["final_top1"] for r in rs]
+        best = [r["best_top1"] for r in rs]
         rows.append({
             "model": model, "method": method, "seeds": [r["seed"] for r in rs],
             "final_top1": final, "final_mean": statistics.fmean(final),
             "final_std": statistics.stdev(final) if len(final) > 1 else 0.0,
             "best_top1": best, "best_mean": statistics.fmean(best),
-            "train_time_s_mean": statistics.fmean(time_s),
-            "curves": [[h["test_top1"] for h in r["history"]] for r in rs],
+            "train_time_s_mean": statistics.fmean(r["train_time_s"] for r in rs),
+            "curves": [r["curve"] for r in rs],
+            "machines": [r["machine"]["cpu"] for r in rs],
         })
-    return {"config": cfg.to_dict(), "seeds": list(seeds), "command": command, "rows": rows}
+    machines: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        m = r["machine"]
+        key = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+        entry = machines.setdefault(key, {**m, "runs": 0, "train_time_s": 0.0})
+        entry["runs"] += 1
+        entry["train_time_s"] += r["train_time_s"]
+    return {"config": cfg.to_dict(), "seeds": list(seeds), "command": command, "rows": rows,
+            "machines": list(machines.values())}
 
 
 def machine() -> dict[str, Any]:
@@ -198,7 +276,8 @@ def format_markdown(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
     n = cfg["data"]["limit_train"] or 60000
     lines = [
-        f"Fashion-MNIST: first {n} training images, full 10k test set, "
+        f"{summary.get('title', 'Fashion-MNIST')}: "
+        f"{'all' if n == 60000 else 'first'} {n} training images, full 10k test set, "
         f"{cfg['train']['epochs']} epochs ({cfg['optim']['schedule']}, LR {cfg['optim']['lr']}, "
         f"batch {cfg['data']['batch_size']}), seeds {summary['seeds']}.",
         "",
@@ -222,18 +301,26 @@ def format_markdown(summary: dict[str, Any]) -> str:
             ci = (f"[{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p["ci95"] else
                   "one seed: none")
             lines.append(f"| {p['comparison']} | {per} | {p['mean']:+.2f} | {ci} |")
-    if summary.get("machine"):
-        m = summary["machine"]
+    machines = summary.get("machines") or []
+    if len(machines) == 1:
+        m = machines[0]
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}."]
+    elif machines:
+        lines += ["", "Machines that measured these runs (the per-seed rows say which run "
+                  "came from where in each run record under runs/):"]
+        for m in machines:
+            lines.append(f"- {m['cpu']}, {m['cores']} cores, torch {m['torch']}: {m['runs']} "
+                         f"run(s), {m['train_time_s'] / 60:.0f} min of training")
     if summary.get("command"):
         lines += ["", f"Command: `{summary['command']}`"]
     return "\n".join(lines)
 
 
-def write_report(summary: dict[str, Any], results_dir: Path) -> None:
+def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accuracy") -> None:
+    """Write ``{stem}.json``, ``{stem}.md`` and (with matplotlib) ``{stem}.png``."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "accuracy.json").write_text(json.dumps(summary, indent=2))
-    (results_dir / "accuracy.md").write_text(format_markdown(summary) + "\n")
+    (results_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    (results_dir / f"{stem}.md").write_text(format_markdown(summary) + "\n")
     try:
         import matplotlib
 
@@ -251,9 +338,9 @@ def write_report(summary: dict[str, Any], results_dir: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%), mean over seeds")
-    ax.set_title("Fashion-MNIST test accuracy")
+    ax.set_title(f"{summary.get('title', 'Fashion-MNIST')}: test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(results_dir / "accuracy.png", dpi=120)
+    fig.savefig(results_dir / f"{stem}.png", dpi=120)
     plt.close(fig)

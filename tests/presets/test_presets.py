@@ -31,7 +31,7 @@ from resdist.engine.build import TEACHER_METHODS
 from resdist.engine.trainer import RunResult, train
 from resdist.models import create_model, is_model, teacher_name_for
 from resdist.presets import list_presets, load_preset, preset_description
-from resdist.reproduce import FASHION_MNIST_SUITE
+from resdist.reproduce import SUITES, suite_settings
 
 CONFIGS = Path(resdist.presets.__file__).resolve().parent
 PRESETS = sorted([*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")])
@@ -255,11 +255,18 @@ def test_imagenet_recipe(path: Path):
         assert cfg.model.keep_downsample_shortcuts == (not path.stem.endswith("-fullyplain"))
 
 
-def test_the_accuracy_suite_runs_the_demo_preset_without_progress_bars():
-    suite = Config.from_dict(FASHION_MNIST_SUITE)
-    assert not suite.train.progress
+@pytest.mark.parametrize("name", list(SUITES))
+def test_each_accuracy_suite_runs_its_preset_without_progress_bars(name):
+    suite = Config.from_dict(suite_settings(name))
+    assert not suite.train.progress and not suite.train.tensorboard
     suite.train.progress = True
-    assert suite == load_preset("demo")
+    assert suite == load_preset(SUITES[name].preset)
+
+
+def test_the_long_suite_trains_three_times_the_short_suite_per_run():
+    short, long = (Config.from_dict(suite_settings(n)) for n in ("fashion-mnist", "fashion-mnist-long"))
+    per_run = [(c.data.limit_train or 60000) * c.train.epochs for c in (short, long)]
+    assert per_run[1] >= 3 * per_run[0]
 
 
 # --- the student presets read the checkpoints the teacher presets write ----------------------

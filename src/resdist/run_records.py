@@ -1,0 +1,136 @@
+"""Per-run records of an accuracy suite, kept so a suite can be finished across several
+invocations and machines.
+
+Each finished run of ``resdist reproduce`` is written, as soon as it finishes, to
+``RESULTS/runs/{suite}/seed{s}/{run}.json``: its settings, per-epoch metrics, final and best
+top-1, training time and the machine it ran on (CPU model, cores, torch). A later invocation, on
+this machine or another, reuses a record instead of training the run again. Each seed's teacher
+is also kept as a small weights-only checkpoint beside its record, so students of that seed
+trained later, anywhere, learn from the very same teacher.
+
+A record is reused only when its settings equal the planned run's; a folder holding records made
+with other settings is refused (one line), so results of different settings are never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import ResdistError
+
+#: Config keys that say where a run lives, not what it computes: left out when comparing.
+_PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "progress"),
+               ("train", "tensorboard"), ("teacher", "checkpoint"), ("data", "data_dir")}
+
+
+class RecordError(ResdistError, ValueError):
+    """A stored run record cannot be used (other settings, unreadable, teacher missing)."""
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys that only say where files are (what the run computes)."""
+    return {section: {k: v for k, v in values.items() if (section, k) not in _PLACE_KEYS}
+            for section, values in config.items()}
+
+
+class RunStore:
+    """The records of one suite under ``root/runs/{suite}``."""
+
+    def __init__(self, root: str | os.PathLike, suite: str) -> None:
+        self.dir = Path(root) / "runs" / suite
+
+    def record_path(self, seed: int, run: str) -> Path:
+        return self.dir / f"seed{seed}" / f"{run}.json"
+
+    def teacher_path(self, seed: int, run: str) -> Path:
+        """The weights-only checkpoint of seed ``seed``'s teacher run ``run``."""
+        return self.dir / f"seed{seed}" / f"{run}.pth"
+
+    def load(self, seed: int, run: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The record of ``run`` for ``seed`` if one exists; ``None`` if not.
+
+        Raises:
+            RecordError: the record is unreadable, or was measured with other settings.
+        """
+        path = self.record_path(seed, run)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            stored = record["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RecordError(f"run record {path} is unreadable ({e}); delete it to train that "
+                              "run again") from e
+        want = settings(config)
+        if stored != want:
+            keys = _differing_keys(stored, want)
+            raise RecordError(
+                f"run record {path} was measured with other settings (differs in: "
+                f"{', '.join(keys) or 'layout'}); pass another --results folder, or delete "
+                f"{self.dir} to start this suite again")
+        return record
+
+    def save(self, seed: int, run: str, config: dict[str, Any], fields: dict[str, Any],
+             machine: dict[str, Any]) -> dict[str, Any]:
+        """Write the record of a finished run (atomically) and return it."""
+        record = {
+            "run": run, "seed": seed, **fields, "machine": machine,
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "settings": settings(config),
+        }
+        _write_atomic(self.record_path(seed, run), json.dumps(record, indent=1) + "\n")
+        return record
+
+    def save_teacher(self, seed: int, run: str, checkpoint: str | os.PathLike) -> Path:
+        """Keep the weights of the teacher checkpoint ``checkpoint`` (a resdist ``last.pth``)
+        as a small checkpoint without optimiser or RNG state; returns its path."""
+        from .engine.checkpoint import load_checkpoint, save_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        keep = ("model", "model_name", "model_kwargs", "input_shape", "input_contract", "epoch",
+                "config", "metrics")
+        return save_checkpoint({k: ckpt[k] for k in keep if k in ckpt},
+                               self.teacher_path(seed, run))
+
+
+def summary_fields(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a record keeps of a run's per-epoch metrics."""
+    return {
+        "final_top1": history[-1]["test_top1"],
+        "best_top1": max(h["test_top1"] for h in history),
+        "curve": [h["test_top1"] for h in history],
+        "train_time_s": sum(h["epoch_time_s"] for h in history),
+        "history": history,
+    }
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section) or {}, b.get(section) or {}
+        if not isinstance(sa, dict) or not isinstance(sb, dict):
+            keys.append(section)
+            continue
+        keys += [f"{section}.{k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    return keys
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise RecordError(f"cannot write run record {path}: {e.strerror or e}") from e
+        raise
