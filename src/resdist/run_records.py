@@ -23,9 +23,12 @@ from typing import Any
 
 from .errors import ResdistError
 
-#: Config keys that say where a run lives, not what it computes: left out when comparing.
-_PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "progress"),
-               ("train", "tensorboard"), ("teacher", "checkpoint"), ("data", "data_dir")}
+#: Config keys that say where files are or how the run is watched, not what it computes: left
+#: out when comparing settings.
+_PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "overwrite"),
+               ("train", "progress"), ("train", "tensorboard"), ("train", "check_every"),
+               ("train", "dist_timeout_min"), ("teacher", "checkpoint"), ("data", "data_dir"),
+               ("data", "download"), ("data", "num_workers")}
 
 
 class RecordError(ResdistError, ValueError):
