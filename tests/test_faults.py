@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -347,6 +348,32 @@ def test_interrupt(tmp_path, capsys, monkeypatch):
     assert fails(_train(run, epochs=2), capsys, code=130) == "interrupted"
     assert load_checkpoint(run / "last.pth")["epoch"] == 1
     assert not (run / ".lock").exists()
+
+
+# --- suite-record-mismatch --------------------------------------------------------------------
+
+def test_suite_record_mismatch(tmp_path, capsys, monkeypatch, tiny_run):
+    """Records or run folders of a suite made with other settings are refused, never mixed."""
+    from resdist import reproduce
+
+    monkeypatch.setattr(reproduce, "suite_settings", lambda name: tiny_run)
+    args = ["reproduce", "fashion-mnist", "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "res")]
+    ok(args, capsys)
+    report = tmp_path / "res" / "accuracy.json"
+    before = report.read_text()
+    line = fails([*args, "--set", "optim.lr=0.01"], capsys)
+    assert "was measured with other settings (differs in: optim.lr)" in line
+    assert "another --results folder" in line and report.read_text() == before
+    record = tmp_path / "res" / "runs" / "fashion-mnist" / "seed0" / "resnet20-ce.json"
+    record.write_text("{torn")
+    assert "is unreadable" in fails(args, capsys)
+    shutil.rmtree(tmp_path / "res")  # no records: finished run folders are reused ...
+    out, _ = ok(args, capsys)
+    assert out.count("finished run reused") == len(reproduce.STUDENT_ROWS) + 1
+    shutil.rmtree(tmp_path / "res")  # ... but only with the same settings
+    line = fails([*args, "--set", "optim.lr=0.01"], capsys)
+    assert "holds a run made with other settings" in line and "another --out" in line
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):

@@ -85,27 +85,6 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     assert [m["runs"] for m in summary["machines"]] == [1, len(reproduce.LONG_ROWS)]
 
 
-def test_records_made_with_other_settings_are_refused_not_mixed(tmp_path, capsys, tiny_suite):
-    assert main(_args(tmp_path, 0)) == 0
-    before = (tmp_path / "res" / "accuracy.json").read_text()
-    capsys.readouterr()
-    assert main([*_args(tmp_path, 0), "--set", "optim.lr=0.01"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other settings (differs in: optim.lr)" in err[0]
-    assert (tmp_path / "res" / "accuracy.json").read_text() == before
-    record = tmp_path / "res" / "runs" / "fashion-mnist" / "seed0" / "resnet20-ce.json"
-    record.write_text("{torn")
-    assert main(_args(tmp_path, 0)) == 2
-    assert "is unreadable" in capsys.readouterr().err
-    # without records, finished run folders are reused, but only with the same settings
-    shutil.rmtree(tmp_path / "res")
-    assert main(_args(tmp_path, 0)) == 0
-    assert capsys.readouterr().out.count("finished run reused") == 8
-    shutil.rmtree(tmp_path / "res")
-    assert main([*_args(tmp_path, 0), "--set", "optim.lr=0.01"]) == 2
-    assert "holds a run made with other settings" in capsys.readouterr().err
-
-
 def _row(model, method, seeds, values):
     return {"model": model, "method": method, "seeds": seeds, "final_top1": values}
 
