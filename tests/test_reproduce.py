@@ -41,7 +41,8 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, capsys, tin
     assert main(args) == 0  # second time: every run is reused, nothing retrained
     assert capsys.readouterr().out.count("recorded run reused") == 16
     md = (tmp_path / "res" / "accuracy.md").read_text()
-    assert "Paired differences" in md and f"Machine: {reproduce.machine()['cpu']}" in md
+    assert "Paired differences" in md
+    assert f"Machine: {reproduce.machine_name(reproduce.machine())}." in md
     assert summary["machines"][0]["runs"] == 16 and summary["machines"][0]["torch"]
 
 
@@ -75,12 +76,13 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     capsys.readouterr()
     assert main(_args(tmp_path, 0, suite="fashion-mnist-long")) == 0
     out = capsys.readouterr().out
-    assert out.count("recorded run reused (measured on Other CPU)") == 1
+    assert out.count("recorded run reused (measured on Other CPU (") == 1
     assert not (tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "resnet20-ce").exists()
     kd = (tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "plain20-kd" / "config.yaml")
     assert str(seed0 / "resnet20-ce.pth") in kd.read_text()  # taught by the kept teacher
     md = (tmp_path / "res" / "accuracy_long.md").read_text()
-    assert "Other CPU, " in md and f"{reproduce.machine()['cpu']}, " in md
+    other = reproduce.machine_name({**reproduce.machine(), "cpu": "Other CPU"})
+    assert f"- {other}: 1 run(s)" in md and f"- {reproduce.machine_name(reproduce.machine())}: " in md
     summary = json.loads((tmp_path / "res" / "accuracy_long.json").read_text())
     assert [m["runs"] for m in summary["machines"]] == [1, len(reproduce.LONG_ROWS)]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Config
 from .presets import load_preset
-from .reproduce import Row, machine, run_config
+from .reproduce import Row, machine, machine_name, run_config
 
 #: The packaged preset holding the demo's settings (shared with the accuracy suite, whose seed-0
 #: teacher, CE and JointRD runs the demo repeats).
@@ -72,9 +72,8 @@ def run_demo(
 
 
 def machine_line() -> str:
-    """``CPU model, N cores, torch X`` of this machine."""
-    m = machine()
-    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+    """``CPU model (ISA), N cores, torch X`` of this machine."""
+    return machine_name(machine())
 
 
 def format_table(rows: list[dict[str, Any]], cfg: Config, wall_s: float | None = None) -> str:

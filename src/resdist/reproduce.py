@@ -164,7 +164,7 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
     config = cfg.to_dict()
     record = store.load(seed, run, config) if store else None
     if record is not None:
-        print(f"== {what}: recorded run reused (measured on {record['machine']['cpu']}) ==",
+        print(f"== {what}: recorded run reused (measured on {machine_name(record['machine'])}) ==",
               flush=True)
         return record
     if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).exists() and store:
@@ -214,8 +214,7 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
     machines: dict[str, dict[str, Any]] = {}
     for r in runs:
         m = r["machine"]
-        key = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
-        entry = machines.setdefault(key, {**m, "runs": 0, "train_time_s": 0.0})
+        entry = machines.setdefault(machine_name(m), {**m, "runs": 0, "train_time_s": 0.0})
         entry["runs"] += 1
         entry["train_time_s"] += r["train_time_s"]
     return {"config": cfg.to_dict(), "seeds": list(seeds), "command": command, "rows": rows,
@@ -223,13 +222,21 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
 
 
 def machine() -> dict[str, Any]:
-    """The CPU model, core count and torch version: accuracy after a short budget depends on
-    the machine's floating-point rounding, so every figure names where it was measured."""
+    """The CPU model, the vector instructions torch uses on it (``AVX512``, ``AVX2``, ...), core
+    count and torch version: accuracy after a short budget depends on the machine's
+    floating-point rounding, so every figure names where it was measured."""
     import torch
 
     from .deploy.profile.environment import available_cores, cpu_model
 
-    return {"cpu": cpu_model(), "cores": available_cores(), "torch": torch.__version__}
+    return {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "cores": available_cores(), "torch": torch.__version__}
+
+
+def machine_name(m: dict[str, Any]) -> str:
+    """``CPU (ISA), N cores, torch X`` of a :func:`machine` record."""
+    isa = f" ({m['isa']})" if m.get("isa") else ""
+    return f"{m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}"
 
 
 #: Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
@@ -304,13 +311,13 @@ def format_markdown(summary: dict[str, Any]) -> str:
     machines = summary.get("machines") or []
     if len(machines) == 1:
         m = machines[0]
-        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}."]
+        lines += ["", f"Machine: {machine_name(m)}."]
     elif machines:
         lines += ["", "Machines that measured these runs (the per-seed rows say which run "
                   "came from where in each run record under runs/):"]
         for m in machines:
-            lines.append(f"- {m['cpu']}, {m['cores']} cores, torch {m['torch']}: {m['runs']} "
-                         f"run(s), {m['train_time_s'] / 60:.0f} min of training")
+            lines.append(f"- {machine_name(m)}: {m['runs']} run(s), "
+                         f"{m['train_time_s'] / 60:.0f} min of training")
     if summary.get("command"):
         lines += ["", f"Command: `{summary['command']}`"]
     return "\n".join(lines)

@@ -128,6 +128,9 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # readable like any file written with open(), not 0600
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
