@@ -81,6 +81,7 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     kd = (tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "plain20-kd" / "config.yaml")
     assert str(seed0 / "resnet20-ce.pth") in kd.read_text()  # taught by the kept teacher
     md = (tmp_path / "res" / "accuracy_long.md").read_text()
+    assert "(one seed)" in md and "±" not in md.split("Paired")[0].split("|---|")[-1]
     other = reproduce.machine_name({**reproduce.machine(), "cpu": "Other CPU"})
     assert f"- {other}: 1 run(s)" in md and f"- {reproduce.machine_name(reproduce.machine())}: " in md
     summary = json.loads((tmp_path / "res" / "accuracy_long.json").read_text())

@@ -294,8 +294,9 @@ def format_markdown(summary: dict[str, Any]) -> str:
     ]
     for r in summary["rows"]:
         per = ", ".join(f"{v:.2f}" for v in r["final_top1"])
+        spread = f"± {r['final_std']:.2f}" if len(r["final_top1"]) > 1 else "(one seed)"
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['final_mean']:.2f} ± {r['final_std']:.2f} | "
+            f"| {r['model']} | {r['method']} | {r['final_mean']:.2f} {spread} | "
             f"{per} | {r['best_mean']:.2f} | {r['train_time_s_mean']:.0f} |"
         )
     paired = paired_differences(summary)
