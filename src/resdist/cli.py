@@ -200,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="accuracy evidence: teacher and plain students with "
                        "every method, several seeds, one table",
                        description="Train the teacher and the plain student with every method "
-                       "for each seed (fashion-mnist: the demo preset's short budget; "
-                       "fashion-mnist-long: the fashion-mnist-long preset, three times the "
-                       "training per run). Each finished run is recorded under RESULTS/runs/ "
+                       "for each seed (fashion-mnist: the demo preset, 20k images x 2 "
+                       "epochs per run; fashion-mnist-long: its own preset, all 60k images x 3 "
+                       "epochs per run). Each finished run is recorded under RESULTS/runs/ "
                        "and reused by later invocations, here or on another machine; the report "
                        "(accuracy[_long].json/.md/.png) names the machines that contributed.")
     r.add_argument("suite", choices=list(SUITES), help="which suite to run")
