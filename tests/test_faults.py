@@ -366,8 +366,16 @@ def test_suite_record_mismatch(tmp_path, capsys, monkeypatch, tiny_run):
     assert "was measured with other settings (differs in: optim.lr)" in line
     assert "another --results folder" in line and report.read_text() == before
     record = tmp_path / "res" / "runs" / "fashion-mnist" / "seed0" / "resnet20-ce.json"
+    good = record.read_text()
     record.write_text("{torn")
     assert "is unreadable" in fails(args, capsys)
+    record.write_text(good.replace('"machine"', '"machin"'))
+    assert "is unreadable (missing machine)" in fails(args, capsys)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = fails([*args[:-1], str(blocker / "res")], capsys)  # --results under a file
+    assert "cannot create the run records folder" in line and "choose another --results" in line
+    record.write_text(good)
     shutil.rmtree(tmp_path / "res")  # no records: finished run folders are reused ...
     out, _ = ok(args, capsys)
     assert out.count("finished run reused") == len(reproduce.STUDENT_ROWS) + 1

@@ -135,6 +135,8 @@ def run_suite(
     student = base.model.name
     teacher = teacher_name_for(student)
     store = RunStore(results_dir, name) if results_dir is not None else None
+    if store is not None:
+        store.check_writable()
     here = machine()
     runs: list[dict[str, Any]] = []
     plan = [(teacher, Row("ce"))] + [(student, row) for row in suite.rows]

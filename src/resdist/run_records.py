@@ -31,6 +31,10 @@ _PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "overwrite"),
                ("data", "download"), ("data", "num_workers")}
 
 
+#: What every record holds besides its settings.
+_FIELDS = ("final_top1", "best_top1", "curve", "train_time_s", "history", "machine")
+
+
 class RecordError(ResdistError, ValueError):
     """A stored run record cannot be used (other settings, unreadable, teacher missing)."""
 
@@ -46,6 +50,14 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike, suite: str) -> None:
         self.dir = Path(root) / "runs" / suite
+
+    def check_writable(self) -> None:
+        """Create the records folder now, so an unusable ``--results`` fails before training."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RecordError(f"cannot create the run records folder {self.dir}: "
+                              f"{e.strerror or e}; choose another --results") from e
 
     def record_path(self, seed: int, run: str) -> Path:
         return self.dir / f"seed{seed}" / f"{run}.json"
@@ -66,7 +78,10 @@ class RunStore:
         try:
             record = json.loads(path.read_text())
             stored = record["settings"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            missing = [k for k in _FIELDS if k not in record]
+            if missing or not isinstance(record["machine"].get("cpu"), str):
+                raise ValueError(f"missing {', '.join(missing) or 'machine.cpu'}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise RecordError(f"run record {path} is unreadable ({e}); delete it to train that "
                               "run again") from e
         want = settings(config)
