@@ -97,6 +97,8 @@ def _finished(run_dir: Path, epochs: int, config: dict[str, Any] | None = None
               ) -> list[dict[str, Any]] | None:
     """The per-epoch metrics of a finished run in ``run_dir``, or ``None`` if it is not
     finished. With ``config``: a finished run made with other settings is refused."""
+    from .engine.metrics import read_metrics
+
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return None
@@ -105,12 +107,7 @@ def _finished(run_dir: Path, epochs: int, config: dict[str, Any] | None = None
         if made != settings(config):
             raise RecordError(f"run folder {run_dir} holds a run made with other settings; "
                               "pass another --out folder, or delete it to train it again")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a crash
-            continue
+    rows = read_metrics(path)
     return rows if rows and rows[-1].get("epoch") == epochs else None
 
 

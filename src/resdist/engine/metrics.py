@@ -106,17 +106,7 @@ class MetricsLogger:
 
     def read(self) -> list[dict[str, Any]]:
         """The logged rows; a line a crash left half-written is skipped."""
-        if not self.jsonl.exists():
-            return []
-        rows = []
-        for line in self.jsonl.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        return read_metrics(self.jsonl)
 
     def reconcile(self, epochs: int, last_row: dict[str, Any] | None = None) -> None:
         """Make the logs hold exactly one row for each epoch ``1..epochs`` that a checkpoint
@@ -139,3 +129,20 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (none if it does not exist); a line a crash left
+    half-written is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
