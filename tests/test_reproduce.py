@@ -112,3 +112,17 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
     one = reproduce.paired_differences({"rows": [r | {"seeds": [0], "final_top1": [1.0]}
                                                  for r in summary["rows"]]})
     assert all(p["ci95"] is None for p in one)
+
+
+def test_a_run_trained_on_a_gpu_names_the_gpu(monkeypatch):
+    import torch
+
+    on_cpu = reproduce.machine("cpu")
+    assert "gpu" not in on_cpu and on_cpu["cpu"] and on_cpu["cores"] >= 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"Test GPU {index}")
+    assert reproduce.machine("auto")["gpu"] == "Test GPU None"
+    assert reproduce.machine("cuda:1")["gpu"] == "Test GPU 1"
+    assert "gpu" not in reproduce.machine("cpu")  # a CPU run on a GPU machine names no GPU
+    name = reproduce.machine_name(reproduce.machine("cuda"))
+    assert name.startswith(f"Test GPU None GPU on {on_cpu['cpu']}")

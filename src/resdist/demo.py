@@ -64,16 +64,17 @@ def run_demo(
     table = format_table(rows, base, wall_s)
     print("\n" + table)
     (out_dir / "summary.json").write_text(json.dumps(
-        {"config": base.to_dict(), "rows": rows, "machine": machine(), "wall_s": wall_s},
+        {"config": base.to_dict(), "rows": rows, "machine": machine(base.train.device), "wall_s": wall_s},
         indent=2))
     (out_dir / "summary.md").write_text(table + "\n")
     print(f"\nsaved {out_dir / 'summary.md'} and {out_dir / 'summary.json'}")
     return 0
 
 
-def machine_line() -> str:
-    """``CPU model (ISA), N cores, torch X`` of this machine."""
-    return machine_name(machine())
+def machine_line(device: str = "auto") -> str:
+    """``CPU model (ISA), N cores, torch X`` of this machine (the GPU first when ``device``
+    trains on one)."""
+    return machine_name(machine(device))
 
 
 def format_table(rows: list[dict[str, Any]], cfg: Config, wall_s: float | None = None) -> str:
@@ -82,7 +83,7 @@ def format_table(rows: list[dict[str, Any]], cfg: Config, wall_s: float | None =
     lines = [
         f"Fashion-MNIST ({n} training images, {cfg.train.epochs} epoch(s), seed {cfg.train.seed}); "
         "test top-1 at the final epoch",
-        f"Machine: {machine_line()}{took} (a short budget's accuracy depends on the CPU's "
+        f"Machine: {machine_line(cfg.train.device)}{took} (a short budget's accuracy depends on the CPU's "
         "rounding)",
         "",
         "| model | method | test top-1 (%) | best epoch (%) | params | train time (s) | img/s |",

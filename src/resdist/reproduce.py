@@ -134,7 +134,7 @@ def run_suite(
     store = RunStore(results_dir, name) if results_dir is not None else None
     if store is not None:
         store.check_writable()
-    here = machine()
+    here = machine(base.train.device)
     runs: list[dict[str, Any]] = []
     plan = [(teacher, Row("ce"))] + [(student, row) for row in suite.rows]
     for seed in seeds:
@@ -220,22 +220,30 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
             "machines": list(machines.values())}
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "auto") -> dict[str, Any]:
     """The CPU model, the vector instructions torch uses on it (``AVX512``, ``AVX2``, ...), core
-    count and torch version: accuracy after a short budget depends on the machine's
-    floating-point rounding, so every figure names where it was measured."""
+    count and torch version, plus the GPU's name when ``device`` (a ``train.device`` value)
+    trains on CUDA here: accuracy after a short budget depends on the machine's floating-point
+    rounding, so every figure names where it was measured."""
     import torch
 
     from .deploy.profile.environment import available_cores, cpu_model
 
-    return {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
-            "cores": available_cores(), "torch": torch.__version__}
+    found = {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
+             "cores": available_cores(), "torch": torch.__version__}
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.is_available():
+        index = torch.device(device).index if device.startswith("cuda") else None
+        found["gpu"] = torch.cuda.get_device_name(index)
+    return found
 
 
 def machine_name(m: dict[str, Any]) -> str:
-    """``CPU (ISA), N cores, torch X`` of a :func:`machine` record."""
+    """``CPU (ISA), N cores, torch X`` of a :func:`machine` record; ``GPU on CPU (ISA), ...``
+    for a run trained on a GPU."""
     isa = f" ({m['isa']})" if m.get("isa") else ""
-    return f"{m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}"
+    gpu = f"{m['gpu']} GPU on " if m.get("gpu") else ""
+    return f"{gpu}{m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}"
 
 
 #: Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
