@@ -208,7 +208,7 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
             "best_top1": best, "best_mean": statistics.fmean(best),
             "train_time_s_mean": statistics.fmean(r["train_time_s"] for r in rs),
             "curves": [r["curve"] for r in rs],
-            "machines": [r["machine"]["cpu"] for r in rs],
+            "machines": [machine_name(r["machine"]) for r in rs],
         })
     machines: dict[str, dict[str, Any]] = {}
     for r in runs:
@@ -231,10 +231,11 @@ def machine(device: str = "auto") -> dict[str, Any]:
 
     found = {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
              "cores": available_cores(), "torch": torch.__version__}
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda and torch.cuda.is_available():
-        index = torch.device(device).index if device.startswith("cuda") else None
-        found["gpu"] = torch.cuda.get_device_name(index)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name(dev.index)
     return found
 
 
