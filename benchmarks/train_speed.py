@@ -54,6 +54,7 @@ from resdist.engine import build_optimizer
 from resdist.engine.denormals import set_flush_denormal
 from resdist.engine.trainer import amp_setup, optimizer_step
 from resdist.models import calibrate_bn, create_model
+from resdist.models.memory_format import to_channels_last
 
 METHODS = ("ce", "jointrd", "jointrd-nofeat")
 TARGETS = {"jointrd": 2.0, "jointrd-nofeat": 1.7}
@@ -79,7 +80,7 @@ def build_objectives(student_name: str, teacher_name: str, input_shape: tuple[in
     for obj in objectives.values():
         obj.to(device)
         if channels_last:
-            obj.to(memory_format=torch.channels_last)
+            to_channels_last(obj)
         obj.train()
         obj.set_progress(0.1, 1)  # inside the decay window: the mixed paths are weighted
     return objectives

@@ -335,6 +335,25 @@ def test_bf16_without_native_support(tmp_path, capsys, monkeypatch):
                                                                 "native bf16")]) == 1
 
 
+def test_channels_last_onednn_defect(tmp_path):
+    """`resdist train --model resnet20 --set model.width_mult=0.25 --channels-last` on one thread
+    and oneDNN's AVX2 kernels: segfaulted at step 0 before the guard; now one line and a run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2",
+           "ATEN_CPU_CAPABILITY": "avx2"}
+    args = ["--data", "synthetic", "--model", "resnet20", "--set", "model.width_mult=0.25",
+            "--set", "data.synthetic_samples=64", "--set", "data.synthetic_size=32",
+            "--set", "data.limit_test=16", "--set", "train.tensorboard=false",
+            "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    got = subprocess.run([sys.executable, "-m", "resdist", "train", *args, "--channels-last",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert got.returncode == 0, got.stderr[-2000:]
+    notes = [ln for ln in got.stdout.splitlines() if ln.startswith("channels-last: ")]
+    assert len(notes) == 1 and "kept in NCHW" in notes[0], got.stdout
+    assert "layer2.0.downsample.0" in notes[0]
+    assert (tmp_path / "run" / "last.pth").exists()
+
+
 def test_interrupt(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     real = trainer_module.Trainer.train_epoch

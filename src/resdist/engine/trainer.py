@@ -20,7 +20,8 @@ global batch (also on CPU); without it each process normalises with its own batc
 
 Precision and speed: ``train.amp`` (``bf16``, or ``fp16`` with a GradScaler on CUDA) runs
 forward passes under autocast, evaluation included; ``train.channels_last`` keeps weights and
-images NHWC; ``train.compile`` wraps the step in :func:`torch.compile` (CPU needs a C++
+images NHWC (except strided 1x1 convolutions with few input channels, which oneDNN gets wrong:
+:mod:`resdist.models.memory_format`); ``train.compile`` wraps the step in :func:`torch.compile` (CPU needs a C++
 compiler).
 """
 
@@ -44,6 +45,7 @@ from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
 from ..errors import ResdistError
+from ..models.memory_format import channels_last_note, to_channels_last
 from .build import build_all
 from .checkpoint import (
     CheckpointError,
@@ -164,12 +166,14 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
             cfg, data.num_classes, data.in_chans, input_shape
         )
     objective.to(device)
-    if cfg.train.channels_last:
-        objective.to(memory_format=torch.channels_last)
+    kept_nchw = to_channels_last(objective) if cfg.train.channels_last else []
     if cfg.train.sync_bn and info.enabled:
         objective = convert_sync_batchnorm(objective)
         model = objective.student
     trainer = Trainer(cfg, objective, model, data, device, info, kw, input_shape)
+    note = channels_last_note(kept_nchw)
+    if note and info.is_main:
+        trainer.say(note)
     if teacher is not None and info.is_main:
         trainer.say(f"teacher: {cfg.teacher.name or type(teacher).__name__} from {source}")
     return trainer.fit()
