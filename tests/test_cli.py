@@ -137,5 +137,5 @@ def test_dry_run_prints_config_and_model_summary_and_writes_nothing(tmp_path, ca
     (tmp_path / "mine.yaml").write_text(preset_text("demo"))
     assert main(["train", "--config", "mine.yaml", "--model", "plain20", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "name: plain20" in out and "limit_train: 20000" in out and "1x28x28" in out
+    assert "name: plain20" in out and "limit_train: 24000" in out and "1x28x28" in out
     (tmp_path / "mine.yaml").unlink()

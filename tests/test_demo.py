@@ -60,3 +60,31 @@ def test_make_installs_fashion_mnist_only_when_missing_and_root(tmp_path):
         assert calls[-1].split()[-1] == "dataset-fashion-mnist"
     else:
         assert calls == []  # not root: leave it to the loader's error message
+
+
+def test_demo_evaluates_the_packaged_teacher_and_trains_only_the_students(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from data_writers import write_fmnist
+
+    from resdist.engine import load_checkpoint
+    from resdist.weights import packaged_weights
+
+    teacher = packaged_weights(demo.DEMO_TEACHER)
+    ckpt = load_checkpoint(teacher)  # weights-only, like every checkpoint
+    assert ckpt["model_name"] == "resnet32" and ckpt["config"]["data"]["name"] == "fashion-mnist"
+    assert teacher.stat().st_size < 3_000_000
+    write_fmnist(tmp_path / "fm", n_train=160, n_test=40)  # eval builds 128-image batches too
+    out = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(tmp_path / "fm"), "--out", str(out),
+                 "--set", "data.batch_size=32", "--set", "data.limit_train=null"]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "summary.md").read_text()
+    assert "| resnet32 (teacher) | pretrained |" in table
+    assert "| plain32 | ce |" in table and "| plain32 | jointrd |" in table
+    assert "Teacher: evaluated here, not trained: the packaged ResNet-32" in table
+    assert "resnet32 on fashion-mnist test (40 images)" in printed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["plain32-ce", "plain32-jointrd"]
+    cfg = yaml.safe_load((out / "plain32-jointrd" / "config.yaml").read_text())
+    assert cfg["teacher"]["checkpoint"] == str(teacher)

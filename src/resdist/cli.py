@@ -183,16 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: ResNet, plain CE and plain JointRD on real "
                        "Fashion-MNIST, on the CPU, with a summary table",
-                       description="Train the ResNet teacher, its plain counterpart with "
-                       "cross-entropy and the plain student with JointRD, with the settings of "
-                       "the packaged demo preset (`resdist presets demo`), and print a table.")
+                       description="Evaluate the ResNet teacher, then train its plain "
+                       "counterpart with cross-entropy and the plain student with JointRD "
+                       "through it, with the settings of the packaged demo preset (`resdist "
+                       "presets demo`), and print a table. The teacher is the packaged "
+                       "pretrained ResNet-32 (the seed-0 teacher of `resdist reproduce "
+                       "fashion-mnist-long`), or, with --config, the config's "
+                       "teacher.checkpoint; without either, or with --train-teacher, it is "
+                       "trained first on the same settings.")
     d.add_argument("--config", default=None, metavar="FILE",
                    help="settings YAML (default: the packaged demo preset)")
     d.add_argument("--data-dir", metavar="DIR",
                    help="Fashion-MNIST folder (default: /usr/share/datasets/fashion-mnist, then "
                    "./data)")
     d.add_argument("--out", default="runs/demo", metavar="DIR",
-                   help="where the three run directories and summary.md go (default: runs/demo)")
+                   help="where the run directories and summary.md go (default: runs/demo)")
+    d.add_argument("--train-teacher", action="store_true",
+                   help="train the ResNet teacher too instead of using a pretrained one")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of every run (repeatable)")
     d.set_defaults(func=cmd_demo)
@@ -200,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="accuracy evidence: teacher and plain students with "
                        "every method, several seeds, one table",
                        description="Train the teacher and the plain student with every method "
-                       "for each seed (fashion-mnist: the demo preset, 20k images x 2 "
+                       "for each seed (fashion-mnist: its own preset, 20k images x 2 "
                        "epochs per run; fashion-mnist-long: its own preset, all 60k images x 3 "
                        "epochs per run). Each finished run is recorded under RESULTS/runs/ "
                        "and reused by later invocations, here or on another machine; the report "
@@ -314,41 +321,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .deploy.commands import run_onnx_eval
 
         return run_onnx_eval(args)
-    from .data import build_data
-    from .engine import evaluate, load_checkpoint, model_from_checkpoint
-    from .engine.distributed import DistInfo, resolve_device
+    from .engine.evaluation import evaluate_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = Config.from_dict(ckpt.get("config"))
-    cfg.data.limit_test = None  # the full test set, whatever the training run scored
-    if args.data:
-        cfg.data.name = args.data
-    if args.data_dir:
-        cfg.data.data_dir = args.data_dir
-    if args.download:
-        cfg.data.download = True
-    if args.batch_size is not None:
-        cfg.data.eval_batch_size = args.batch_size
-    if args.limit_test is not None:
-        cfg.data.limit_test = args.limit_test
-    cfg.override(list(args.set))
-    if args.split == "test":
-        cfg.data.val_split = 0.0
-    elif not cfg.data.val_split:
-        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0);"
-                          " evaluate --split test, or --set data.val_split=...")
-    cfg.validate()
-    device = resolve_device(args.device, DistInfo())
-    data = build_data(cfg.data, device=device, seed=cfg.train.seed)
-    model = model_from_checkpoint(ckpt).to(device)
-    want = ckpt.get("model_kwargs", {}).get("num_classes")
-    if want is not None and want != data.num_classes:
-        raise ConfigError(f"checkpoint has {want} classes, data set {cfg.data.name!r} has "
-                          f"{data.num_classes}")
-    loader = data.test if args.split == "test" else data.val
-    m = evaluate(model, loader)
-    print(f"{ckpt['model_name']} on {cfg.data.name} {args.split} ({m['samples']} images): "
-          f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
+    score = evaluate_checkpoint(
+        args.checkpoint, data=args.data, data_dir=args.data_dir, download=args.download,
+        batch_size=args.batch_size, limit_test=args.limit_test, overrides=args.set,
+        split=args.split, device=args.device)
+    print(score.line())
     return 0
 
 
@@ -356,7 +335,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(config=args.config, data_dir=args.data_dir, out=args.out,
-                    overrides=args.set)
+                    overrides=args.set, train_teacher=args.train_teacher)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

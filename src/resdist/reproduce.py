@@ -3,7 +3,7 @@
 Trains, on the real Fashion-MNIST training set and evaluated on its test set, the ResNet teacher
 and the plain student with each method (CE, Hinton KD, feature KD, JointRD), with the same
 architecture, schedule and seeds; students of seed ``s`` learn from the teacher of seed ``s``.
-Two suites: ``fashion-mnist`` (the demo's short budget) and ``fashion-mnist-long`` (three times
+Two suites: ``fashion-mnist`` (the short budget) and ``fashion-mnist-long`` (three times
 the training per run). Each finished run is recorded under ``RESULTS/runs/`` as it finishes
 (:mod:`resdist.run_records`) and reused by later invocations, on this machine or another; the
 report (``accuracy*.json/.md/.png``) names the machines that contributed.
@@ -63,7 +63,7 @@ LONG_ROWS: tuple[Row, ...] = (
 )
 
 SUITES: dict[str, Suite] = {
-    "fashion-mnist": Suite("demo", STUDENT_ROWS, "accuracy", "Fashion-MNIST, short budget"),
+    "fashion-mnist": Suite("fashion-mnist", STUDENT_ROWS, "accuracy", "Fashion-MNIST, short budget"),
     "fashion-mnist-long": Suite("fashion-mnist-long", LONG_ROWS, "accuracy_long",
                                 "Fashion-MNIST, long budget"),
 }

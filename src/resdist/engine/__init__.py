@@ -6,10 +6,11 @@ from .checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from .evaluation import CheckpointScore, evaluate_checkpoint
 from .metrics import evaluate
 from .optim import build_optimizer, build_scheduler, param_groups
 
 __all__ = [
-    "CheckpointError", "build_optimizer", "build_scheduler", "evaluate", "load_checkpoint",
+    "CheckpointError", "CheckpointScore", "build_optimizer", "build_scheduler", "evaluate", "evaluate_checkpoint", "load_checkpoint",
     "model_from_checkpoint", "param_groups", "save_checkpoint",
 ]

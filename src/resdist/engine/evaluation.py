@@ -1,0 +1,80 @@
+"""Scoring a resdist checkpoint on a data set: ``resdist eval`` and the demo's teacher row."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..config import Config, ConfigError
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .metrics import evaluate
+
+
+@dataclass(frozen=True)
+class CheckpointScore:
+    """What :func:`evaluate_checkpoint` measured: top-1/top-5 (%), mean loss and image count."""
+
+    model_name: str
+    data_name: str
+    split: str
+    top1: float
+    top5: float
+    loss: float
+    samples: int
+
+    def line(self) -> str:
+        return (f"{self.model_name} on {self.data_name} {self.split} ({self.samples} images): "
+                f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  loss {self.loss:.4f}")
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    batch_size: int | None = None,
+    limit_test: int | None = None,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    device: str = "auto",
+) -> CheckpointScore:
+    """Score ``checkpoint`` on the full test set (or ``split="val"``) of the data set its config
+    names, unless ``data``/``data_dir``/``overrides`` (``section.key=value``) say otherwise.
+
+    Raises:
+        ConfigError: no validation split, or the data set's class count differs.
+        CheckpointError: the file is not a readable resdist checkpoint.
+    """
+    from ..data import build_data
+    from .distributed import DistInfo, resolve_device
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(ckpt.get("config"))
+    cfg.data.limit_test = limit_test  # the full test set, whatever the training run scored
+    if data:
+        cfg.data.name = data
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    if download:
+        cfg.data.download = True
+    if batch_size is not None:
+        cfg.data.eval_batch_size = batch_size
+    cfg.override(list(overrides))
+    if split == "test":
+        cfg.data.val_split = 0.0
+    elif not cfg.data.val_split:
+        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0);"
+                          " evaluate --split test, or --set data.val_split=...")
+    cfg.validate()
+    dev = resolve_device(device, DistInfo())
+    bundle = build_data(cfg.data, device=dev, seed=cfg.train.seed)
+    model = model_from_checkpoint(ckpt).to(dev)
+    want = ckpt.get("model_kwargs", {}).get("num_classes")
+    if want is not None and want != bundle.num_classes:
+        raise ConfigError(f"checkpoint has {want} classes, data set {cfg.data.name!r} has "
+                          f"{bundle.num_classes}")
+    m = evaluate(model, bundle.test if split == "test" else bundle.val)
+    return CheckpointScore(ckpt["model_name"], cfg.data.name, split, m["top1"], m["top5"],
+                           m["loss"], int(m["samples"]))
