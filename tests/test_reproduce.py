@@ -126,3 +126,32 @@ def test_a_run_trained_on_a_gpu_names_the_gpu(monkeypatch):
     assert "gpu" not in reproduce.machine("cpu")  # a CPU run on a GPU machine names no GPU
     name = reproduce.machine_name(reproduce.machine("cuda"))
     assert name.startswith(f"Test GPU None GPU on {on_cpu['cpu']}")
+
+
+def test_the_cifar10_suite_runs_the_paper_recipe_on_the_official_layout(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from data_writers import write_cifar
+
+    cfg = reproduce.suite_settings("cifar10")
+    assert cfg["data"]["name"] == "cifar10" and cfg["optim"]["schedule"] == "onecycle"
+    assert cfg["data"]["crop_padding"] == 4 and cfg["data"]["hflip"] and cfg["data"]["augment"]
+    assert (cfg["distill"]["dc"], cfg["distill"]["feature_weight"],
+            cfg["distill"]["decay_fraction"]) == (0.5, 1e-3, 0.3)  # the released defaults
+    write_cifar(tmp_path / "c10", per_batch=8, n_test=6)
+    args = ["reproduce", "cifar10", "--seeds", "0", "--data-dir", str(tmp_path / "c10"),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+            "--set", "model.width_mult=0.25", "--set", "data.batch_size=8",
+            "--set", "train.epochs=1", "--set", "train.device=cpu"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "res" / "accuracy_cifar10.json").read_text())
+    model = summary["config"]["model"]["name"]
+    teacher = model.replace("plain", "resnet")
+    assert [(r["model"], r["method"]) for r in summary["rows"]] == [
+        (teacher, "ce"), (model, "ce"), (model, "kd"), (model, "feature-kd"), (model, "jointrd")]
+    md = (tmp_path / "res" / "accuracy_cifar10.md").read_text()
+    assert md.startswith("CIFAR-10 (JPEG copy): all 50000 training images, full 10k test set")
+    records = tmp_path / "res" / "runs" / "cifar10" / "seed0"
+    assert (records / f"{teacher}-ce.pth").exists() and (records / f"{model}-jointrd.json").exists()

@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the teacher and the plain student with every method "
                        "for each seed (fashion-mnist: its own preset, 20k images x 2 "
                        "epochs per run; fashion-mnist-long: its own preset, all 60k images x 3 "
-                       "epochs per run). Each finished run is recorded under RESULTS/runs/ "
+                       "epochs per run; cifar10: the cifar10-suite preset on real CIFAR-10, "
+                       "--data-dir DIR holding cifar-10-batches-py/). Each finished run is recorded under RESULTS/runs/ "
                        "and reused by later invocations, here or on another machine; the report "
-                       "(accuracy[_long].json/.md/.png) names the machines that contributed.")
+                       "(accuracy[_long|_cifar10].json/.md/.png) names the machines that contributed.")
     r.add_argument("suite", choices=list(SUITES), help="which suite to run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds; students of seed s learn from the teacher of seed s "
