@@ -112,6 +112,38 @@ def test_unsafe_file(tmp_path, capsys, where):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script/save are deprecated
+@pytest.mark.parametrize("where", ["predict", "eval", "export", "teacher-weights", "resume"])
+def test_torchscript_file(tmp_path, capsys, monkeypatch, where):
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 2, 3)), str(scripted),
+                   _extra_files={"input_contract.json": "{}"})
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.jit.load ran: the file's code would have run")
+
+    monkeypatch.setattr(torch.jit, "load", never)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(image)
+    run = tmp_path / "run"
+    args = {
+        "predict": ["predict", str(scripted), str(image)],
+        "eval": ["eval", "--checkpoint", str(scripted), "--data", "synthetic"],
+        "export": ["export", "--checkpoint", str(scripted), "--out", str(tmp_path / "m.onnx")],
+        "teacher-weights": _train(run, "--method", "kd", "--teacher-weights", str(scripted)),
+        "resume": _train(run, "--resume"),
+    }[where]
+    if where == "resume":
+        run.mkdir()
+        scripted.rename(run / "last.pth")
+    line = fails(args, capsys)
+    assert "is a TorchScript file; loading one runs the code it carries" in line
+    if where == "predict":
+        assert "--trust-torchscript" in line
+
+
 def test_corrupt_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint at all")

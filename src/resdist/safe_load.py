@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import torch
@@ -21,6 +22,40 @@ class UnsafeFileError(ResdistError, ValueError):
     """A ``.pth`` file holds code or objects that weights-only loading does not allow."""
 
 
+class TorchScriptFileError(UnsafeFileError):
+    """A TorchScript archive was given where resdist reads only weights: loading one runs the
+    code it carries, so resdist does not load it unless told to trust it."""
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip file with a ``code/`` folder (a
+    ``torch.save`` checkpoint has none). Reads the zip's directory only; runs nothing."""
+    try:
+        if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def torchscript_extra_file(path: str | os.PathLike, name: str) -> str | None:
+    """The text of extra file ``name`` of a TorchScript archive, read from the zip without
+    loading the module (loading would run its code); ``None`` if it has no such file."""
+    with zipfile.ZipFile(path) as z:
+        found = [n for n in z.namelist() if n.split("/", 1)[-1] == f"extra/{name}"]
+        return z.read(found[0]).decode("utf-8", errors="replace") if found else None
+
+
+def refuse_torchscript(path: str | os.PathLike, what: str) -> None:
+    """Raise :class:`TorchScriptFileError` if ``path`` is a TorchScript archive; ``what`` says
+    what the command takes instead."""
+    if is_torchscript(path):
+        raise TorchScriptFileError(
+            f"{os.fspath(path)} is a TorchScript file; loading one runs the code it carries, so "
+            f"resdist does not; {what}")
+
+
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load(path, map_location, weights_only=True)``.
 
@@ -29,6 +64,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             containers and numbers (resdist does not execute it).
         Exception: whatever ``torch.load`` raises for an unreadable or corrupt file.
     """
+    refuse_torchscript(path, "pass a checkpoint (.pth) or state-dict file, or its ONNX export")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -123,7 +123,8 @@ def test_baked_torchscript_records_the_contract(trained, tmp_path):
     with torch.no_grad():
         logits = module(trained["raw"]).numpy()
     np.testing.assert_allclose(logits, trained["logits"], rtol=1e-4, atol=1e-4)
-    assert [r.top[0][1] for r in predict(path, trained["files"], topk=1)] == trained["classes"]
+    got = predict(path, trained["files"], topk=1, trust_torchscript=True)
+    assert [r.top[0][1] for r in got] == trained["classes"]
 
 
 def test_opset_is_honoured_or_refused(trained, tmp_path, capsys):

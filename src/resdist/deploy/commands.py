@@ -148,14 +148,18 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         "model and print the top classes with their probabilities.",
     )
     p.add_argument("model", metavar="MODEL",
-                   help="resdist checkpoint (.pth or run folder), or an ONNX or TorchScript file "
-                   "from resdist export")
+                   help="resdist checkpoint (.pth or run folder) or ONNX file from resdist "
+                   "export (both run no code when loaded); a TorchScript file only with "
+                   "--trust-torchscript")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (PNG, JPEG, ...) or folders searched recursively")
     p.add_argument("--topk", type=_positive_int, default=5, metavar="K",
                    help="classes shown per image (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON list of {file, top: [{class, index, probability}]}")
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a TorchScript MODEL: loading it RUNS THE CODE THE FILE CARRIES, "
+                   "so only for files whose source you trust (e.g. your own resdist export)")
     p.set_defaults(func=run_predict)
     return p
 
@@ -164,7 +168,8 @@ def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``resdist predict``; prints one block (or JSON) per image and returns 0."""
     from .predict import predict
 
-    results = predict(args.model, args.images, topk=args.topk)
+    results = predict(args.model, args.images, topk=args.topk,
+                      trust_torchscript=args.trust_torchscript)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0

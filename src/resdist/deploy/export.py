@@ -260,15 +260,12 @@ def read_contract(path: str | os.PathLike) -> InputContract | None:
     if path.suffix.lower() == ".onnx":
         props = {p.key: p.value for p in load_onnx(path).metadata_props}
         text = props.get(CONTRACT_KEY)
-    else:
-        extra = {f"{CONTRACT_KEY}.json": ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
-            except Exception as e:
-                raise DeployError(f"cannot read TorchScript file {path}: {e}") from e
-        text = extra[f"{CONTRACT_KEY}.json"] or None
+    else:  # read from the archive's zip directory: loading the module would run its code
+        from ..safe_load import is_torchscript, torchscript_extra_file
+
+        if not is_torchscript(path):
+            raise DeployError(f"{path} is neither an ONNX nor a TorchScript file")
+        text = torchscript_extra_file(path, f"{CONTRACT_KEY}.json")
     if not text:
         return None
     return InputContract.from_json(text if isinstance(text, str) else text.decode())

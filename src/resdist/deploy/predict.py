@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..data.contract import InputContract, contract_from_checkpoint
 from ..data.errors import DataError
+from ..safe_load import is_torchscript, refuse_torchscript
 from .errors import DeployError, require
 from .runtime import cpu_session
 
@@ -98,14 +98,6 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive: a zip file with a ``code/`` folder (checkpoints have none)."""
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in name for name in z.namelist())
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -121,15 +113,19 @@ class Predictor:
         self.source = source
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Predictor:
-        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder), an ONNX file or a
-        TorchScript file written by ``resdist export``."""
+    def load(cls, path: str | os.PathLike, *, trust_torchscript: bool = False) -> Predictor:
+        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder) or an ONNX file;
+        a TorchScript file from ``resdist export`` only with ``trust_torchscript=True``, as
+        loading one runs the code it carries (checkpoints and ONNX files run none)."""
         path = Path(path)
         if not path.exists():
             raise DeployError(f"model not found: {path}")
         if path.suffix.lower() == ".onnx":
             return cls._from_onnx(path)
-        if _is_torchscript(path):
+        if is_torchscript(path):
+            if not trust_torchscript:
+                refuse_torchscript(path, "predict with its checkpoint or ONNX export, or pass "
+                                   "--trust-torchscript if you trust where the file came from")
             return cls._from_torchscript(path)
         return cls._from_checkpoint(path)
 
@@ -211,7 +207,10 @@ class Predictor:
 
 
 def predict(
-    model: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5
+    model: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
+    *, trust_torchscript: bool = False,
 ) -> list[Prediction]:
-    """Top-``topk`` classes for image files and folders, with a checkpoint or an ONNX file."""
-    return Predictor.load(model).predict_files(find_images(images), topk=topk)
+    """Top-``topk`` classes for image files and folders, with a checkpoint or an ONNX file (a
+    TorchScript file only with ``trust_torchscript``: loading it runs its code)."""
+    predictor = Predictor.load(model, trust_torchscript=trust_torchscript)
+    return predictor.predict_files(find_images(images), topk=topk)
