@@ -245,6 +245,46 @@ def test_disk_full(tmp_path, capsys, monkeypatch, trained, how):
             subprocess.run(["umount", str(tmp_path / "fs")], check=False)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("how", ["tmpfs", "simulated"])
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace/save are deprecated
+def test_export_disk_full(tmp_path, capsys, monkeypatch, trained, how, fmt):
+    pytest.importorskip("onnx")
+    fs = tmp_path / "fs"
+    out = fs / ("model.onnx" if fmt == "onnx" else "model.pt")
+    args = ["export", "--checkpoint", str(trained / "last.pth"), "--out", str(out),
+            "--format", fmt]
+    good = tmp_path / out.name
+    ok([*args[:4], str(good), *args[5:]], capsys)
+    if how == "tmpfs":
+        if not _tmpfs(fs, good.stat().st_size + good.stat().st_size // 2):  # no room for two
+            pytest.skip("needs root and tmpfs mounts")
+    else:
+        import onnx
+
+        def full(obj, f, *a, **k):
+            if isinstance(f, str | Path):
+                with open(f, "wb") as out:
+                    out.write(b"partial")
+            else:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(onnx, "save", full)
+        monkeypatch.setattr(torch.jit, "save", full)
+    try:
+        fs.mkdir(exist_ok=True)
+        shutil.copyfile(good, out)  # the previous good export
+        line = fails(args, capsys)
+        assert f"cannot write the {'ONNX' if fmt == 'onnx' else 'TorchScript'} file" in line
+        assert "no space left on the device; the previous file is kept" in line
+        assert out.read_bytes() == good.read_bytes()
+        assert [p.name for p in fs.iterdir()] == [out.name]  # no temporary left
+    finally:
+        if how == "tmpfs":
+            subprocess.run(["umount", str(fs)], check=False)
+
+
 def test_crash_and_resume(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     real = MetricsLogger.log

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .config import Config
 from .presets import load_preset
 from .reproduce import Row, machine, machine_name, run_config
@@ -92,10 +93,10 @@ def run_demo(
                  else f"checkpoint {pretrained}")
     table = format_table(rows, base, wall_s, about)
     print("\n" + table)
-    (out_dir / "summary.json").write_text(json.dumps(
+    write_text_atomic(out_dir / "summary.json", json.dumps(
         {"config": base.to_dict(), "teacher_checkpoint": pretrained, "rows": rows,
          "machine": machine(base.train.device), "wall_s": wall_s}, indent=2))
-    (out_dir / "summary.md").write_text(table + "\n")
+    write_text_atomic(out_dir / "summary.md", table + "\n")
     print(f"\nsaved {out_dir / 'summary.md'} and {out_dir / 'summary.json'}")
     return 0
 

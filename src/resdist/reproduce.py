@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .config import Config, check_choice
 from .presets import preset_dict
 from .run_records import RecordError, RunStore, settings, summary_fields
@@ -344,8 +345,8 @@ def format_markdown(summary: dict[str, Any]) -> str:
 def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accuracy") -> None:
     """Write ``{stem}.json``, ``{stem}.md`` and (with matplotlib) ``{stem}.png``."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
-    (results_dir / f"{stem}.md").write_text(format_markdown(summary) + "\n")
+    write_text_atomic(results_dir / f"{stem}.json", json.dumps(summary, indent=2))
+    write_text_atomic(results_dir / f"{stem}.md", format_markdown(summary) + "\n")
     try:
         import matplotlib
 

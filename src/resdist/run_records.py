@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .errors import ResdistError
 
 #: Config keys that say where files are or how the run is watched, not what it computes: left
@@ -139,19 +139,7 @@ def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # readable like any file written with open(), not 0600
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise RecordError(f"cannot write run record {path}: {e.strerror or e}") from e
-        raise
+        write_text_atomic(path, text)
+    except OSError as e:
+        raise RecordError(f"cannot write run record {path}: {e.strerror or e}") from e

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..config import STEMS
 from .errors import DeployError
 
@@ -258,7 +259,7 @@ def run_profile(args: argparse.Namespace) -> int:
         write_profile_report(result, args.out)
         written = "profile.png and profile.md"
         if args.int8:
-            (Path(args.out) / "profile_int8.md").write_text(format_int8_table(result) + "\n")
+            write_text_atomic(Path(args.out) / "profile_int8.md", format_int8_table(result) + "\n")
             written = "profile.png, profile.md and profile_int8.md"
         print(f"\nwrote {Path(args.out) / 'profile.json'}, {written}")
     return 0

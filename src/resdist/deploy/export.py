@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io
 import itertools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path, first_os_error
 from ..data.contract import InputContract, contract_from_checkpoint
 from ..data.errors import DataError
 from ..models.fold import to_deploy
@@ -239,10 +241,34 @@ def export_onnx(
         onnx.checker.check_model(proto)
     except Exception as e:
         raise DeployError(f"exported ONNX model does not pass onnx.checker: {e}") from e
+    return save_onnx(proto, path)
+
+
+def write_file(path: str | os.PathLike, write: Callable[[Path], Any], what: str) -> Path:
+    """Write an export atomically: ``write(tmp)`` fills a temporary file beside ``path``, which
+    then replaces ``path`` (:func:`resdist.atomic.atomic_path`). A full disk or any other write
+    failure leaves an existing ``path`` as it was and no partial file, and is one
+    :class:`DeployError` line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, os.fspath(path))
+    existed = path.exists()
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except Exception as e:
+        err = first_os_error(e)
+        if err is None:
+            raise
+        reason = "no space left on the device" if err.errno == errno.ENOSPC else (
+            err.strerror or str(err))
+        kept = "the previous file is kept" if existed else "no file was written"
+        raise DeployError(f"cannot write the {what} {path}: {reason}; {kept}") from e
     return path
+
+
+def save_onnx(proto: Any, path: str | os.PathLike) -> Path:
+    """``onnx.save`` through :func:`write_file` (atomic)."""
+    onnx = require("onnx")
+    return write_file(path, lambda tmp: onnx.save(proto, os.fspath(tmp)), "ONNX file")
 
 
 def _example_input(batch: int, shape: Sequence[int], input_dtype: str,
@@ -392,14 +418,19 @@ def export_torchscript(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(deployed, example)
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.jit.save(traced, os.fspath(path), _extra_files=extra)
+            path = write_file(path, lambda tmp: _jit_save(traced, tmp, extra),
+                              "TorchScript file")
     except DeployError:
         raise
     except Exception as e:
         raise DeployError(f"TorchScript export failed: {e}") from e
     return path
+
+
+def _jit_save(module: Any, path: Path, extra: dict[str, str]) -> None:
+    """``torch.jit.save`` through a Python file, so that a full disk is an ``OSError``."""
+    with open(path, "wb") as f:
+        torch.jit.save(module, f, _extra_files=extra)
 
 
 def _load_torchscript(module_or_path: Any) -> Any:

@@ -36,7 +36,13 @@ import torch
 from ..models.fold import to_deploy
 from ._onnx_graph import graph_inputs, load_onnx
 from .errors import DeployError, require
-from .export import DEFAULT_OPSET, count_feature_adds, export_onnx, load_model_source
+from .export import (
+    DEFAULT_OPSET,
+    count_feature_adds,
+    export_onnx,
+    load_model_source,
+    save_onnx,
+)
 from .runtime import cpu_session
 
 __all__ = [
@@ -197,14 +203,13 @@ def quantize_onnx(
             f"calibrate_method must be one of {', '.join(methods)}, got {calibrate_method!r}"
         )
     reader, fed = _reader(calibration, _input_name(fp32_path))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="resdist-quant-") as tmp:
-        pre = Path(tmp) / "preprocessed.onnx"
+        pre, int8 = Path(tmp) / "preprocessed.onnx", Path(tmp) / "int8.onnx"
         try:
             with _quiet():
                 quant_pre_process(os.fspath(fp32_path), os.fspath(pre))
                 ort_quant.quantize_static(
-                    os.fspath(pre), os.fspath(out_path), reader,
+                    os.fspath(pre), os.fspath(int8), reader,
                     quant_format=ort_quant.QuantFormat.QDQ,
                     per_channel=per_channel,
                     activation_type=ort_quant.QuantType.QUInt8,
@@ -218,9 +223,8 @@ def quantize_onnx(
                 raise DeployError("the calibration data yielded no images") from e
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DeployError(f"INT8 quantisation of {fp32_path} failed: {detail}") from e
+        _save_with_metadata(int8, out_path, metadata or {})  # atomic: never half-written
     images = fed()
-    if metadata:
-        _set_metadata(out_path, metadata)
     counts = count_qdq(out_path)
     return QuantizeReport(
         path=str(out_path),
@@ -253,13 +257,14 @@ def _quiet():
         root.setLevel(level)
 
 
-def _set_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+def _save_with_metadata(src: Path, path: Path, metadata: Mapping[str, str]) -> None:
+    """``src`` with ``metadata`` added to its metadata_props, written atomically to ``path``."""
     onnx = require("onnx")
-    model = onnx.load(os.fspath(path))
+    model = onnx.load(os.fspath(src))
     props = {p.key: p.value for p in model.metadata_props}
     props.update({str(k): str(v) for k, v in metadata.items()})
     onnx.helper.set_model_props(model, props)
-    onnx.save(model, os.fspath(path))
+    save_onnx(model, path)
 
 
 def calibration_batches(

@@ -19,7 +19,6 @@ import errno
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path, first_os_error
 from ..errors import ResdistError
 from ..models import create_model
 from ..safe_load import UnsafeFileError, load_torch_file
@@ -45,19 +45,15 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         CheckpointError: the file cannot be written (disk full, permission denied, ...).
     """
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        # through a Python file: a full disk is then an OSError, not torch's C++ writer's
+        # RuntimeError that names no cause
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    except Exception as e:
         # torch.save reports a failed write as a RuntimeError raised while handling the OSError
-        err = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
-        if err is None or not isinstance(e, Exception):
+        err = first_os_error(e)
+        if err is None:
             raise
         reason = "no space left on the device" if err.errno == errno.ENOSPC else (
             err.strerror or str(err))

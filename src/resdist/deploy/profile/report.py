@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...atomic import write_text_atomic
 from ..errors import require
 
 
@@ -167,7 +168,7 @@ def write_profile_report(
     markdown (tables plus the command, machine and versions recorded in ``result["meta"]``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_text_atomic(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
     _plot(result, out / f"{name}.png")
     meta = result.get("meta", {})
     lines = [f"# Deploy profile: ResNet vs plain ({meta.get('date', '')})", ""]
@@ -205,5 +206,5 @@ def write_profile_report(
         lines += [_table(["model", "liveness (ours)", "liveness (torch rules)",
                           "PyTorch measured", "note"], rows), ""]
     md = "\n".join(lines)
-    (out / f"{name}.md").write_text(md)
+    write_text_atomic(out / f"{name}.md", md)
     return md
