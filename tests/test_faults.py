@@ -179,11 +179,18 @@ def test_run_locked(tmp_path, capsys):
     assert not (run / "config.yaml").exists()
 
 
-def test_resume_mismatch(tmp_path, capsys, trained):
+@pytest.mark.parametrize("change,key", [
+    (["--method", "kd"], "distill.method='ce'"), (["--lr", "0.001"], "optim.lr="),
+    (["--schedule", "cosine"], "optim.schedule='multistep'"), (["--seed", "5"], "train.seed=0"),
+    (["--batch-size", "16"], "data.batch_size=32"), (["--epochs", "5"], "train.epochs=1"),
+    (["--set", "data.augment=false"], "data.augment=True"),
+    (["--set", "data.synthetic_samples=64"], "data.synthetic_samples=96"),
+])
+def test_resume_mismatch(tmp_path, capsys, trained, change, key):
     before = {p.name: p.read_bytes() for p in trained.iterdir()}
-    line = fails(_train(trained, "--resume", "--method", "kd"), capsys)
-    assert "distill.method='ce'" in line and "'kd'" in line
-    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    line = fails(_train(trained, "--resume", *change), capsys)
+    assert key in line and "--config" in line and "new --out" in line
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before  # config.yaml too
 
 
 @pytest.mark.parametrize("case", ["file", "under-file"])

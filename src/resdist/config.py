@@ -377,3 +377,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
+
+
+#: Config keys that say where files are or how the run is watched, not what it computes: left
+#: out when two runs' settings are compared (``--resume``, the suites' run records).
+PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "overwrite"),
+              ("train", "progress"), ("train", "tensorboard"), ("train", "check_every"),
+              ("train", "dist_timeout_min"), ("teacher", "checkpoint"), ("data", "data_dir"),
+              ("data", "download"), ("data", "num_workers")}
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a :meth:`Config.to_dict`) without :data:`PLACE_KEYS`: what the run computes."""
+    return {section: {k: v for k, v in values.items() if (section, k) not in PLACE_KEYS}
+            for section, values in config.items()}

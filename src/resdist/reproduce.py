@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text_atomic
-from .config import Config, check_choice
+from .config import Config, check_choice, settings
 from .presets import preset_dict
-from .run_records import RecordError, RunStore, settings, summary_fields
+from .run_records import RecordError, RunStore, summary_fields
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text_atomic
+from .config import settings
 from .errors import ResdistError
-
-#: Config keys that say where files are or how the run is watched, not what it computes: left
-#: out when comparing settings.
-_PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "overwrite"),
-               ("train", "progress"), ("train", "tensorboard"), ("train", "check_every"),
-               ("train", "dist_timeout_min"), ("teacher", "checkpoint"), ("data", "data_dir"),
-               ("data", "download"), ("data", "num_workers")}
-
 
 #: What every record holds besides its settings.
 _FIELDS = ("final_top1", "best_top1", "curve", "train_time_s", "history", "machine")
@@ -37,12 +30,6 @@ _FIELDS = ("final_top1", "best_top1", "curve", "train_time_s", "history", "machi
 
 class RecordError(ResdistError, ValueError):
     """A stored run record cannot be used (other settings, unreadable, teacher missing)."""
-
-
-def settings(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without the keys that only say where files are (what the run computes)."""
-    return {section: {k: v for k, v in values.items() if (section, k) not in _PLACE_KEYS}
-            for section, values in config.items()}
 
 
 class RunStore:

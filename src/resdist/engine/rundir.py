@@ -9,8 +9,10 @@
 * a folder that already holds a run (``config.yaml``, ``last.pth``, ``best.pth`` or metrics)
   is refused unless the run is resumed (``--resume``) or replaced (``--overwrite``: the old
   run's files are moved, not deleted, to the sibling folder ``out.old-<YYYYmmdd-HHMMSS>``);
-* ``--resume`` with a model, method or data set other than the saved ``config.yaml``'s is
-  refused, naming the key, before anything in the folder changes;
+* ``--resume`` with any setting that changes what the run computes (every key but those of
+  :data:`resdist.config.PLACE_KEYS`: model, method, data, LR, schedule, seed, batch size, epochs,
+  augmentation, ...) other than the saved ``config.yaml``'s is refused, naming the key, before
+  anything in the folder changes, so ``config.yaml`` always describes the run it sits beside;
 * temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed.
 """
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config
+from ..config import Config, settings
 from ..errors import ResdistError
 
 try:  # POSIX; elsewhere the lock is advisory only through the file's presence
@@ -37,11 +39,6 @@ except ImportError:  # pragma: no cover - Windows
 
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "metrics.csv")
 LOCK_NAME = ".lock"
-# keys that make a run what it is: resuming with another value would mix two runs
-RESUME_KEYS = (
-    "data.name", "model.name", "model.stem", "model.width_mult", "model.dirac",
-    "model.keep_downsample_shortcuts", "distill.method", "distill.path_loss", "teacher.train",
-)
 
 
 class RunDirError(ResdistError, RuntimeError):
@@ -119,8 +116,11 @@ def existing_run(run_dir: Path) -> list[str]:
 
 
 def check_resume_matches(run_dir: Path, cfg: Config) -> None:
-    """Raise :class:`RunDirError` when ``cfg`` differs from the saved run in a :data:`RESUME_KEYS`
-    key (nothing is compared when the folder holds no ``config.yaml``)."""
+    """Raise :class:`RunDirError` when ``cfg`` differs from the saved run in any key that
+    changes what the run computes (:func:`resdist.config.settings`; nothing is compared when the
+    folder holds no ``config.yaml``; keys an older ``config.yaml`` lacks are not compared).
+    ``train.epochs`` may change when the run's length changes nothing else (constant LR, no
+    JointRD), to continue a run for more epochs."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
@@ -128,16 +128,23 @@ def check_resume_matches(run_dir: Path, cfg: Config) -> None:
         saved = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise RunDirError(f"cannot read {path} to check --resume: {e}") from e
-    new = cfg.to_dict()
-    for key in RESUME_KEYS:
-        section, name = key.split(".")
-        old_value = (saved.get(section) or {}).get(name, new[section][name])
-        if old_value != new[section][name]:
-            raise RunDirError(
-                f"--resume: the run in {run_dir} has {key}={old_value!r}, this command asks for "
-                f"{new[section][name]!r}; resume with the run's own settings "
-                f"(--config {path} --resume) or train into a new --out"
-            )
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path} does not hold a run's settings (not a YAML mapping); "
+                          "train into a new --out, or replace the run with --overwrite")
+    new = settings(cfg.to_dict())
+    # more (or fewer) epochs compute the same steps only when nothing depends on the run's
+    # length: a constant LR and no JointRD decay m(e)
+    length_free = cfg.optim.schedule == "constant" and cfg.distill.method != "jointrd"
+    for section, values in new.items():
+        old_section = saved.get(section) if isinstance(saved.get(section), dict) else {}
+        for name, value in values.items():
+            old_value = old_section.get(name, value)
+            if old_value != value and not ((section, name) == ("train", "epochs") and length_free):
+                raise RunDirError(
+                    f"--resume: the run in {run_dir} has {section}.{name}={old_value!r}, this "
+                    f"command asks for {value!r}; resume with the run's own settings "
+                    f"(--config {path} --resume) or train into a new --out"
+                )
 
 
 def move_aside(run_dir: Path) -> Path:
