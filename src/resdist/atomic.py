@@ -9,6 +9,7 @@ process is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -75,7 +76,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def first_os_error(e: BaseException) -> OSError | None:
-    """The :class:`OSError` behind ``e`` (itself, its cause or context), e.g. a full disk that a
-    library reports as a ``RuntimeError``; ``None`` if there is none."""
-    return next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
+def write_failure(e: BaseException) -> str | None:
+    """Why a write failed, for a one-line message: ``"no space left on the device"`` or the
+    system's words for the :class:`OSError` behind ``e`` (itself, its cause or its context, as
+    libraries report a failed write as their own error); ``None`` if no OSError is behind it."""
+    err = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
+    if err is None:
+        return None
+    return "no space left on the device" if err.errno == errno.ENOSPC else (
+        err.strerror or str(err))

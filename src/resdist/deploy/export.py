@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import io
 import itertools
 import os
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, first_os_error
+from ..atomic import atomic_path, write_failure
 from ..data.contract import InputContract, contract_from_checkpoint
 from ..data.errors import DataError
 from ..models.fold import to_deploy
@@ -255,11 +254,9 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], what: str)
         with atomic_path(path) as tmp:
             write(tmp)
     except Exception as e:
-        err = first_os_error(e)
-        if err is None:
+        reason = write_failure(e)
+        if reason is None:
             raise
-        reason = "no space left on the device" if err.errno == errno.ENOSPC else (
-            err.strerror or str(err))
         kept = "the previous file is kept" if existed else "no file was written"
         raise DeployError(f"cannot write the {what} {path}: {reason}; {kept}") from e
     return path

@@ -15,7 +15,6 @@ nothing any other way (:mod:`resdist.safe_load`).
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, first_os_error
+from ..atomic import atomic_path, write_failure
 from ..errors import ResdistError
 from ..models import create_model
 from ..safe_load import UnsafeFileError, load_torch_file
@@ -51,12 +50,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
     except Exception as e:
-        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
-        err = first_os_error(e)
-        if err is None:
+        reason = write_failure(e)
+        if reason is None:
             raise
-        reason = "no space left on the device" if err.errno == errno.ENOSPC else (
-            err.strerror or str(err))
         raise CheckpointError(f"cannot write {path}: {reason}") from e
     return path
 
