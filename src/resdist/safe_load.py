@@ -64,7 +64,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             containers and numbers (resdist does not execute it).
         Exception: whatever ``torch.load`` raises for an unreadable or corrupt file.
     """
-    refuse_torchscript(path, "pass a checkpoint (.pth) or state-dict file, or its ONNX export")
+    refuse_torchscript(path, "use the run's checkpoint (.pth) or a state-dict file instead")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -249,7 +249,7 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], what: str)
     failure leaves an existing ``path`` as it was and no partial file, and is one
     :class:`DeployError` line."""
     path = Path(path)
-    existed = path.exists()
+    existed = path.is_file()
     try:
         with atomic_path(path) as tmp:
             write(tmp)

@@ -69,8 +69,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except UnsafeFileError:
         raise
     except Exception as e:
-        reason = "not a PyTorch file, or corrupt" if isinstance(e, pickle.UnpicklingError) else (
-            _first_line(e))
+        reason = _first_line(e)
+        if isinstance(e, pickle.UnpicklingError) or not reason or reason.isdigit():
+            reason = "not a PyTorch file, or corrupt"  # e.g. a bare KeyError of a byte value
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
         raise CheckpointError(f"{path} is not a resdist checkpoint (no model/model_name keys)")
