@@ -182,7 +182,7 @@ def test_run_locked(tmp_path, capsys):
 @pytest.mark.parametrize("change,key", [
     (["--method", "kd"], "distill.method='ce'"), (["--lr", "0.001"], "optim.lr="),
     (["--schedule", "cosine"], "optim.schedule='multistep'"), (["--seed", "5"], "train.seed=0"),
-    (["--batch-size", "16"], "data.batch_size=32"), (["--epochs", "5"], "train.epochs=1"),
+    (["--batch-size", "16"], "data.batch_size=32"),
     (["--set", "data.augment=false"], "data.augment=True"),
     (["--set", "data.synthetic_samples=64"], "data.synthetic_samples=96"),
 ])

@@ -10,9 +10,10 @@
   is refused unless the run is resumed (``--resume``) or replaced (``--overwrite``: the old
   run's files are moved, not deleted, to the sibling folder ``out.old-<YYYYmmdd-HHMMSS>``);
 * ``--resume`` with any setting that changes what the run computes (every key but those of
-  :data:`resdist.config.PLACE_KEYS`: model, method, data, LR, schedule, seed, batch size, epochs,
-  augmentation, ...) other than the saved ``config.yaml``'s is refused, naming the key, before
-  anything in the folder changes, so ``config.yaml`` always describes the run it sits beside;
+  :data:`resdist.config.PLACE_KEYS`: model, method, data, LR, schedule, seed, batch size,
+  augmentation, ...; ``train.epochs`` may change) other than the saved ``config.yaml``'s is
+  refused, naming the key, before anything in the folder changes, so ``config.yaml`` always
+  describes the run it sits beside;
 * temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed.
 """
 
@@ -119,8 +120,8 @@ def check_resume_matches(run_dir: Path, cfg: Config) -> None:
     """Raise :class:`RunDirError` when ``cfg`` differs from the saved run in any key that
     changes what the run computes (:func:`resdist.config.settings`; nothing is compared when the
     folder holds no ``config.yaml``; keys an older ``config.yaml`` lacks are not compared).
-    ``train.epochs`` may change when the run's length changes nothing else (constant LR, no
-    JointRD), to continue a run for more epochs."""
+    ``train.epochs`` may change: that is how a run is continued for more epochs (the LR schedule
+    and JointRD's m(e) are then stretched over the new total from the next epoch on)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
@@ -132,14 +133,11 @@ def check_resume_matches(run_dir: Path, cfg: Config) -> None:
         raise RunDirError(f"{path} does not hold a run's settings (not a YAML mapping); "
                           "train into a new --out, or replace the run with --overwrite")
     new = settings(cfg.to_dict())
-    # more (or fewer) epochs compute the same steps only when nothing depends on the run's
-    # length: a constant LR and no JointRD decay m(e)
-    length_free = cfg.optim.schedule == "constant" and cfg.distill.method != "jointrd"
     for section, values in new.items():
         old_section = saved.get(section) if isinstance(saved.get(section), dict) else {}
         for name, value in values.items():
             old_value = old_section.get(name, value)
-            if old_value != value and not ((section, name) == ("train", "epochs") and length_free):
+            if old_value != value and (section, name) != ("train", "epochs"):
                 raise RunDirError(
                     f"--resume: the run in {run_dir} has {section}.{name}={old_value!r}, this "
                     f"command asks for {value!r}; resume with the run's own settings "
