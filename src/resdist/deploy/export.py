@@ -402,7 +402,7 @@ def export_torchscript(
     """Fold ``model`` and save it as TorchScript (``torch.jit.trace``, then ``torch.jit.save``).
 
     The traced module accepts any batch size. ``contract`` is saved as the extra file
-    ``input_contract.json`` (``torch.jit.load(path, _extra_files=...)`` reads it).
+    ``input_contract.json`` (:func:`read_contract` reads it from the archive without loading it).
     ``torch.jit`` is deprecated upstream in favour of ``torch.export`` but remains the format
     C++/mobile runtimes load; its warnings are silenced.
     """
@@ -431,6 +431,8 @@ def _jit_save(module: Any, path: Path, extra: dict[str, str]) -> None:
 
 
 def _load_torchscript(module_or_path: Any) -> Any:
+    """A TorchScript module, or the file at a path loaded with ``torch.jit.load``, which runs the
+    code the file carries: resdist calls it only on the file it has just exported."""
     if isinstance(module_or_path, (str, os.PathLike)):
         if not os.path.isfile(module_or_path):
             raise DeployError(f"TorchScript file not found: {module_or_path}")
@@ -442,7 +444,8 @@ def _load_torchscript(module_or_path: Any) -> Any:
 
 def count_torchscript_feature_adds(module_or_path: Any) -> int:
     """Number of ``aten::add`` nodes in a traced module adding two computed tensors (neither a
-    constant nor a parameter): the shortcut additions."""
+    constant nor a parameter): the shortcut additions. A path is loaded, which runs its code:
+    pass only files you exported yourself."""
     module = _load_torchscript(module_or_path)
     skip = {"prim::Constant", "prim::GetAttr"}
     count = 0
@@ -464,7 +467,8 @@ def verify_torchscript(
     input_dtype: str = "float32",
 ) -> float:
     """Largest relative error between a saved TorchScript module and ``model`` on random inputs
-    (of ``input_dtype``)."""
+    (of ``input_dtype``). A path is loaded, which runs its code: pass only files you exported
+    yourself."""
     module = _load_torchscript(module_or_path)
     shape = _check_input_shape(input_shape)
     gen = torch.Generator().manual_seed(seed)
