@@ -89,8 +89,7 @@ def run_demo(
     wall_s = time.perf_counter() - start
     about = None
     if pretrained is not None:
-        about = (PACKAGED_TEACHER_NOTE if config is None and not train_teacher
-                 else f"checkpoint {pretrained}")
+        about = PACKAGED_TEACHER_NOTE if config is None else f"checkpoint {pretrained}"
     table = format_table(rows, base, wall_s, about)
     print("\n" + table)
     write_text_atomic(out_dir / "summary.json", json.dumps(
