@@ -48,11 +48,11 @@ import torch
 from torch import nn
 
 from resdist.config import OptimConfig
-from resdist.deploy.profile import available_cores, cpu_model, load_average
 from resdist.distill import CrossEntropy, ResidualDistiller
 from resdist.engine import build_optimizer
 from resdist.engine.denormals import set_flush_denormal
 from resdist.engine.trainer import amp_setup, optimizer_step
+from resdist.machine import available_cores, cpu_model, load_average
 from resdist.models import calibrate_bn, create_model
 from resdist.models.memory_format import to_channels_last
 

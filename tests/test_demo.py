@@ -73,7 +73,7 @@ def test_demo_evaluates_the_packaged_teacher_and_trains_only_the_students(tmp_pa
 
     teacher = packaged_weights(demo.DEMO_TEACHER)
     ckpt = load_checkpoint(teacher)  # weights-only, like every checkpoint
-    assert ckpt["model_name"] == "resnet32" and ckpt["config"]["data"]["name"] == "fashion-mnist"
+    assert ckpt.model_name == "resnet32" and ckpt.config["data"]["name"] == "fashion-mnist"
     assert teacher.stat().st_size < 3_000_000
     write_fmnist(tmp_path / "fm", n_train=160, n_test=40)  # eval builds 128-image batches too
     out = tmp_path / "demo"

@@ -244,7 +244,7 @@ def test_disk_full(tmp_path, capsys, monkeypatch, trained, how):
         assert "cannot write" in line and "no space left on the device" in line
         assert "(epoch 1) is kept" in line and "metrics of epoch 2 are not written" in line
         assert "--resume" in line
-        assert load_checkpoint(run / "last.pth")["epoch"] == 1
+        assert load_checkpoint(run / "last.pth").epoch == 1
         assert _epochs(run) == [1]
         assert not list(run.glob(".*.tmp"))
     finally:
@@ -379,7 +379,7 @@ def test_bad_image(tmp_path, capsys):
     out, err = ok(_imagefolder_args(root, tmp_path / "b", "--set", "data.skip_bad_images=true"),
                   capsys)
     assert "left out 2 unreadable image files" in err and "left out 1 unreadable" in err
-    assert load_checkpoint(tmp_path / "b" / "last.pth")["metrics"]["test_samples"] == 4
+    assert load_checkpoint(tmp_path / "b" / "last.pth").metrics["test_samples"] == 4
 
 
 def test_empty_split(tmp_path, capsys):
@@ -444,8 +444,164 @@ def test_interrupt(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", ctrl_c)
     assert fails(_train(run, epochs=2), capsys, code=130) == "interrupted"
-    assert load_checkpoint(run / "last.pth")["epoch"] == 1
+    assert load_checkpoint(run / "last.pth").epoch == 1
     assert not (run / ".lock").exists()
+
+
+# --- strange-checkpoint-field ----------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, words", [
+    ("model_kwargs", "num_classes=4", "model_kwargs must be a mapping"),
+    ("model_kwargs", {"num_classes": 4.5, "in_chans": 1}, "num_classes must be a whole number"),
+    ("config", ["data"], "config must be a mapping"),
+    ("config", {"data": {"batch_size": "many"}}, "data.batch_size must be an integer"),
+    ("epoch", "1", "epoch must be a whole number"),
+    ("model_name", "../../etc/passwd", "is not a model resdist builds"),
+    ("input_contract", {"input_shape": [1, 8, 8], "color_mode": "L", "resize": 8,
+                        "mean": [float("nan")], "std": [1.0], "class_names": []},
+     "finite numbers"),
+])
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_strange_checkpoint_field(tmp_path, capsys, trained, field, value, words, command):
+    raw = torch.load(trained / "last.pth", weights_only=True)
+    raw[field] = value
+    path = tmp_path / "odd.pth"
+    torch.save(raw, path)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(image)
+    args = {"eval": ["eval", "--checkpoint", str(path)],
+            "predict": ["predict", str(path), str(image)],
+            "export": ["export", "--checkpoint", str(path), "--format", "torchscript",
+                       "--out", str(tmp_path / "m.pt")]}[command]
+    if command != "eval" and value == {"data": {"batch_size": "many"}}:
+        ok(args, capsys)  # predict and export never use the run's settings
+        return
+    line = fails(args, capsys)
+    assert words in line and str(path) in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+# --- model-too-large -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_model_too_large(tmp_path, capsys, dry_run):
+    args = _train(tmp_path / "r", "--set", "model.width_mult=1e6", *(["--dry-run"] * dry_run))
+    line = fails(args, capsys)
+    assert "more than the" in line and "of memory free on this machine" in line
+    assert not (tmp_path / "r").exists()
+
+
+# --- teacher-does-not-fit --------------------------------------------------------------------
+
+def test_teacher_does_not_fit(tmp_path, capsys):
+    rgb = tmp_path / "rgb"
+    ok(_train(rgb, "--model", "resnet20", "--set", "data.synthetic_channels=3"), capsys)
+    grey = tmp_path / "grey"
+    line = fails(_train(grey, "--method", "kd", "--teacher-checkpoint", str(rgb)), capsys)
+    assert "takes 3-channel images, the data has 1" in line
+    assert not grey.exists()  # nothing left behind: the next attempt needs no --overwrite
+    plain = tmp_path / "plain"
+    ok(_train(plain), capsys)
+    line = fails(_train(tmp_path / "s", "--method", "jointrd", "--teacher-checkpoint",
+                        str(plain)), capsys)
+    assert "a network without shortcuts" in line and "--model resnet20" in line
+    assert not (tmp_path / "s").exists()
+
+
+# --- high-bit-depth-image --------------------------------------------------------------------
+
+def test_high_bit_depth_image(tmp_path, capsys, trained, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    by8, _ = ok(["predict", str(trained), str(tmp_path / "8.png"), "--json"], capsys)
+    by16, _ = ok(["predict", str(trained), str(tmp_path / "16.png"), "--json"], capsys)
+    assert json.loads(by8)[0]["top"] == json.loads(by16)[0]["top"]
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "f.tiff")
+    line = fails(["predict", str(trained), str(tmp_path / "f.tiff")], capsys)
+    assert "floating-point image" in line
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 8x8 = 64 pixels: a "bomb"
+    line = fails(["predict", str(trained), str(tmp_path / "8.png")], capsys)
+    assert "decompression bomb" in line
+    root = tmp_path / "imgs"
+    write_imagefolder(root, num_classes=2, n_train=4, n_val=2, size=20)
+    line = fails(_imagefolder_args(root, tmp_path / "a"), capsys)
+    assert "decompression bomb" in line and "corrupt" not in line
+
+
+# --- folder-link -----------------------------------------------------------------------------
+
+def test_folder_link(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    classes = write_imagefolder(root, num_classes=2, n_train=4, n_val=2, size=20)
+    link = root / "train" / classes[0] / "up"
+    link.symlink_to("..")
+    line = fails(_imagefolder_args(root, tmp_path / "a"), capsys)
+    assert str(link) in line and "does not follow links to folders" in line
+    assert not (tmp_path / "a").exists()
+    link.unlink()
+    other = tmp_path / "elsewhere"
+    shutil.copytree(root / "val" / classes[1], other)
+    (root / "train" / classes[0] / "more").symlink_to(other)  # a link out of the data root
+    assert "does not follow links" in fails(_imagefolder_args(root, tmp_path / "b"), capsys)
+
+
+# --- bad-yaml --------------------------------------------------------------------------------
+
+def test_bad_yaml(tmp_path, capsys):
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- data\n- model\n")
+    line = fails(["train", "--config", str(listing), "--dry-run"], capsys)
+    assert "must be a mapping of sections" in line
+    line = fails(_train(tmp_path / "r", "--set", "data.batch_size=[1", "--dry-run"), capsys)
+    assert "not valid YAML" in line and "data.batch_size=[1" in line
+    line = fails(_train(tmp_path / "r", "--seed", str(10**20), "--dry-run"), capsys)
+    assert "train.seed must lie in [0, 4.29497e+09]" in line
+
+
+# --- bad-contract / truncated-export --------------------------------------------------------
+
+def test_bad_contract(tmp_path, capsys, trained):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    good = tmp_path / "m.onnx"
+    ok(["export", "--checkpoint", str(trained), "--out", str(good)], capsys)
+    model = onnx.load(good)
+    for prop in model.metadata_props:
+        if prop.key == "input_contract":
+            prop.value = json.dumps({**json.loads(prop.value), "std": [0.0]})
+    onnx.save(model, tmp_path / "bad.onnx")
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(image)
+    for args in (["predict", str(tmp_path / "bad.onnx"), str(image)],
+                 ["eval", "--checkpoint", str(tmp_path / "bad.onnx"), "--data", "synthetic"]):
+        line = fails(args, capsys)
+        assert "positive std" in line and "bad.onnx" in line
+
+
+def test_truncated_export(tmp_path, capsys, trained):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    good = tmp_path / "m.onnx"
+    ok(["export", "--checkpoint", str(trained), "--out", str(good)], capsys)
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(image)
+    for args in (["predict", str(cut), str(image)],
+                 ["eval", "--checkpoint", str(cut), "--data", "synthetic"]):
+        line = fails(args, capsys)
+        assert "truncated" in line and "export it again" in line
 
 
 # --- suite-record-mismatch --------------------------------------------------------------------

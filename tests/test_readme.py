@@ -123,8 +123,9 @@ def _deploy_example(text: str) -> str:
 def test_readme_onnx_runtime_example_prints_the_predicted_class(tmp_path: Path, capsys):
     """The example runs as written, on an exported model and a PNG, and agrees with predict;
     docs/deploy.md repeats it verbatim."""
+    from resdist.data.contract import contract_for_data
     from resdist.deploy import export
-    from resdist.engine.checkpoint import save_checkpoint
+    from resdist.engine.checkpoint import Checkpoint
     from resdist.models import create_model
 
     code = _deploy_example(README.read_text())
@@ -132,10 +133,8 @@ def test_readme_onnx_runtime_example_prints_the_predicted_class(tmp_path: Path, 
     assert len(code.strip().splitlines()) <= 14
     kw = {"num_classes": 10, "in_chans": 1, "width_mult": 0.25}
     model = create_model("plain20", **kw)
-    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "plain20",
-                            "model_kwargs": kw, "input_shape": [1, 28, 28],
-                            "config": {"data": {"name": "fashion-mnist"}}},
-                           tmp_path / "last.pth")
+    ckpt = Checkpoint("plain20", kw, model.state_dict(),
+                      contract=contract_for_data("fashion-mnist")).save(tmp_path / "last.pth")
     export(ckpt, "onnx", tmp_path / "plain56.onnx", opset=17, verify=False)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(
@@ -149,3 +148,23 @@ def test_readme_onnx_runtime_example_prints_the_predicted_class(tmp_path: Path, 
 
     best = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
     assert proc.stdout.strip() == best
+
+
+def test_docs_own_loop_checkpoint_example_makes_a_file_every_command_takes(tmp_path, capsys,
+                                                                          monkeypatch):
+    """docs/deploy.md's "from your own loop" example runs as written and its file predicts."""
+    from resdist.models import create_model
+
+    text = (README.parent / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (code,) = [b for b in blocks if "Checkpoint(" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(code, {"model": create_model("plain20", num_classes=10, in_chans=1)})  # noqa: S102
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "x.png")
+    from resdist.data.fashion_mnist import CLASS_NAMES
+    from resdist.engine import load_checkpoint
+
+    assert main(["predict", "plain20.pth", "x.png", "--topk", "1"]) == 0
+    out = capsys.readouterr().out
+    assert any(name in out for name in CLASS_NAMES), out  # a Fashion-MNIST class by name
+    assert load_checkpoint("plain20.pth").contract.class_names == list(CLASS_NAMES)

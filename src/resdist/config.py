@@ -242,7 +242,7 @@ class Config:
         if t.amp is not None:
             check_choice("train.amp", t.amp, AMP_MODES, "precision")
         check_range("train.epochs", t.epochs, 1)
-        check_range("train.seed", t.seed, 0)
+        check_range("train.seed", t.seed, 0, 2**32 - 1)
         check_range("train.eval_every", t.eval_every, 1)
         check_range("train.accum_steps", t.accum_steps, 1)
         check_range("train.check_every", t.check_every, 1)
@@ -267,6 +267,9 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Config:
         cfg = cls()
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"a config must be a mapping of sections ({', '.join(_sections(cfg))}"
+                              f"), got a {type(d).__name__}")
         for section, values in (d or {}).items():
             if section not in _sections(cfg):
                 raise ConfigError(
@@ -306,7 +309,13 @@ class Config:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form section.key=value")
             key, raw = item.split("=", 1)
-            _set(self, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as e:
+                what = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(f"override {item!r}: the value is not valid YAML ({what}); "
+                                  "quote it or fix it") from e
+            _set(self, key.strip(), value)
         return self
 
 

@@ -236,7 +236,7 @@ def machine(device: str = "auto") -> dict[str, Any]:
     rounding, so every figure names where it was measured."""
     import torch
 
-    from .deploy.profile.environment import available_cores, cpu_model
+    from .machine import available_cores, cpu_model
 
     found = {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
              "cores": available_cores(), "torch": torch.__version__}

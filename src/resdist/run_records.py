@@ -94,13 +94,9 @@ class RunStore:
     def save_teacher(self, seed: int, run: str, checkpoint: str | os.PathLike) -> Path:
         """Keep the weights of the teacher checkpoint ``checkpoint`` (a resdist ``last.pth``)
         as a small checkpoint without optimiser or RNG state; returns its path."""
-        from .engine.checkpoint import load_checkpoint, save_checkpoint
+        from .engine.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(checkpoint)
-        keep = ("model", "model_name", "model_kwargs", "input_shape", "input_contract", "epoch",
-                "config", "metrics")
-        return save_checkpoint({k: ckpt[k] for k in keep if k in ckpt},
-                               self.teacher_path(seed, run))
+        return load_checkpoint(checkpoint).weights_only().save(self.teacher_path(seed, run))
 
 
 def summary_fields(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def _cfg(gpu_run, out: Path, teacher: str, method: str, *sets: str) -> Config:
 def _finite_metrics(out: Path) -> dict:
     ckpt = load_checkpoint(out / "last.pth")
     for k in ("train_loss", "test_loss"):
-        assert torch.isfinite(torch.tensor(ckpt["metrics"][k])), k
+        assert torch.isfinite(torch.tensor(ckpt.metrics[k])), k
     return ckpt
 
 
@@ -69,7 +69,7 @@ def test_every_method_trains_under_autocast(tmp_path, gpu_run, teacher, method, 
 def test_fp16_uses_a_grad_scaler_that_is_saved(tmp_path, gpu_run, teacher):
     train(_cfg(gpu_run, tmp_path, teacher, "jointrd", "train.amp=fp16"))
     ckpt = _finite_metrics(tmp_path)
-    assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0
+    assert ckpt.scaler and ckpt.scaler["scale"] > 0
 
 
 @pytest.mark.parametrize("method", ["ce", "jointrd"])
@@ -109,7 +109,7 @@ def test_a_cuda_checkpoint_resumes_and_evaluates_on_cpu(tmp_path, gpu_run):
     result = train(cpu)
     assert [r["epoch"] for r in result.history] == [1, 2]
     ckpt = load_checkpoint(tmp_path / "last.pth")
-    assert ckpt["epoch"] == 2
+    assert ckpt.epoch == 2
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

@@ -106,3 +106,19 @@ def write_imagefolder(root: Path, num_classes: int = 4, n_train: int = 4, n_val:
                     img = img.convert("L")
                 img.save(folder / f"{wnid}_{i}.{ext}")
     return classes
+
+
+def write_checkpoint(path, model_name, model_kwargs, *, model=None, input_shape=None,
+                     data="synthetic", config=None, **fields):
+    """A resdist checkpoint of ``model`` (default: a fresh ``create_model``) with the contract
+    of a ``data`` network of ``input_shape`` (default: ``in_chans`` x 16 x 16)."""
+    from resdist.data.contract import contract_for_data
+    from resdist.engine.checkpoint import Checkpoint
+    from resdist.models import create_model
+
+    model = model if model is not None else create_model(model_name, **model_kwargs)
+    c, h, _ = input_shape or (model_kwargs.get("in_chans", 3), 16, 16)
+    contract = contract_for_data(data, in_chans=c, image_size=h,
+                                 num_classes=model_kwargs.get("num_classes"))
+    return Checkpoint(model_name, dict(model_kwargs), model.state_dict(), contract=contract,
+                      config=config, **fields).save(path)

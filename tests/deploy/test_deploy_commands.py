@@ -11,9 +11,10 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from resdist.data.contract import contract_for_data  # noqa: E402
 from resdist.deploy import MissingDependencyError, export  # noqa: E402
 from resdist.deploy.commands import add_export_parser, add_profile_parser  # noqa: E402
-from resdist.engine.checkpoint import save_checkpoint  # noqa: E402
+from resdist.engine.checkpoint import Checkpoint  # noqa: E402
 from resdist.models import create_model  # noqa: E402
 
 KW = {"num_classes": 10, "in_chans": 1, "width_mult": 0.5}
@@ -36,8 +37,8 @@ def run(*argv: str) -> int:
 def checkpoint(tmp_path):
     model = create_model("plain20", **KW)
     path = tmp_path / "run" / "last.pth"
-    save_checkpoint({"model": model.state_dict(), "model_name": "plain20", "model_kwargs": KW,
-                     "input_shape": (1, 16, 16)}, path)
+    contract = contract_for_data("synthetic", in_chans=1, image_size=16, num_classes=10)
+    Checkpoint("plain20", KW, model.state_dict(), contract=contract).save(path)
     return path
 
 

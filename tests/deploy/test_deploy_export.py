@@ -12,6 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 
+from resdist.data.contract import contract_for_data  # noqa: E402
 from resdist.deploy import (  # noqa: E402
     DeployError,
     count_feature_adds,
@@ -21,7 +22,7 @@ from resdist.deploy import (  # noqa: E402
     export_torchscript,
     verify_onnx,
 )
-from resdist.engine.checkpoint import save_checkpoint  # noqa: E402
+from resdist.engine.checkpoint import Checkpoint  # noqa: E402
 from resdist.models import Bottleneck, ResNet, create_model  # noqa: E402
 
 SMALL = {"num_classes": 10, "in_chans": 1, "width_mult": 0.5}
@@ -122,8 +123,9 @@ def test_torchscript_round_trip(tmp_path):
 def _checkpoint(tmp_path, name="plain20", **kwargs):
     model = randomize(create_model(name, **SMALL, **kwargs))
     path = tmp_path / "ckpt.pth"
-    save_checkpoint({"model": model.state_dict(), "model_name": name,
-                     "model_kwargs": {**SMALL, **kwargs}, "input_shape": SHAPE}, path)
+    contract = contract_for_data("synthetic", in_chans=SHAPE[0], image_size=SHAPE[1],
+                                 num_classes=SMALL["num_classes"])
+    Checkpoint(name, {**SMALL, **kwargs}, model.state_dict(), contract=contract).save(path)
     return path, model
 
 

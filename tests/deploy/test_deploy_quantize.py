@@ -250,16 +250,22 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     junk = tmp_path / "model.onnx"
     junk.write_text("not a model at all\n")
     err = _one_line_error(["eval", "--checkpoint", str(junk), "--data-dir", str(fmnist)], capsys)
-    assert "neither a resdist checkpoint nor an ONNX model" in err
+    assert "not an ONNX model, or truncated" in err
     with pytest.raises(DeployError):
         model_file_kind(junk)
     err = _one_line_error(["eval", "--checkpoint", str(tmp_path / "missing.onnx")], capsys)
     assert "ONNX file not found" in err
-    # an fp32 export carries no data set name: eval asks for --data
+    # an fp32 export names its data set in its contract; a graph without metadata does not,
+    # and eval asks for --data
     plain = tmp_path / "plain.onnx"
     export(ckpt, "onnx", plain)
-    err = _one_line_error(["eval", "--checkpoint", str(plain), "--data-dir", str(fmnist)],
-                          capsys)
+    assert main(["eval", "--checkpoint", str(plain), "--data-dir", str(fmnist)]) == 0
+    assert "fashion-mnist" in capsys.readouterr().out
+    bare = onnx.load(plain)
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    err = _one_line_error(["eval", "--checkpoint", str(tmp_path / "bare.onnx"), "--data-dir",
+                           str(fmnist)], capsys)
     assert "--data" in err
     # a model for 28x28x1 images on a data set of 32x32x3 images
     err = _one_line_error(["eval", "--checkpoint", str(plain), "--data", "synthetic"], capsys)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 from resdist.cli import main  # noqa: E402
 from resdist.config import Config  # noqa: E402
 from resdist.data import build_data  # noqa: E402
-from resdist.data.contract import InputContract, contract_from_checkpoint  # noqa: E402
+from resdist.data.contract import InputContract  # noqa: E402
 from resdist.deploy import export  # noqa: E402
 from resdist.deploy.export import onnx_opset, read_contract  # noqa: E402
 from resdist.deploy.predict import Predictor, load_image, predict  # noqa: E402
@@ -70,8 +71,7 @@ def _plain(obj) -> bool:
 
 
 def test_checkpoint_records_the_contract_as_plain_types(trained):
-    ckpt = load_checkpoint(trained["ckpt"])
-    recorded = ckpt["input_contract"]
+    recorded = torch.load(trained["ckpt"], weights_only=True)["input_contract"]
     assert _plain(recorded)
     contract = InputContract.from_dict(recorded)
     assert contract.input_shape == [1, 16, 16] and contract.color_mode == "L"
@@ -87,7 +87,7 @@ def test_contract_round_trip_checkpoint_onnx_predict(trained, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     report = export(trained["ckpt"], "onnx", onnx_path, opset=17)
     contract = read_contract(onnx_path)
-    assert contract == contract_from_checkpoint(load_checkpoint(trained["ckpt"]))
+    assert contract == load_checkpoint(trained["ckpt"]).contract
     assert report["input_contract"] == contract.to_dict()
     assert "(x / 255 - mean) / std" in report["expects"]
     by_onnx = predict(onnx_path, [trained["folder"]], topk=2)  # a folder of PNGs
@@ -191,14 +191,79 @@ def test_images_are_converted_resized_and_cropped_per_the_contract(tmp_path):
 
 def test_old_checkpoint_contract_comes_from_its_config(tmp_path):
     """Checkpoints written before the contract existed: derived from the saved config."""
-    from resdist.engine.checkpoint import save_checkpoint
     from resdist.models import create_model
 
     kw = {"num_classes": 10, "in_chans": 1, "width_mult": 0.25}
-    path = save_checkpoint({"model": create_model("plain20", **kw).state_dict(),
-                            "model_name": "plain20", "model_kwargs": kw,
-                            "input_shape": [1, 28, 28], "config": Config().to_dict()},
-                           tmp_path / "old.pth")
+    path = tmp_path / "old.pth"
+    torch.save({"model": create_model("plain20", **kw).state_dict(), "model_name": "plain20",
+                "model_kwargs": kw, "input_shape": [1, 28, 28], "config": Config().to_dict()},
+               path)
     contract = Predictor.load(path).contract
     assert contract.dataset == "fashion-mnist" and contract.mean == [0.286]
     assert contract.class_names[0] == "T-shirt/top" and contract.resize == 28
+
+
+@pytest.mark.parametrize("options", [{}, {"preprocess": True},
+                                     {"preprocess": True, "input_dtype": "uint8"}],
+                         ids=["plain", "preprocess", "uint8"])
+def test_eval_of_every_onnx_export_equals_eval_of_its_checkpoint(trained, tmp_path, options):
+    """Baked normalisation and uint8 input: evaluation feeds what the contract asks for."""
+    from resdist.deploy.onnx_eval import evaluate_onnx_file
+    from resdist.engine.evaluation import evaluate_checkpoint
+
+    path = tmp_path / "m.onnx"
+    export(trained["ckpt"], "onnx", path, opset=17, **options)
+    cfg = Config.from_dict(TINY).data
+    by_onnx = evaluate_onnx_file(path, cfg)
+    by_ckpt = evaluate_checkpoint(trained["ckpt"], device="cpu")
+    assert by_onnx["samples"] == by_ckpt.samples
+    assert by_onnx["top1"] == pytest.approx(by_ckpt.top1)
+    assert by_onnx["loss"] == pytest.approx(by_ckpt.loss, rel=1e-4, abs=1e-5)
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped(trained, tmp_path):
+    """A 16-bit PNG of the same picture predicts as its 8-bit original (Pillow's convert alone
+    would clip every pixel above 255 to white)."""
+    pixels = trained["raw"][0][0].numpy()
+    deep = tmp_path / "deep.png"
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(deep)
+    assert Image.open(deep).mode == "I;16"
+    from resdist.deploy.predict import load_image
+
+    contract = Predictor.load(trained["ckpt"]).contract
+    assert np.array_equal(load_image(deep, contract), load_image(trained["files"][0], contract))
+
+
+def _with_contract(src: Path, dst: Path, **changes) -> Path:
+    import onnx
+
+    model = onnx.load(src)
+    for p in model.metadata_props:
+        if p.key == "input_contract":
+            p.value = json.dumps({**json.loads(p.value), **changes})
+    onnx.save(model, dst)
+    return dst
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"mean": [float("nan")]}, "finite numbers"),
+    ({"normalized_inside": "false"}, "normalized_inside must be true or false"),
+    ({"resize": 0}, "resize must hold whole numbers"),
+    ({"resize": 10**9}, "resize must hold whole numbers"),
+    ({"resize": True}, "resize must hold whole numbers"),
+    ({"class_names": "abcd"}, "class_names must be a list"),
+    ({"class_names": {"0": "a"}}, "class_names must be a list"),
+    ({"input_shape": [1, 32, 32], "resize": 32}, "the graph takes input"),
+    ({"input_shape": [3, 16, 16], "color_mode": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1]},
+     "the graph takes input"),
+    ({"color_mode": "RGB"}, "color_mode 'RGB' does not fit 1 channels"),
+    ({"class_names": ["a", "b"]}, "outputs 4 logits but its contract names 2"),
+    ({"input_dtype": "uint8", "normalized_inside": True}, "takes float32 input"),
+])
+def test_a_strangers_contract_is_checked_before_use(trained, tmp_path, capsys, changes, words):
+    good = tmp_path / "good.onnx"
+    export(trained["ckpt"], "onnx", good, opset=17, verify=False)
+    bad = _with_contract(good, tmp_path / "bad.onnx", **changes)
+    assert main(["predict", str(bad), str(trained["files"][0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and "Traceback" not in err

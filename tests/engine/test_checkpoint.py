@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from resdist.engine.checkpoint import (
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
@@ -50,9 +51,9 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
 
 def _checkpoint(tmp_path) -> Path:
     model = create_model("plain20", num_classes=3, in_chans=1, width_mult=0.25)
-    state = {"model": model.state_dict(), "model_name": "plain20",
-             "model_kwargs": {"num_classes": 3, "in_chans": 1, "width_mult": 0.25},
-             "epoch": 1, "rng": rng_state(), "config": {"train": {"seed": 0}}}
+    state = Checkpoint("plain20", {"num_classes": 3, "in_chans": 1, "width_mult": 0.25},
+                       model.state_dict(), epoch=1, rng=rng_state(),
+                       config={"train": {"seed": 0}})
     return save_checkpoint(state, tmp_path / "last.pth")
 
 
@@ -69,7 +70,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     np.random.seed(4)
     torch.manual_seed(5)
     np.random.normal()  # a cached Gaussian in NumPy's state
-    save_checkpoint({"rng": rng_state()}, tmp_path / "r.pth")
+    torch.save({"rng": rng_state()}, tmp_path / "r.pth")
     expected = (random.random(), np.random.normal(), np.random.rand(), torch.rand(3))
     random.seed(0)
     np.random.seed(0)
@@ -81,11 +82,11 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
 def test_weights_that_do_not_fit_the_model_are_one_error(tmp_path):
     path = _checkpoint(tmp_path)
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["model_name"] = "plain32"  # another depth: keys missing/unexpected
+    ckpt = load_checkpoint(path)
+    ckpt.model_name = "plain32"  # another depth: keys missing/unexpected
     with pytest.raises(CheckpointError, match="do not fit"):
         model_from_checkpoint(ckpt)
-    ckpt["model_name"], ckpt["model_kwargs"]["num_classes"] = "plain20", 5  # shapes differ
+    ckpt.model_name, ckpt.model_kwargs["num_classes"] = "plain20", 5  # shapes differ
     with pytest.raises(CheckpointError, match="do not fit"):
         model_from_checkpoint(ckpt)
 
@@ -100,7 +101,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, m
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError, match="no space left on the device"):
-        save_checkpoint({"model": {}}, path)
+        save_checkpoint(Checkpoint("plain20", {}, {}), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
@@ -112,3 +113,104 @@ def test_evaluating_an_empty_set_is_an_error():
     model = create_model("plain20", num_classes=3, in_chans=1, width_mult=0.25)
     with pytest.raises(DataError, match="evaluation set is empty"):
         evaluate(model, [])
+
+
+def _raw(tmp_path) -> dict:
+    return torch.load(_checkpoint(tmp_path), weights_only=True)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("model_name", "evil", "model_name 'evil' is not a model"),
+    ("model_name", ["plain20"], "is not a model"),
+    ("model_kwargs", "num_classes=3", "model_kwargs must be a mapping"),
+    ("model_kwargs", {"num_classes": "3"}, "num_classes must be a whole number"),
+    ("model_kwargs", {"num_classes": 3, "width_mult": float("nan")}, "width_mult must be"),
+    ("model", [1, 2], "model must be a state dict"),
+    ("model", {"fc.weight": "x"}, "model must be a state dict"),
+    ("epoch", -1, "epoch must be a whole number"),
+    ("epoch", "1", "epoch must be a whole number"),
+    ("config", ["data"], "config must be a mapping"),
+    ("config", "data: x", "config must be a mapping"),
+    ("optimizer", [0], "optimizer must be a mapping"),
+    ("metrics", {"test_top1": "high"}, "metrics.test_top1 must be a number"),
+    ("input_contract", {"input_shape": [1, 8, 8]}, "input contract lacks"),
+    ("input_shape", [1, "8", 8], r"input_shape must be \[C, H, W\]"),
+])
+def test_every_field_of_a_strangers_checkpoint_is_checked(tmp_path, field, value, words):
+    raw = _raw(tmp_path)
+    raw["config"] = {"data": {"name": "synthetic"}}  # so that a legacy input_shape is read
+    raw[field] = value
+    path = tmp_path / "odd.pth"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=words) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path):
+    raw = _raw(tmp_path)
+    raw["model_kwargs"]["num_classes"] = 10**9
+    torch.save(raw, tmp_path / "huge.pth")
+    ckpt = load_checkpoint(tmp_path / "huge.pth")  # the record itself is well-formed
+    with pytest.raises(CheckpointError, match="more than the .* of memory free"):
+        ckpt.build_model()
+
+
+def test_contract_must_agree_with_the_model(tmp_path):
+    from resdist.data.contract import contract_for_data
+
+    model = create_model("plain20", num_classes=3, in_chans=1, width_mult=0.25)
+    for chans, classes, words in ((3, 3, "3 channels, the model 1"),
+                                  (1, 5, "names 5 classes, the model has 3")):
+        contract = contract_for_data("synthetic", in_chans=chans, image_size=8,
+                                     num_classes=classes)
+        with pytest.raises(CheckpointError, match=words):
+            Checkpoint("plain20", {"num_classes": 3, "in_chans": 1, "width_mult": 0.25},
+                       model.state_dict(), contract=contract)
+
+
+def test_weights_only_copy_drops_the_training_state_and_round_trips(tmp_path):
+    ckpt = load_checkpoint(_checkpoint(tmp_path))
+    small = ckpt.weights_only()
+    assert ckpt.rng is not None and small.rng is None and small.epoch == ckpt.epoch
+    small.save(tmp_path / "w.pth")
+    again = load_checkpoint(tmp_path / "w.pth")
+    assert again.model_name == "plain20" and again.rng is None
+    assert all(torch.equal(again.state_dict[k], v) for k, v in ckpt.state_dict.items())
+
+
+# every key of the file format; "model", "config", "metrics" and "epoch" are too common a word
+# to search for, the distinctive ones stand for the format
+FORMAT_KEYS = {"model_name", "model_kwargs", "input_contract", "input_shape", "optimizer",
+               "scheduler", "objective", "scaler", "rng"}
+
+
+def test_no_module_but_the_checkpoint_record_indexes_the_raw_dict():
+    """``ckpt["model_name"]`` or ``ckpt.get("model_kwargs")`` outside engine/checkpoint.py would
+    be a second owner of the format; variables named like checkpoints may not be indexed by
+    any string at all."""
+    import ast
+
+    import resdist
+
+    root = Path(resdist.__file__).parent
+    owner = root / "engine" / "checkpoint.py"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == owner:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            key, target = None, None
+            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+                key, target = node.slice.value, node.value
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "get" and node.args
+                  and isinstance(node.args[0], ast.Constant)):
+                key, target = node.args[0].value, node.func.value
+            if not isinstance(key, str):
+                continue
+            name = target.id if isinstance(target, ast.Name) else ""
+            if "ckpt" in name or "checkpoint" in name or (
+                    key in FORMAT_KEYS and name in ("state", "raw", "d", "loaded")):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {name}[{key!r}]")
+    assert found == []

@@ -124,22 +124,22 @@ def test_ddp_sync_bn_matches_single_process_global_batch(tmp_path, teacher):
                                      **{"data.batch_size": WORLD * PER_RANK_BATCH})))
         ddp = load_checkpoint(tmp_path / "ddp" / name / "last.pth")
         one = load_checkpoint(tmp_path / "single" / name / "last.pth")
-        assert ddp["epoch"] == one["epoch"] == 2
+        assert ddp.epoch == one.epoch == 2
         # student weights and running statistics, and the objective's own parts (connectors)
-        _assert_states_close(ddp["model"], one["model"], f"{name} model")
-        _assert_states_close(ddp["objective"], one["objective"], f"{name} objective")
+        _assert_states_close(ddp.state_dict, one.state_dict, f"{name} model")
+        _assert_states_close(ddp.objective, one.objective, f"{name} objective")
         # metrics: training terms averaged over ranks, test counts summed over disjoint shards
-        m_ddp, m_one = ddp["metrics"], one["metrics"]
+        m_ddp, m_one = ddp.metrics, one.metrics
         assert m_ddp["test_samples"] == m_one["test_samples"] == 23
         assert m_ddp["test_top1"] == pytest.approx(m_one["test_top1"]), name
         for k in ("train_loss", "test_loss"):
             assert m_ddp[k] == pytest.approx(m_one[k], rel=1e-4, abs=1e-5), (name, k)
-    assert any(k.startswith("connectors.") for k in ddp["objective"])
+    assert any(k.startswith("connectors.") for k in ddp.objective)
 
     # resumed across ranks == uninterrupted (constant LR, no augmentation)
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pth")
-    assert resumed["epoch"] == 2
-    _assert_states_close(resumed["model"], load_checkpoint(tmp_path / "ddp/ce/last.pth")["model"],
+    assert resumed.epoch == 2
+    _assert_states_close(resumed.state_dict, load_checkpoint(tmp_path / "ddp/ce/last.pth").state_dict,
                          "resumed model")
     rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
@@ -155,11 +155,11 @@ def test_ddp_with_augmentation_matches_single_process_on_a_resnet(tmp_path):
                                  **{"data.batch_size": WORLD * PER_RANK_BATCH})))
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pth")
     one = load_checkpoint(tmp_path / "one" / "last.pth")
-    assert ddp["epoch"] == one["epoch"] == 2  # 4 SGD steps
-    worst = max((ddp["model"][k] - one["model"][k]).abs().max().item()
-                for k in _float_state(one["model"]))
+    assert ddp.epoch == one.epoch == 2  # 4 SGD steps
+    worst = max((ddp.state_dict[k] - one.state_dict[k]).abs().max().item()
+                for k in _float_state(one.state_dict))
     print(f"max |DDP - single| over parameters and BN statistics: {worst:.1e}")
-    _assert_states_close(ddp["model"], one["model"], "resnet20 with augmentation")
+    _assert_states_close(ddp.state_dict, one.state_dict, "resnet20 with augmentation")
 
 
 def test_ddp_runs_every_method(tmp_path, teacher):
@@ -176,11 +176,11 @@ def test_ddp_runs_every_method(tmp_path, teacher):
              for name, sets in methods.items()])
     for name in methods:
         ckpt = load_checkpoint(tmp_path / name / "last.pth")
-        assert ckpt["epoch"] == 1, name
+        assert ckpt.epoch == 1, name
         for k in ("train_loss", "test_loss"):
-            assert torch.isfinite(torch.tensor(ckpt["metrics"][k])), (name, k)
+            assert torch.isfinite(torch.tensor(ckpt.metrics[k])), (name, k)
     assert any(k.startswith("connectors.")
-               for k in load_checkpoint(tmp_path / "jointrd-cotrain/last.pth")["objective"])
+               for k in load_checkpoint(tmp_path / "jointrd-cotrain/last.pth").objective)
 
 
 def test_torchrun_cli_writes_one_run_dir_from_rank_zero(tmp_path):
@@ -200,7 +200,7 @@ def test_torchrun_cli_writes_one_run_dir_from_rank_zero(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["test_samples"] == 16 for r in rows)
     assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3
-    assert load_checkpoint(out / "last.pth")["epoch"] == 2
+    assert load_checkpoint(out / "last.pth").epoch == 2
 
 
 _FIRST_WORKER = """

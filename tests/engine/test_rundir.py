@@ -100,8 +100,28 @@ def test_lock_is_released_when_training_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train(_cfg(run))
+    assert not run.exists()  # a new run that failed before its first checkpoint leaves nothing
+    run.mkdir()
     with RunLock(run):  # free again
         pass
+
+
+def test_a_failed_fresh_run_leaves_nothing_but_a_failed_resume_keeps_the_run(tmp_path,
+                                                                           monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")  # not a run file: never touched
+    real_fit = trainer_module.Trainer.fit
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train(_cfg(run))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    monkeypatch.setattr(trainer_module.Trainer, "fit", real_fit)
+    train(_cfg(run))  # no --overwrite needed
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train(_cfg(run, **{"train.resume": True, "train.epochs": 3}))
+    assert {"config.yaml", "last.pth", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
 
 
 @pytest.mark.parametrize("moment", ["before_row", "during_checkpoint"])
@@ -115,7 +135,7 @@ def test_crash_then_resume_leaves_one_metrics_row_per_epoch(tmp_path, monkeypatc
         real_log(self, row)
 
     def crash_save(state, path):
-        if state["epoch"] == 2:
+        if state.epoch == 2:
             Path(path).with_name(".last.pth.abc123.tmp").write_bytes(b"half a checkpoint")
             raise KeyboardInterrupt  # killed mid-write: a temporary file is left behind
         return real_save(state, path)
@@ -127,7 +147,7 @@ def test_crash_then_resume_leaves_one_metrics_row_per_epoch(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(run, **{"train.epochs": 3}))
     monkeypatch.undo()
-    saved = load_checkpoint(run / "last.pth")["epoch"]
+    saved = load_checkpoint(run / "last.pth").epoch
     assert saved == (2 if moment == "before_row" else 1)
     assert _epochs(run) == [1]
     result = train(_cfg(run, **{"train.epochs": 3, "train.resume": True}))
@@ -167,7 +187,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     assert f"last good checkpoint {run / 'last.pth'} (epoch 1) is kept" in msg
     assert "lower the learning rate" in msg and "\n" not in msg
     assert isinstance(info.value, FloatingPointError)
-    assert load_checkpoint(run / "last.pth")["epoch"] == 1 and _epochs(run) == [1]
+    assert load_checkpoint(run / "last.pth").epoch == 1 and _epochs(run) == [1]
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, capsys):

@@ -33,15 +33,15 @@ def test_train_writes_run_dir_and_resume_continues(tmp_path):
     assert [r["epoch"] for r in rows] == [1]
     assert {"train_loss", "test_top1", "test_top5", "lr", "images_per_s"} <= set(rows[0])
     ckpt = load_checkpoint(run / "last.pth")
-    assert ckpt["epoch"] == 1 and ckpt["model_name"] == "plain20"
-    assert {"optimizer", "scheduler", "rng", "config"} <= set(ckpt)
+    assert ckpt.epoch == 1 and ckpt.model_name == "plain20"
+    assert None not in (ckpt.optimizer, ckpt.scheduler, ckpt.rng, ckpt.config)
 
     # resume: continue to 3 epochs from the checkpoint
     cfg2 = _cfg(tmp_path, **{"train.epochs": 3, "train.resume": True})
     r2 = train(cfg2)
     assert [r["epoch"] for r in r2.history] == [1, 2, 3]
     assert r2.history[0] == r1.history[0]
-    assert load_checkpoint(run / "last.pth")["epoch"] == 3
+    assert load_checkpoint(run / "last.pth").epoch == 3
     model = model_from_checkpoint(run / "last.pth")
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 4)
 
@@ -52,8 +52,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     full = train(_cfg(tmp_path / "a", **{"train.epochs": 2}, **const))
     train(_cfg(tmp_path / "b", **{"train.epochs": 1}, **const))
     resumed = train(_cfg(tmp_path / "b", **{"train.epochs": 2, "train.resume": True}, **const))
-    a = load_checkpoint(tmp_path / "a" / "run" / "last.pth")["model"]
-    b = load_checkpoint(tmp_path / "b" / "run" / "last.pth")["model"]
+    a = load_checkpoint(tmp_path / "a" / "run" / "last.pth").state_dict
+    b = load_checkpoint(tmp_path / "b" / "run" / "last.pth").state_dict
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert resumed.final["test_top1"] == pytest.approx(full.final["test_top1"])
@@ -69,10 +69,10 @@ def test_jointrd_from_teacher_checkpoint_and_val_split(tmp_path):
     assert {"train_ce_student", "train_ce_paths", "train_feat_student", "val_top1"} <= set(row)
     ckpt = load_checkpoint(tmp_path / "s/run/last.pth")
     # only the student is the checkpoint's model; connectors live in the objective state
-    assert not any(k.startswith(("teacher.", "connectors.")) for k in ckpt["model"])
-    assert any(k.startswith("connectors.") for k in ckpt["objective"])
+    assert not any(k.startswith(("teacher.", "connectors.")) for k in ckpt.state_dict)
+    assert any(k.startswith("connectors.") for k in ckpt.objective)
     # the student is saved once (as model) and the frozen teacher not at all
-    assert not any(k.startswith(("student.", "teacher")) for k in ckpt["objective"])
+    assert not any(k.startswith(("student.", "teacher")) for k in ckpt.objective)
     cfg.override(["train.epochs=2", "train.resume=true"])
     r2 = train(cfg)
     assert [row["epoch"] for row in r2.history] == [1, 2]

@@ -15,6 +15,7 @@ An exported graph with the normalisation baked in (``resdist export --preprocess
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,7 +39,7 @@ from .transforms import (
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR100_CLASSES", "InputContract", "contract_for_data",
-    "contract_from_bundle", "contract_from_checkpoint",
+    "contract_from_bundle",
 ]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -54,6 +55,28 @@ tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"""
 CIFAR100_CLASSES = _CIFAR100_NAMES.split()
 
 INPUT_DTYPES = ("float32", "uint8")
+COLOR_MODES = ("L", "RGB", "")
+#: the largest image side or channel count a contract may name (larger ones are damage)
+MAX_SIDE = 16384
+
+
+def _seq(key: str, value: Any) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise DataError(f"input contract: {key} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _whole(key: str, value: Any, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise DataError(f"input contract: {key} must hold whole numbers in [1, {high}], got "
+                        f"{value!r}")
+    return int(value)
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"input contract: {key} must hold finite numbers, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -83,18 +106,38 @@ class InputContract:
     layout: str = field(default="NCHW", init=False)
 
     def __post_init__(self) -> None:
-        self.input_shape = [int(s) for s in self.input_shape]
-        self.mean = [float(m) for m in self.mean]
-        self.std = [float(s) for s in self.std]
-        self.class_names = [str(c) for c in self.class_names]
-        self.resize = int(self.resize)
-        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+        self.input_shape = [_whole("input_shape", s, MAX_SIDE) for s in _seq(
+            "input_shape", self.input_shape)]
+        if len(self.input_shape) != 3:
             raise DataError(f"input contract: input_shape must be [C, H, W], got {self.input_shape}")
-        c = self.input_shape[0]
+        c, h, w = self.input_shape
+        self.mean = [_number("mean", m) for m in _seq("mean", self.mean)]
+        self.std = [_number("std", s) for s in _seq("std", self.std)]
         if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
-            raise DataError(f"input contract: {c} channels but mean {self.mean}, std {self.std}")
+            raise DataError(f"input contract: {c} channels need {c} mean and {c} positive std "
+                            f"values, got mean {self.mean}, std {self.std}")
+        names = _seq("class_names", self.class_names)
+        if not all(isinstance(n, str) for n in names):
+            raise DataError("input contract: class_names must be a list of strings")
+        self.class_names = list(names)
+        self.resize = _whole("resize", self.resize, MAX_SIDE)
+        if self.resize < max(h, w):
+            raise DataError(f"input contract: resize {self.resize} is smaller than the "
+                            f"{h}x{w} crop it is cut to")
+        if self.color_mode not in COLOR_MODES or (self.color_mode or _color_mode(c)) != \
+                _color_mode(c):
+            raise DataError(f"input contract: color_mode {self.color_mode!r} does not fit "
+                            f"{c} channels (1: 'L', 3: 'RGB', otherwise '')")
+        if not isinstance(self.dataset, str):
+            raise DataError(f"input contract: dataset must be a string, got {self.dataset!r}")
+        if not isinstance(self.normalized_inside, bool):
+            raise DataError("input contract: normalized_inside must be true or false, got "
+                            f"{self.normalized_inside!r}")
         if self.input_dtype not in INPUT_DTYPES:
-            raise DataError(f"input contract: input_dtype must be one of {INPUT_DTYPES}")
+            raise DataError(f"input contract: input_dtype must be one of {INPUT_DTYPES}, got "
+                            f"{self.input_dtype!r}")
+        if self.input_dtype == "uint8" and not self.normalized_inside:
+            raise DataError("input contract: input_dtype uint8 needs normalized_inside")
 
     @property
     def value_range(self) -> list[float]:
@@ -121,10 +164,7 @@ class InputContract:
         missing = {"input_shape", "color_mode", "resize", "mean", "std", "class_names"} - set(d)
         if missing:
             raise DataError(f"input contract lacks {', '.join(sorted(missing))}")
-        try:
-            return cls(**{k: v for k, v in d.items() if k in names})
-        except (TypeError, ValueError) as e:
-            raise DataError(f"bad input contract: {e}") from e
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def from_json(cls, text: str) -> InputContract:
@@ -208,21 +248,4 @@ def contract_from_bundle(data: Any) -> InputContract:
         data.name, in_chans=data.in_chans, image_size=data.image_size,
         num_classes=data.num_classes, class_names=data.class_names,
         mean=data.mean or None, std=data.std or None,
-    )
-
-
-def contract_from_checkpoint(ckpt: dict[str, Any]) -> InputContract:
-    """The contract a checkpoint records, or, for checkpoints written before it was recorded,
-    the one derived from the run's saved config, input shape and class count."""
-    if ckpt.get("input_contract"):
-        return InputContract.from_dict(ckpt["input_contract"])
-    data = (ckpt.get("config") or {}).get("data") or {}
-    shape = ckpt.get("input_shape")
-    if "name" not in data or not shape:
-        raise DataError("the checkpoint records neither an input contract nor the data set and "
-                        "input shape it was trained on")
-    kw = ckpt.get("model_kwargs") or {}
-    return contract_for_data(
-        data["name"], in_chans=int(shape[0]), image_size=int(shape[1]),
-        num_classes=kw.get("num_classes"), data_dir=data.get("data_dir"),
     )

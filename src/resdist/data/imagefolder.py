@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
 from .errors import DataError
+from .images import bomb_reason, pil_loader
 from .locations import default_data_dir, show
 from .transforms import imagefolder_eval_transform, imagefolder_train_transform
+
+
+def folder_links(class_dir: str | os.PathLike) -> list[Path]:
+    """The links to folders inside ``class_dir`` (not below one: a link is not followed). A
+    class folder that is itself a link is fine; links to single files are too."""
+    found = []
+    for here, dirs, _ in os.walk(class_dir, followlinks=False):
+        found += [Path(here) / d for d in dirs if os.path.islink(os.path.join(here, d))]
+    return sorted(found)
 
 
 def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
     from torchvision.datasets import ImageFolder
 
+    class _Folder(ImageFolder):
+        """``ImageFolder`` that refuses links to folders inside a class folder: followed, a link
+        such as ``cat/up -> ..`` would bring every other class's images in as cats."""
+
+        @staticmethod
+        def make_dataset(directory, class_to_idx, *args, **kwargs):
+            for name in sorted(class_to_idx):
+                links = folder_links(Path(directory) / name)
+                if links:
+                    raise DataError(
+                        f"{show(links[0])} is a link to the folder {os.readlink(links[0])}"
+                        + (f" (and {len(links) - 1} more links)" if len(links) > 1 else "")
+                        + "; resdist does not follow links to folders inside a class folder "
+                        "(they can mix classes or loop); copy or link the images themselves")
+            return ImageFolder.make_dataset(directory, class_to_idx, *args, **kwargs)
+
     if not root.is_dir():
         raise DataError(f"{show(root)}: no such folder")
     try:
-        return ImageFolder(str(root), transform=transform)
+        return _Folder(str(root), transform=transform, loader=pil_loader)
     except (FileNotFoundError, OSError) as e:
         # torchvision: "Couldn't find any class folder" / "Found no valid file for the classes"
         raise DataError(f"{show(root)}: {e}") from e
@@ -37,6 +64,8 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
                 continue
             with Image.open(path) as im:
                 im.verify()
+        except Image.DecompressionBombError as e:
+            bad.append((path, bomb_reason(e)))
         except OSError as e:  # PIL.UnidentifiedImageError is an OSError too
             bad.append((path, e.strerror or str(e).split("\n")[0]))
         except Exception as e:  # verify() raises several types for corrupt data

@@ -17,12 +17,30 @@ def load_onnx(model_or_path: Any) -> Any:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     if isinstance(model_or_path, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model_or_path))
+        try:
+            return onnx.load_from_string(bytes(model_or_path))
+        except Exception as e:
+            raise DeployError(f"not an ONNX model, or truncated ({_first_line(e)})") from e
     if isinstance(model_or_path, (str, os.PathLike)):
         if not os.path.isfile(model_or_path):
             raise DeployError(f"ONNX file not found: {model_or_path}")
-        return onnx.load(os.fspath(model_or_path))
+        try:
+            model = onnx.load(os.fspath(model_or_path))
+        except Exception as e:  # a truncated file, or external data onnx refuses to read
+            raise DeployError(f"cannot read {model_or_path}: not an ONNX model, truncated, or "
+                              f"its external data is refused ({_first_line(e)}); export it "
+                              "again") from e
+        if not model.HasField("graph") or not model.graph.node:
+            raise DeployError(f"{model_or_path} is not an ONNX model (no graph); export it "
+                              "again")
+        return model
     raise DeployError(f"expected an ONNX model or a path, got {type(model_or_path).__name__}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= 200 else line[:200] + " ..."
 
 
 def graph_inputs(model: Any) -> list[Any]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, write_failure
-from ..data.contract import InputContract, contract_from_checkpoint
+from ..data.contract import InputContract
 from ..data.errors import DataError
 from ..models.fold import to_deploy
 from ._onnx_graph import (
@@ -276,13 +276,22 @@ def _example_input(batch: int, shape: Sequence[int], input_dtype: str,
 
 
 def read_contract(path: str | os.PathLike) -> InputContract | None:
-    """The input contract an exported ONNX or TorchScript file records (None if it has none)."""
+    """The input contract an exported ONNX or TorchScript file records (None if it has none).
+
+    Read without running anything (a TorchScript archive's zip directory only) and checked
+    field by field; for ONNX the graph's input (type, fixed dims) and output class count must
+    agree with it.
+
+    Raises:
+        DeployError: the contract is malformed, or the ONNX graph does not take what it says.
+    """
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"model file not found: {path}")
+    proto = None
     if path.suffix.lower() == ".onnx":
-        props = {p.key: p.value for p in load_onnx(path).metadata_props}
-        text = props.get(CONTRACT_KEY)
+        proto = load_onnx(path)
+        text = {p.key: p.value for p in proto.metadata_props}.get(CONTRACT_KEY)
     else:  # read from the archive's zip directory: loading the module would run its code
         from ..safe_load import is_torchscript, torchscript_extra_file
 
@@ -291,7 +300,41 @@ def read_contract(path: str | os.PathLike) -> InputContract | None:
         text = torchscript_extra_file(path, f"{CONTRACT_KEY}.json")
     if not text:
         return None
-    return InputContract.from_json(text if isinstance(text, str) else text.decode())
+    try:
+        contract = InputContract.from_json(text if isinstance(text, str) else text.decode())
+    except DataError as e:
+        raise DeployError(f"{path}: {e}") from e
+    if proto is not None:
+        check_graph_contract(proto, contract, path)
+    return contract
+
+
+ONNX_DTYPES = {1: "float32", 2: "uint8"}  # TensorProto.FLOAT, TensorProto.UINT8
+
+
+def check_graph_contract(proto: Any, contract: InputContract, path: Any = "the model") -> None:
+    """Raise :class:`DeployError` unless the ONNX graph has one input of the contract's dtype
+    and (where fixed) shape ``N x C x H x W``, and (where fixed) one logit per class name."""
+    inputs = graph_inputs(proto)
+    if len(inputs) != 1:
+        raise DeployError(f"{path}: the graph has {len(inputs)} inputs, a resdist model one")
+    shapes = value_shapes(proto)
+    dims, elem = shapes[inputs[0].name]
+    dtype = ONNX_DTYPES.get(elem, f"ONNX type {elem}")
+    if dtype != contract.input_dtype:
+        raise DeployError(f"{path}: the graph takes {dtype} input but its contract says "
+                          f"{contract.input_dtype}; export it again")
+    want = [None, *contract.input_shape]
+    if dims is not None and (len(dims) != 4 or any(
+            isinstance(d, int) and w is not None and d != w for d, w in zip(dims, want))):
+        raise DeployError(f"{path}: the graph takes input {dims} but its contract says "
+                          f"N x {' x '.join(map(str, contract.input_shape))}; export it again")
+    out_dims = shapes.get(proto.graph.output[0].name, (None, 0))[0] if proto.graph.output \
+        else None
+    if out_dims and len(out_dims) == 2 and isinstance(out_dims[1], int) \
+            and contract.class_names and out_dims[1] != len(contract.class_names):
+        raise DeployError(f"{path}: the graph outputs {out_dims[1]} logits but its contract "
+                          f"names {len(contract.class_names)} classes; export it again")
 
 
 def count_feature_adds(onnx_model_or_path: Any) -> int:
@@ -505,24 +548,16 @@ def _load_source(
         raise DeployError(
             f"expected a checkpoint path or an nn.Module, got {type(checkpoint_or_model).__name__}"
         )
-    from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..engine.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint_or_model)
-    try:
-        model = model_from_checkpoint(ckpt)
-    except ValueError:
-        raise
-    except Exception as e:  # state dict does not fit the named model
-        raise DeployError(f"cannot rebuild the model from {checkpoint_or_model}: {e}") from e
-    shape = input_shape if input_shape is not None else ckpt.get("input_shape")
+    model = ckpt.build_model()
+    shape = input_shape if input_shape is not None else ckpt.input_shape
     shape = _check_input_shape(shape) if shape is not None else None
-    try:
-        contract = contract_from_checkpoint(ckpt)
-    except DataError:  # neither recorded nor derivable: export without one
-        contract = None
+    contract = ckpt.contract  # None: neither recorded nor derivable; exported without one
     if contract is not None and shape is not None and list(shape) != contract.input_shape:
         contract = InputContract.from_dict({**contract.to_dict(), "input_shape": list(shape)})
-    return model, shape, str(ckpt["model_name"]), contract
+    return model, shape, ckpt.model_name, contract
 
 
 def _onnx_inputs(path: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.contract import InputContract
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError, require
 from .runtime import cpu_session
@@ -55,8 +56,8 @@ def model_file_kind(path: str | os.PathLike) -> Literal["checkpoint", "onnx"]:
     if path.suffix.lower() != ".onnx":
         return "checkpoint"  # its loader says what is wrong with it (corrupt, refused, ...)
     raise DeployError(
-        f"{path} is neither a resdist checkpoint nor an ONNX model; pass a .pth written by "
-        "resdist train or an .onnx written by resdist export"
+        f"cannot read {path}: not an ONNX model, or truncated (a .pth written by resdist train "
+        "or an .onnx written by resdist export is expected); export it again"
     )
 
 
@@ -77,11 +78,15 @@ def evaluate_onnx(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     threads: int | None = None,
+    contract: InputContract | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of an ONNX model over ``loader``.
 
     ``loader`` yields ``(images, labels)`` batches as resdist loaders do (float32 NCHW,
-    normalised); ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
+    normalised with ``normalization = (mean, std)``); a graph whose ``contract`` says it
+    normalises itself gets the images back in [0, 1] (or as 0..255 ``uint8`` pixels), as its
+    contract asks. ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
     Returns the same keys as :func:`resdist.engine.evaluate`.
     """
     from ..engine.metrics import topk_correct
@@ -92,8 +97,9 @@ def evaluate_onnx(
     session = cpu_session(path, threads)
     in_name = session.get_inputs()[0].name
     totals = np.zeros(4, dtype=np.float64)
+    feed = _feeder(contract, normalization)
     for images, labels in loader:
-        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        x = feed(images.detach().to("cpu", torch.float32).contiguous().numpy())
         try:
             (logits,) = session.run(None, {in_name: x})[:1]
         except Exception as e:
@@ -113,6 +119,27 @@ def evaluate_onnx(
     n = max(totals[3], 1.0)
     return {"loss": totals[0] / n, "top1": 100.0 * totals[1] / n,
             "top5": 100.0 * totals[2] / n, "samples": int(totals[3])}
+
+
+def _feeder(contract: InputContract | None,
+            normalization: tuple[Sequence[float], Sequence[float]] | None
+            ) -> Callable[[np.ndarray], np.ndarray]:
+    """Normalised float batches -> what the graph takes, per its contract."""
+    if contract is None or not contract.normalized_inside:
+        return lambda x: x
+    if normalization is None:
+        raise DeployError("the graph normalises its input itself: evaluating it needs the "
+                          "loader's mean and std")
+    mean = np.asarray(normalization[0], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(normalization[1], dtype=np.float32).reshape(1, -1, 1, 1)
+
+    def feed(x: np.ndarray) -> np.ndarray:
+        pixels = x * std + mean  # back to [0, 1]
+        if contract.input_dtype == "uint8":
+            return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+
+    return feed
 
 
 def evaluate_onnx_file(
@@ -141,15 +168,18 @@ def evaluate_onnx_file(
     """
     from ..config import DataConfig
     from ..data import build_data
+    from ..data.contract import contract_from_bundle
     from ..data.locations import DATASET_NAMES
+    from .export import read_contract
     from .quantize import DATA_METADATA_KEY
 
     path = Path(path)
     proto = load_onnx(path)
+    contract = read_contract(path)
     if data is None:
         props = {p.key: p.value for p in proto.metadata_props}
-        data = props.get(DATA_METADATA_KEY)
-        if data is None:
+        data = props.get(DATA_METADATA_KEY) or (contract.dataset if contract else None)
+        if not data:
             raise DeployError(
                 f"{path.name} does not say which data set it was trained on; pass --data NAME"
             )
@@ -174,7 +204,10 @@ def evaluate_onnx_file(
             f"{path.name} takes {want[0]}x{want[1]}x{want[2]} inputs but {cfg.name} images are "
             f"{have[0]}x{have[1]}x{have[2]}; evaluate it on the data set it was exported for"
         )
-    metrics: dict[str, Any] = evaluate_onnx(path, bundle.test, threads=threads)
+    loader_contract = contract_from_bundle(bundle)
+    metrics: dict[str, Any] = evaluate_onnx(
+        path, bundle.test, threads=threads, contract=contract,
+        normalization=(loader_contract.mean, loader_contract.std))
     int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
     metrics.update({"data": cfg.name, "precision": "int8" if int8 else "fp32",
                     "path": str(path)})

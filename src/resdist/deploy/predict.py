@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.contract import InputContract, contract_from_checkpoint
-from ..data.errors import DataError
+from ..data.contract import InputContract
+from ..data.images import open_image
 from ..safe_load import is_torchscript, refuse_torchscript
 from .errors import DeployError, require
 from .runtime import cpu_session
@@ -71,21 +71,14 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     """One image file as the ``(C, H, W)`` array the model takes (see the module docstring).
 
     Raises:
-        DeployError: the file is not a readable image (the message names it).
+        DataError: the file is not a readable image (the message names it).
     """
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
 
     c, h, w = contract.input_shape
     if contract.color_mode not in ("L", "RGB"):
         raise DeployError(f"cannot read {c}-channel images from files (grey or RGB only)")
-    try:
-        with Image.open(path) as img:
-            img = img.convert(contract.color_mode)
-            img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        reason = "not a readable image" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise DeployError(f"{path}: {reason}") from e
+    img = open_image(path, contract.color_mode)  # 16-bit grey scaled to 8 bits, as in training
     img = TF.center_crop(TF.resize(img, contract.resize), [h, w])
     pixels = np.asarray(img, dtype=np.uint8).reshape(h, w, -1).transpose(2, 0, 1)
     if contract.input_dtype == "uint8":
@@ -166,14 +159,11 @@ class Predictor:
 
     @classmethod
     def _from_checkpoint(cls, path: Path) -> Predictor:
-        from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from ..engine.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
-        try:
-            contract = contract_from_checkpoint(ckpt)
-        except DataError as e:
-            raise DeployError(f"{path}: {e}") from e
-        model = model_from_checkpoint(ckpt).eval()
+        contract = ckpt.require_contract()
+        model = ckpt.build_model().eval()
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.no_grad():

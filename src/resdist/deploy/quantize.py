@@ -342,7 +342,7 @@ def quantize_checkpoint(
     run. Returns :meth:`QuantizeReport.as_dict` plus ``model``, ``input_shape`` and the fp32
     top-1 agreement of the INT8 model on the calibration images (``calibration_agreement``).
     """
-    from ..config import Config, DataConfig
+    from ..config import DataConfig
 
     model, shape, name = load_model_source(checkpoint_or_model, input_shape)
     if isinstance(calibration_data, str):
@@ -350,9 +350,9 @@ def quantize_checkpoint(
         if isinstance(checkpoint_or_model, (str, os.PathLike)):
             from ..engine.checkpoint import load_checkpoint
 
-            stored = load_checkpoint(checkpoint_or_model).get("config")
-            if stored:
-                run_data = Config.from_dict(stored).data
+            ckpt = load_checkpoint(checkpoint_or_model)
+            if ckpt.config:
+                run_data = ckpt.run_config().data
                 if run_data.name == calibration_data:
                     data_cfg = run_data
     else:
@@ -405,13 +405,12 @@ def _profile_calibration(
     when they can be read, else Gaussian images (random weights have no data set)."""
     source = str(rec.get("source", ""))
     if source.startswith("checkpoint "):
-        from ..config import Config
         from ..engine.checkpoint import load_checkpoint
         from ..errors import ResdistError
 
-        stored = load_checkpoint(source.split(" ", 1)[1]).get("config")
-        if stored:
-            data = Config.from_dict(stored).data
+        ckpt = load_checkpoint(source.split(" ", 1)[1])
+        if ckpt.config:
+            data = ckpt.run_config().data
             try:
                 batches = calibration_batches(data, num_images, seed=seed)
             except ResdistError as e:

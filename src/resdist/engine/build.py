@@ -11,7 +11,7 @@ from ..config import Config, ConfigError, DistillConfig, ModelConfig, TeacherCon
 from ..distill import CrossEntropy, FeatureKD, HintonKD, Objective, ResidualDistiller
 from ..models import create_model, teacher_name_for
 from ..models.pretrained import WeightsError, load_torchvision_weights
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint
 
 TEACHER_METHODS = ("kd", "feature-kd", "jointrd")
 
@@ -46,23 +46,37 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int) -> tuple[nn.M
 
 
 def build_teacher(
-    cfg: TeacherConfig, student_name: str, student_kwargs: dict[str, Any]
+    cfg: TeacherConfig, student_name: str, student_kwargs: dict[str, Any],
+    needs_shortcuts: bool = False,
 ) -> tuple[nn.Module, str]:
     """Build the teacher and load its weights; returns the model and where they came from.
 
     Sources, in order: a resdist checkpoint, torchvision weights (a name such as ``DEFAULT``, or
-    a state-dict file), or none (allowed only when the teacher is co-trained).
+    a state-dict file), or none (allowed only when the teacher is co-trained). A checkpoint
+    must have the data's classes and input channels and, with ``needs_shortcuts`` (JointRD),
+    hold a ResNet.
     """
     if cfg.checkpoint:
         ckpt = load_checkpoint(cfg.checkpoint)
-        teacher = model_from_checkpoint(ckpt)
-        want = student_kwargs["num_classes"]
-        got = ckpt.get("model_kwargs", {}).get("num_classes")
+        want, got = student_kwargs["num_classes"], ckpt.num_classes
         if got is not None and got != want:
             raise WeightsError(
                 f"teacher checkpoint {cfg.checkpoint} has {got} classes, the data has {want}"
             )
-        return teacher, f"checkpoint {cfg.checkpoint}"
+        chans = ckpt.in_chans if ckpt.in_chans is not None else (
+            ckpt.input_shape[0] if ckpt.input_shape else None)
+        if chans is not None and chans != student_kwargs["in_chans"]:
+            raise WeightsError(
+                f"teacher checkpoint {cfg.checkpoint} takes {chans}-channel images, the data has "
+                f"{student_kwargs['in_chans']}: train the teacher on this data set"
+            )
+        if needs_shortcuts and not ckpt.shortcuts:
+            raise WeightsError(
+                f"teacher checkpoint {cfg.checkpoint} holds {ckpt.model_name}, a network without "
+                "shortcuts; JointRD's teacher must be a ResNet (train one with --model "
+                f"{teacher_name_for(ckpt.model_name)})"
+            )
+        return ckpt.build_model(), f"checkpoint {cfg.checkpoint}"
     name = cfg.name or teacher_name_for(student_name)
     kw = teacher_kwargs(student_kwargs)
     teacher = create_model(name, **kw)
@@ -119,7 +133,8 @@ def build_all(cfg: Config, num_classes: int, in_chans: int, input_shape: Sequenc
     model, kw = build_model(cfg.model, num_classes, in_chans)
     teacher, source = None, None
     if cfg.distill.method in TEACHER_METHODS:
-        teacher, source = build_teacher(cfg.teacher, cfg.model.name, kw)
+        teacher, source = build_teacher(cfg.teacher, cfg.model.name, kw,
+                                        needs_shortcuts=cfg.distill.method == "jointrd")
         if cfg.model.init_from_teacher:
             init_from(model, teacher)
     objective = build_objective(

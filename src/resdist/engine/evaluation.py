@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import Config, ConfigError
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from ..config import ConfigError
+from .checkpoint import load_checkpoint
 from .metrics import evaluate
 
 
@@ -51,7 +51,7 @@ def evaluate_checkpoint(
     from .distributed import DistInfo, resolve_device
 
     ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt.get("config"))
+    cfg = ckpt.run_config()
     cfg.data.limit_test = limit_test  # the full test set, whatever the training run scored
     if data:
         cfg.data.name = data
@@ -70,11 +70,11 @@ def evaluate_checkpoint(
     cfg.validate()
     dev = resolve_device(device, DistInfo())
     bundle = build_data(cfg.data, device=dev, seed=cfg.train.seed)
-    model = model_from_checkpoint(ckpt).to(dev)
-    want = ckpt.get("model_kwargs", {}).get("num_classes")
+    model = ckpt.build_model().to(dev)
+    want = ckpt.num_classes
     if want is not None and want != bundle.num_classes:
         raise ConfigError(f"checkpoint has {want} classes, data set {cfg.data.name!r} has "
                           f"{bundle.num_classes}")
     m = evaluate(model, bundle.test if split == "test" else bundle.val)
-    return CheckpointScore(ckpt["model_name"], cfg.data.name, split, m["top1"], m["top5"],
+    return CheckpointScore(ckpt.model_name, cfg.data.name, split, m["top1"], m["top5"],
                            m["loss"], int(m["samples"]))

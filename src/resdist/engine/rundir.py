@@ -14,7 +14,10 @@
   augmentation, ...; ``train.epochs`` may change) other than the saved ``config.yaml``'s is
   refused, naming the key, before anything in the folder changes, so ``config.yaml`` always
   describes the run it sits beside;
-* temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed.
+* temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed;
+* a new run that fails before its first checkpoint (a teacher that does not fit, a bad
+  image, ...) leaves nothing behind (:func:`discard_unstarted_run`), so the next attempt needs
+  no ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class RunLock:
     def __init__(self, run_dir: Path, remove_empty_dir: bool = False) -> None:
         self.path = run_dir / LOCK_NAME
         self.remove_empty_dir = remove_empty_dir  # the run created the folder: tidy up
+        self.fresh = False  # the folder held no run when it was opened (set by open_run_dir)
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -203,7 +207,27 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
                 f"files move to {run_dir.name}.old-<time>)"
             )
         remove_stale_temporaries(run_dir)
+        lock.fresh = not existing_run(run_dir)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def discard_unstarted_run(run_dir: Path) -> list[str]:
+    """Remove what a run that failed before its first checkpoint wrote (``config.yaml``,
+    metrics, ``tb/``), so that the next run into the folder needs no ``--overwrite``; a folder
+    with a ``last.pth`` is left alone. Returns the names removed."""
+    if (run_dir / "last.pth").exists():
+        return []
+    removed = []
+    for name in (*RUN_FILES, "tb"):
+        path = run_dir / name
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed.append(name)
+            elif path.exists():
+                path.unlink()
+                removed.append(name)
+    return removed

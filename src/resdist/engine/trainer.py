@@ -28,6 +28,7 @@ compiler).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import re
 import time
@@ -48,6 +49,7 @@ from ..errors import ResdistError
 from ..models.memory_format import channels_last_note, to_channels_last
 from .build import build_all
 from .checkpoint import (
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     load_weights,
@@ -71,7 +73,7 @@ from .distributed import (
 )
 from .metrics import MetricsLogger, evaluate, topk_correct
 from .optim import build_optimizer, build_scheduler
-from .rundir import RunDirError, open_run_dir
+from .rundir import RunDirError, discard_unstarted_run, open_run_dir
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -115,6 +117,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def no_buffer_sync_kwargs() -> dict[str, bool]:
+    """DistributedDataParallel's argument for "do not sync buffers before each forward":
+    ``forward_sync_buffers=False`` where this torch has it (``broadcast_buffers`` then warns
+    that it is deprecated), else ``broadcast_buffers=False``."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def check_distributed_options(cfg: Config, info: DistInfo) -> None:
     """Refuse option combinations that cannot work in this job, before anything is built."""
     if cfg.train.compile and cfg.train.sync_bn and info.enabled:
@@ -147,6 +159,10 @@ def train(cfg: Config) -> RunResult:
         raise RunDirError(refusal)
     try:
         return _train(cfg, info, device)
+    except BaseException:
+        if lock is not None and lock.fresh:  # nothing worth keeping was written
+            discard_unstarted_run(Path(cfg.train.out))
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -290,7 +306,7 @@ class Trainer:
         self.cfg, self.objective, self.model, self.data = cfg, objective, model, data
         self.device, self.info = device, info
         self.model_kwargs, self.input_shape = model_kwargs, input_shape
-        self.input_contract = contract_from_bundle(data).to_dict()  # what the model expects
+        self.input_contract = contract_from_bundle(data)  # what the model expects
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
         self.accum_steps = cfg.train.accum_steps
@@ -315,10 +331,10 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             # No buffer broadcast at every step: BatchNorm statistics are synchronised by
             # sync-BN or, without it, copied from rank 0 before each evaluation
-            # (broadcast_buffers); constant buffers (Dirac identity kernels) never travel.
+            # (broadcast_buffers). At construction the buffers are still their constant
+            # initial values (BN statistics, Dirac kernels), so syncing them then is harmless.
             self.ddp = nn.parallel.DistributedDataParallel(
-                objective, device_ids=ids, gradient_as_bucket_view=True,
-                broadcast_buffers=False,
+                objective, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync_kwargs()
             )
             self.step_module = self.ddp
         if cfg.train.compile:
@@ -338,7 +354,7 @@ class Trainer:
         if self.info.is_main:
             tqdm.write(msg)
 
-    def _load_last(self, path: Path) -> dict | None:
+    def _load_last(self, path: Path) -> Checkpoint | None:
         """``last.pth`` on every rank, or None when rank 0 has none. Ranks that see the file
         read it; if some cannot (a run directory not shared between nodes), rank 0 sends its
         copy to all."""
@@ -359,8 +375,8 @@ class Trainer:
                 self.logger.reconcile(0)
             self.say(f"resume: no checkpoint at {path}, starting from scratch")
             return
-        load_weights(self.model, ckpt["model"], str(path))
-        result = load_weights(self.objective, ckpt["objective"], str(path), strict=False)
+        load_weights(self.model, ckpt.state_dict, str(path))
+        result = load_weights(self.objective, ckpt.objective or {}, str(path), strict=False)
         skipped = self._not_checkpointed()
         bad = [k for k in result.missing_keys if not k.startswith(skipped)]
         if bad or result.unexpected_keys:
@@ -368,15 +384,23 @@ class Trainer:
                 f"{path} does not match this run's objective (missing {bad[:3]}, "
                 f"unexpected {result.unexpected_keys[:3]})"
             )
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("rng") and not self.info.enabled:
-            set_rng_state(ckpt["rng"])
-        self.start_epoch = int(ckpt["epoch"])
+        if ckpt.optimizer is None or ckpt.scheduler is None:
+            raise CheckpointError(f"{path} holds no optimiser state (a weights-only file) and "
+                                  "cannot be resumed; start anew with --overwrite")
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.scheduler.load_state_dict(ckpt.scheduler)
+            if ckpt.scaler:
+                self.scaler.load_state_dict(ckpt.scaler)
+            if ckpt.rng and not self.info.enabled:
+                set_rng_state(ckpt.rng)
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its optimiser, scheduler or RNG state does not fit "
+                                  f"this run ({type(e).__name__}: {e}); start anew with "
+                                  "--overwrite") from e
+        self.start_epoch = ckpt.epoch
         if self.logger is not None:  # one row per checkpointed epoch, whatever the crash left
-            self.logger.reconcile(self.start_epoch, ckpt.get("metrics"))
+            self.logger.reconcile(self.start_epoch, ckpt.metrics)
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
 
     def _not_checkpointed(self) -> tuple[str, ...]:
@@ -390,15 +414,13 @@ class Trainer:
         skipped = self._not_checkpointed()
         objective_state = {k: v for k, v in self.objective.state_dict().items()
                            if not k.startswith(skipped)}
-        state = {
-            "model": self.model.state_dict(), "model_name": self.cfg.model.name,
-            "model_kwargs": self.model_kwargs, "input_shape": list(self.input_shape),
-            "input_contract": self.input_contract,
-            "epoch": epoch, "config": self.cfg.to_dict(), "metrics": metrics,
-            "objective": objective_state, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-        }
+        state = Checkpoint(
+            self.cfg.model.name, self.model_kwargs, self.model.state_dict(),
+            contract=self.input_contract, epoch=epoch, config=self.cfg.to_dict(),
+            metrics=metrics, objective=objective_state, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+            rng=rng_state(),
+        )
         last = self.run_dir / "last.pth"
         try:
             save_checkpoint(state, last)

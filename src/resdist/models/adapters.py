@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .errors import ModelError
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 
@@ -19,11 +20,11 @@ def from_torchvision(model: nn.Module, *, shortcuts: bool = True) -> ResNet:
         stages = [getattr(model, f"layer{i}") for i in range(1, 5)]
         conv1, fc = model.conv1, model.fc
     except AttributeError as e:
-        raise TypeError(f"{type(model).__name__} does not have torchvision's ResNet layout") from e
+        raise ModelError(f"{type(model).__name__} does not have torchvision's ResNet layout") from e
     first = stages[0][0]
     kind = type(first).__name__
     if kind not in ("BasicBlock", "Bottleneck"):
-        raise TypeError(f"unsupported block type {kind}")
+        raise ModelError(f"unsupported block type {kind}")
     block = BasicBlock if kind == "BasicBlock" else Bottleneck
     widths = [stage[0].conv1.out_channels for stage in stages]
     stem = "imagenet" if conv1.kernel_size == (7, 7) else "cifar"
@@ -32,7 +33,7 @@ def from_torchvision(model: nn.Module, *, shortcuts: bool = True) -> ResNet:
         in_chans=conv1.in_channels, stem=stem, stem_width=conv1.out_channels, shortcuts=shortcuts,
     )
     if stem == "cifar" and not isinstance(getattr(model, "maxpool", None), nn.Identity):
-        raise TypeError("a 3x3 stem with a max-pool is not a layout resdist builds")
+        raise ModelError("a 3x3 stem with a max-pool is not a layout resdist builds")
     state = model.state_dict()
     own = ours.state_dict()
     ours.load_state_dict({k: v for k, v in state.items() if k in own}, strict=shortcuts)

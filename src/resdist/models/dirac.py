@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import ModelError
+
 
 def dirac_kernel(out_channels: int, in_channels: int, kernel_size: tuple[int, int]) -> Tensor:
     """Identity kernel of shape ``(out, in, kh, kw)``: 1 at the centre of channel ``c -> c``."""
     kh, kw = kernel_size
     if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"Dirac kernels need odd kernel sizes, got {kernel_size}")
+        raise ModelError(f"Dirac kernels need odd kernel sizes, got {kernel_size}")
     kernel = torch.zeros(out_channels, in_channels, kh, kw)
     n = min(out_channels, in_channels)
     idx = torch.arange(n)
@@ -50,7 +52,7 @@ class DiracConv2d(nn.Conv2d):
         beta_init: float = 0.1,
     ) -> None:
         if groups != 1:
-            raise ValueError("DiracConv2d supports groups=1 only")
+            raise ModelError("DiracConv2d supports groups=1 only")
         super().__init__(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding,
             dilation=dilation, groups=groups, bias=bias,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .dirac import fold_dirac
+from .errors import ModelError
 
 __all__ = ["calibrate_bn", "fold_batchnorms", "fuse_conv_bn", "to_deploy"]
 
@@ -27,9 +28,9 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     where ``m``, ``v`` are the running statistics and ``g``, ``beta`` the affine parameters.
     """
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+        raise ModelError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if conv.out_channels != bn.num_features:
-        raise ValueError(
+        raise ModelError(
             f"conv has {conv.out_channels} output channels but BatchNorm has {bn.num_features}"
         )
     weight = conv.weight
@@ -115,7 +116,7 @@ def to_deploy(
             model.train(was_training)
         err = (out - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
         if not err <= rtol:
-            raise ValueError(f"folded model differs from the original (relative error {err:.3g})")
+            raise ModelError(f"folded model differs from the original (relative error {err:.3g})")
     return deployed
 
 
@@ -139,9 +140,9 @@ def calibrate_bn(
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if batches is None:
         if input_shape is None:
-            raise ValueError("calibrate_bn needs input_shape (C, H, W) or batches")
+            raise ModelError("calibrate_bn needs input_shape (C, H, W) or batches")
         if batch_size < 2:
-            raise ValueError("calibrate_bn needs batch_size >= 2 for batch statistics")
+            raise ModelError("calibrate_bn needs batch_size >= 2 for batch statistics")
         gen = torch.Generator().manual_seed(seed)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -171,5 +172,5 @@ def calibrate_bn(
             bn.momentum = m
         model.eval()
     if seen == 0:
-        raise ValueError("calibrate_bn got no batches")
+        raise ModelError("calibrate_bn got no batches")
     return model

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 from collections.abc import Callable
+from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import ResdistError
+from ..machine import available_memory, format_bytes
+from .errors import ModelError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class UnknownModelError(ResdistError, ValueError):
+class UnknownModelError(ModelError):
     """Raised for a model name that is not registered."""
 
 
@@ -46,19 +50,81 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+_INT_KWARGS = ("num_classes", "in_chans", "stem_width")
+_BOOL_KWARGS = ("dirac", "keep_downsample_shortcuts", "shortcuts", "zero_init_residual",
+                "progress")
+#: builder arguments that fetch or load weights: left out of the size probe
+_WEIGHT_KWARGS = ("weights", "progress")
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """The types and ranges of the builder arguments resdist itself passes (``num_classes``,
+    ``in_chans``, ``width_mult``, the boolean switches), checked before anything is built.
+
+    Raises:
+        ModelError: naming the argument and what it must be.
+    """
+    for key in _INT_KWARGS:
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ModelError(f"{name}: {key} must be a whole number >= 1, got {value!r}")
+    width = kwargs.get("width_mult")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int | float)
+                              or not math.isfinite(width) or width <= 0):
+        raise ModelError(f"{name}: width_mult must be a finite number > 0, got {width!r}")
+    for key in _BOOL_KWARGS:
+        if key in kwargs and not isinstance(kwargs[key], bool):
+            raise ModelError(f"{name}: {key} must be true or false, got {kwargs[key]!r}")
+    stem = kwargs.get("stem")
+    if stem is not None and not isinstance(stem, str):
+        raise ModelError(f"{name}: stem must be a string, got {stem!r}")
+
+
+def model_bytes(name: str, **kwargs: Any) -> int:
+    """Bytes of the parameters and buffers ``create_model(name, **kwargs)`` would allocate,
+    counted on PyTorch's ``meta`` device (nothing is allocated)."""
+    probe_kwargs = {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}
+    with torch.device("meta"):
+        probe = _build(name, probe_kwargs)
+    tensors = [*probe.parameters(), *probe.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return _MODELS[name](**kwargs)
+    except TypeError as e:  # an argument the builder does not take
+        raise ModelError(f"{name}: {e}") from e
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name; keyword arguments go to its builder.
+
+    The arguments are checked (:func:`check_model_kwargs`) and the model's size is counted
+    first (:func:`model_bytes`), so a model larger than the free memory is refused in one line
+    instead of being allocated.
 
     Raises:
         UnknownModelError: ``name`` is not registered (the message lists the valid names).
+        ModelError: a bad argument, or a model that does not fit in memory.
     """
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, list(_MODELS), n=3)
+    if not isinstance(name, str) or name not in _MODELS:
+        close = difflib.get_close_matches(str(name), list(_MODELS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}"
         )
-    return _MODELS[name](**kwargs)
+    check_model_kwargs(name, kwargs)
+    need, free = model_bytes(name, **kwargs), available_memory()
+    if free is not None and need > free:
+        shown = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in _WEIGHT_KWARGS)
+        raise ModelError(
+            f"{name}({shown}) needs {format_bytes(need)} for its weights alone, more than the "
+            f"{format_bytes(free)} of memory free on this machine; use a smaller width_mult, "
+            "class count or input channel count"
+        )
+    return _build(name, kwargs)
 
 
 def teacher_name_for(student: str) -> str:

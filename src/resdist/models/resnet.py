@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..config import STEMS, check_choice
 from .dirac import DiracConv2d
+from .errors import ModelError
 
 ConvLayer = Callable[..., nn.Module]
 NormLayer = Callable[[int], nn.Module]
@@ -158,12 +159,12 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
-            raise ValueError(f"layers {list(layers)} and widths {list(widths)} differ in length")
+            raise ModelError(f"layers {list(layers)} and widths {list(widths)} differ in length")
         check_choice("stem", stem, STEMS, "stem")
         if in_chans < 1 or num_classes < 1:
-            raise ValueError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
+            raise ModelError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
         if shortcuts and keep_downsample_shortcuts:
-            raise ValueError("keep_downsample_shortcuts only applies to plain networks (shortcuts=False)")
+            raise ModelError("keep_downsample_shortcuts only applies to plain networks (shortcuts=False)")
         norm_layer = norm_layer or nn.BatchNorm2d
         self._norm_layer = norm_layer
         self._conv_layer: ConvLayer = DiracConv2d if dirac else nn.Conv2d

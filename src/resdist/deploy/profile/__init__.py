@@ -8,6 +8,7 @@ Runtime on the CPU (:func:`measure_latency`, :mod:`.latency`). :func:`profile_mo
 :func:`write_profile_report` (:mod:`.report`) writes JSON, a PNG chart and a markdown table.
 """
 
+from ...machine import available_cores, cpu_model, environment, load_average
 from .compare import (
     BatchMemory,
     FusedAddFigures,
@@ -18,7 +19,6 @@ from .compare import (
     merge_profiles,
     profile_models,
 )
-from .environment import available_cores, cpu_model, environment, load_average
 from .latency import LatencyRecord, measure_latency
 from .liveness import GraphProfile, analyze_onnx
 from .memory import memory_cross_check, torch_activation_peak

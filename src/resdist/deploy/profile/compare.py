@@ -21,12 +21,12 @@ from typing import Any
 from torch import nn
 
 from ...engine.denormals import flush_denormal
+from ...machine import available_cores, environment, load_average
 from ...models import UnknownModelError, create_model, is_model, list_models, teacher_name_for
 from ...models.fold import calibrate_bn, to_deploy
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
 from ..export import count_feature_adds, export_onnx, load_model_source
-from .environment import available_cores, environment, load_average
 from .latency import LatencyRecord, measure_latency
 from .liveness import analyze_onnx
 from .memory import memory_cross_check

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ...machine import available_cores
 from ..errors import require
-from .environment import available_cores
 
 
 @dataclass

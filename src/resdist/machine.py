@@ -1,4 +1,8 @@
-"""The machine a measurement ran on: CPU model, cores, load and library versions."""
+"""The machine resdist runs on: CPU model, cores, free memory, load and library versions.
+
+Training records, the suites' run records and the deploy reports all describe their machine
+with these functions; allocation checks ask :func:`available_memory` before building anything
+large."""
 
 from __future__ import annotations
 
@@ -26,6 +30,27 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (``MemAvailable`` of ``/proc/meminfo``, else
+    free physical pages); ``None`` where neither is known."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: a byte count for messages."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def load_average() -> list[float]:
