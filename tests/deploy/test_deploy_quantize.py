@@ -213,6 +213,31 @@ def test_eval_of_int8_onnx_reads_the_data_set_from_metadata(quantized, fmnist, c
     assert m["precision"] == "int8" and m["data"] == "fashion-mnist" and m["samples"] == 10
 
 
+def test_int8_file_carries_the_contract_and_predicts_and_evaluates(trained, fmnist, tmp_path,
+                                                                   capsys):
+    """checkpoint -> INT8 without --calibration-data (the run's own data set and folder are
+    used) -> the file records the contract -> predict and eval take it as they take the fp32
+    file."""
+    from PIL import Image
+
+    from resdist.deploy.export import read_contract
+
+    ckpt = trained["plain20"]
+    out = tmp_path / "q.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--quantize", "int8",
+                 "--calibration-images", "32"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calibration"].startswith("fashion-mnist training split")
+    assert read_contract(out) == load_checkpoint(ckpt).contract
+    assert report["input_contract"] == read_contract(out).to_dict()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(out), str(tmp_path / "x.png"), "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert len(top) == 5 and top[0]["class"] in load_checkpoint(ckpt).contract.class_names
+    assert main(["eval", "--checkpoint", str(out), "--data-dir", str(fmnist)]) == 0
+    assert "ONNX int8" in capsys.readouterr().out
+
+
 def test_export_quantize_command(trained, fmnist, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["export", "--checkpoint", str(trained["resnet20"]), "--format", "onnx",
@@ -233,8 +258,6 @@ def _one_line_error(argv: list[str], capsys) -> str:
 def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     ckpt = str(trained["plain20"])
     base = ["export", "--checkpoint", ckpt, "--out", str(tmp_path / "x.onnx")]
-    err = _one_line_error(base + ["--quantize", "int8"], capsys)
-    assert "--calibration-data" in err
     err = _one_line_error(base + ["--quantize", "int8", "--calibration-data", "mnist-digits"],
                           capsys)
     assert "unknown data set 'mnist-digits'" in err

@@ -80,7 +80,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "activations calibrated on training images")
     q.add_argument("--calibration-data", metavar="DATASET",
                    help="data set whose training images calibrate the activation ranges "
-                   "(fashion-mnist, cifar10, cifar100, imagefolder, synthetic)")
+                   "(fashion-mnist, cifar10, cifar100, imagefolder, synthetic; default: the "
+                   "one the checkpoint's run trained on, with its folder and settings)")
     q.add_argument("--data-dir", metavar="DIR",
                    help="folder of the calibration data set (default: its standard location)")
     q.add_argument("--calibration-images", type=_positive_int, default=None, metavar="N",
@@ -103,12 +104,9 @@ def _check_quantize_args(args: argparse.Namespace) -> None:
     if args.preprocess or args.input_dtype != "float32":
         raise DeployError("--quantize int8 takes normalised float inputs; drop --preprocess / "
                           "--input-dtype (bake the normalisation into an fp32 export instead)")
-    if args.calibration_data is None:
-        raise DeployError("--quantize int8 needs --calibration-data DATASET: the training "
-                          "images whose activation ranges set the INT8 scales")
     from ..data.locations import DATASET_NAMES
 
-    if args.calibration_data not in DATASET_NAMES:
+    if args.calibration_data is not None and args.calibration_data not in DATASET_NAMES:
         raise DeployError(f"unknown data set {args.calibration_data!r} for --calibration-data; "
                           f"choose one of {', '.join(DATASET_NAMES)}")
 

@@ -526,38 +526,37 @@ def verify_torchscript(
 
 
 def load_model_source(
-    checkpoint_or_model: Any, input_shape: Sequence[int] | None = None
-) -> tuple[nn.Module, tuple[int, int, int] | None, str]:
-    """``(model, input_shape, name)`` from a checkpoint path or a module.
+    checkpoint_or_model: Any, input_shape: Sequence[int] | None = None, *,
+    with_contract: bool = False,
+) -> tuple[Any, ...]:
+    """``(model, input_shape, name)`` from a checkpoint (a path or a loaded
+    :class:`~resdist.engine.checkpoint.Checkpoint`) or a module, and its input contract as a
+    fourth item with ``with_contract`` (None for a module, or a checkpoint that records none).
 
-    A checkpoint's network is rebuilt with :func:`resdist.engine.checkpoint.model_from_checkpoint`
-    and its stored ``input_shape`` is used unless one is given.
+    A checkpoint's network is rebuilt with ``Checkpoint.build_model`` and its recorded input
+    shape is used unless one is given (the contract then follows the given shape).
     """
-    model, shape, name, _ = _load_source(checkpoint_or_model, input_shape)
-    return model, shape, name
+    from ..engine.checkpoint import Checkpoint, load_checkpoint
 
-
-def _load_source(
-    checkpoint_or_model: Any, input_shape: Sequence[int] | None
-) -> tuple[nn.Module, tuple[int, int, int] | None, str, InputContract | None]:
     if isinstance(checkpoint_or_model, nn.Module):
         name = type(checkpoint_or_model).__name__
         shape = _check_input_shape(input_shape) if input_shape is not None else None
-        return checkpoint_or_model, shape, name, None
-    if not isinstance(checkpoint_or_model, (str, os.PathLike)):
+        found: tuple[Any, ...] = (checkpoint_or_model, shape, name, None)
+        return found if with_contract else found[:3]
+    if not isinstance(checkpoint_or_model, (str, os.PathLike, Checkpoint)):
         raise DeployError(
             f"expected a checkpoint path or an nn.Module, got {type(checkpoint_or_model).__name__}"
         )
-    from ..engine.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint_or_model)
+    ckpt = checkpoint_or_model if isinstance(checkpoint_or_model, Checkpoint) else \
+        load_checkpoint(checkpoint_or_model)
     model = ckpt.build_model()
     shape = input_shape if input_shape is not None else ckpt.input_shape
     shape = _check_input_shape(shape) if shape is not None else None
     contract = ckpt.contract  # None: neither recorded nor derivable; exported without one
     if contract is not None and shape is not None and list(shape) != contract.input_shape:
         contract = InputContract.from_dict({**contract.to_dict(), "input_shape": list(shape)})
-    return model, shape, ckpt.model_name, contract
+    found = (model, shape, ckpt.model_name, contract)
+    return found if with_contract else found[:3]
 
 
 def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
@@ -605,7 +604,8 @@ def export(
     if input_dtype == "uint8" and not preprocess:
         raise DeployError("a uint8 input needs the normalisation inside the graph: add "
                           "--preprocess")
-    model, shape, name, found = _load_source(checkpoint_or_model, input_shape)
+    model, shape, name, found = load_model_source(checkpoint_or_model, input_shape,
+                                                  with_contract=True)
     contract = contract or found
     if _model_device(model).type == "meta":
         raise DeployError("the model's weights are on the meta device (no data): load them first")

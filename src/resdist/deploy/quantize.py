@@ -325,7 +325,7 @@ def gaussian_batches(
 def quantize_checkpoint(
     checkpoint_or_model: Any,
     out: str | os.PathLike,
-    calibration_data: Any,
+    calibration_data: Any = None,
     *,
     data_dir: str | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
@@ -337,24 +337,34 @@ def quantize_checkpoint(
     """Fold, export to fp32 ONNX and quantise to INT8, calibrating on real training images.
 
     ``calibration_data`` names the data set (or is a :class:`~resdist.config.DataConfig`);
-    when a checkpoint trained on that data set is given, its data settings (``limit_train``,
-    ``val_split``, image size) are used so the calibration images are training images of that
-    run. Returns :meth:`QuantizeReport.as_dict` plus ``model``, ``input_shape`` and the fp32
-    top-1 agreement of the INT8 model on the calibration images (``calibration_agreement``).
+    None means the one a checkpoint's run trained on. When a checkpoint trained on that data
+    set is given, its data settings (``limit_train``, ``val_split``, image size, folder) are
+    used, so the calibration images are training images of that run. The INT8 file records the
+    checkpoint's input contract (``input_contract``) and the data set (``resdist.data``), like
+    an fp32 export. Returns :meth:`QuantizeReport.as_dict` plus ``model``, ``input_shape`` and
+    the fp32 top-1 agreement of the INT8 model on the calibration images
+    (``calibration_agreement``).
     """
     from ..config import DataConfig
+    from .export import CONTRACT_KEY
 
-    model, shape, name = load_model_source(checkpoint_or_model, input_shape)
+    ckpt = None
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        from ..engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_or_model)
+    model, shape, name, contract = load_model_source(
+        ckpt if ckpt is not None else checkpoint_or_model, input_shape, with_contract=True)
+    run_data = ckpt.run_config().data if ckpt is not None and ckpt.config else None
+    if calibration_data is None:
+        if run_data is None:
+            raise DeployError("INT8 quantisation needs calibration data: name the data set "
+                              "(--calibration-data) whose training images set the scales")
+        calibration_data = run_data.name
     if isinstance(calibration_data, str):
         data_cfg = DataConfig(name=calibration_data)
-        if isinstance(checkpoint_or_model, (str, os.PathLike)):
-            from ..engine.checkpoint import load_checkpoint
-
-            ckpt = load_checkpoint(checkpoint_or_model)
-            if ckpt.config:
-                run_data = ckpt.run_config().data
-                if run_data.name == calibration_data:
-                    data_cfg = run_data
+        if run_data is not None and run_data.name == calibration_data:
+            data_cfg = run_data
     else:
         data_cfg = calibration_data
     if data_dir is not None:
@@ -367,19 +377,22 @@ def quantize_checkpoint(
             f"calibration images of {data_cfg.name} have shape {tuple(batches[0].shape[1:])}, "
             f"the model takes {tuple(shape)}"
         )
+    metadata = {DATA_METADATA_KEY: data_cfg.name}
+    if contract is not None:
+        metadata[CONTRACT_KEY] = contract.to_json()
     with tempfile.TemporaryDirectory(prefix="resdist-export-") as tmp:
         fp32 = export_onnx(to_deploy(model), Path(tmp) / "fp32.onnx", shape, opset=opset,
                            deploy=False)
         report = quantize_onnx(
-            fp32, out, batches, per_channel=per_channel,
-            metadata={DATA_METADATA_KEY: data_cfg.name},
+            fp32, out, batches, per_channel=per_channel, metadata=metadata,
             calibration_source=f"{data_cfg.name} training split, no augmentation, seed {seed}",
         )
         agreement = _agreement(fp32, Path(out), batches)
     result = report.as_dict()
     result["fp32_path"] = None
     result.update({"model": name, "input_shape": list(shape), "format": "onnx-int8",
-                   "opset": opset, "calibration_agreement": agreement})
+                   "opset": opset, "calibration_agreement": agreement,
+                   "input_contract": contract.to_dict() if contract is not None else None})
     return result
 
 
