@@ -139,3 +139,14 @@ def test_dry_run_prints_config_and_model_summary_and_writes_nothing(tmp_path, ca
     out = capsys.readouterr().out
     assert "name: plain20" in out and "limit_train: 24000" in out and "1x28x28" in out
     (tmp_path / "mine.yaml").unlink()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], "no teacher given: the run would stop"),
+    (["--set", "teacher.train=true"], "through teacher resnet20 (co-trained from random weights)"),
+    (["--teacher-weights", "t.pth"], "through teacher resnet20 (t.pth)"),
+])
+def test_dry_run_says_where_the_teacher_comes_from(capsys, extra, words):
+    assert main(["train", "--data", "synthetic", "--model", "plain20", "--method", "kd",
+                 "--dry-run", *extra]) == 0
+    assert words in capsys.readouterr().out

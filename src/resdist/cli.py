@@ -34,7 +34,7 @@ _FLAG_KEYS = {
     "out": "train.out", "seed": "train.seed", "device": "train.device", "amp": "train.amp",
     "channels_last": "train.channels_last", "compile": "train.compile",
     "sync_bn": "train.sync_bn", "resume": "train.resume", "overwrite": "train.overwrite",
-    "accum_steps": "train.accum_steps",
+    "accum_steps": "train.accum_steps", "save_best": "train.save_best",
 }
 
 
@@ -100,9 +100,10 @@ def _add_train_parser(sub) -> None:
                    "(down to 0), onecycle (warm-up then annealing), constant "
                    f"(default: {_D.optim.schedule})")
     t.add_argument("--limit-train", type=int, metavar="N",
-                   help="use only the first N training images (default: all)")
+                   help="use only N training images: the first N of Fashion-MNIST/CIFAR/"
+                   "synthetic, N evenly spaced ones of an ImageFolder (default: all)")
     t.add_argument("--limit-test", type=int, metavar="N",
-                   help="use only the first N test images (default: all)")
+                   help="use only N test images, chosen as for --limit-train (default: all)")
     t.add_argument("--val-split", type=float, metavar="F",
                    help="hold out this fraction (<1) or count (>=1) of the training images for "
                    "validation; best.pth then follows validation accuracy (default: 0, none)")
@@ -135,6 +136,10 @@ def _add_train_parser(sub) -> None:
                    help="continue from OUT/last.pth (optimiser, schedule and RNG included)")
     t.add_argument("--overwrite", action="store_true", default=None,
                    help="OUT already holds a run: move its files to OUT.old-<time> and start anew")
+    t.add_argument("--save-best", action=argparse.BooleanOptionalAction, default=None,
+                   help="also keep best.pth (the epoch with the highest validation, else test, "
+                   "top-1) beside last.pth; --no-save-best writes last.pth only, half the disk "
+                   "(default: on)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar, only one line per epoch")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -292,9 +297,14 @@ def dry_run_text(cfg: Config) -> str:
     lines = [cfg.to_yaml().rstrip(), "", f"model {cfg.model.name}, trained with "
              f"{cfg.distill.method}"]
     if cfg.distill.method in TEACHER_METHODS:
-        source = cfg.teacher.checkpoint or cfg.teacher.weights or "co-trained"
-        lines[-1] += f" through teacher {cfg.teacher.name or teacher_name_for(cfg.model.name)}" \
-                     f" ({source})"
+        name = cfg.teacher.name or teacher_name_for(cfg.model.name)
+        if cfg.teacher.checkpoint or cfg.teacher.weights:
+            lines[-1] += f" through teacher {name} ({cfg.teacher.checkpoint or cfg.teacher.weights})"
+        elif cfg.teacher.train:
+            lines[-1] += f" through teacher {name} (co-trained from random weights)"
+        else:
+            lines[-1] += ("; no teacher given: the run would stop, pass --teacher-checkpoint or "
+                          "--teacher-weights (or --set teacher.train=true)")
     lines.append(summarize_model(model, contract.input_shape).format())
     lines.append(f"run directory (not created): {cfg.train.out}")
     return "\n".join(lines)

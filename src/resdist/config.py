@@ -99,7 +99,7 @@ class DataConfig:
     crop_padding: int | None = None  # random-crop padding; None: 4 for CIFAR, 2 for Fashion-MNIST
     hflip: bool = True
     image_size: int = 224  # ImageFolder training crop (eval: resize image_size*8/7, centre crop)
-    num_workers: int = 4  # ImageFolder DataLoader workers
+    num_workers: int | None = None  # ImageFolder DataLoader workers; None: the cores, at most 4
     in_memory: bool = True  # Fashion-MNIST/CIFAR/synthetic: keep the set as one device tensor
     synthetic_samples: int = 512
     synthetic_classes: int = 10
@@ -116,7 +116,7 @@ class DataConfig:
             check_range(f"data.{key}", getattr(self, key), 1, optional=True, error=error)
         check_range("data.crop_padding", self.crop_padding, 0, optional=True, error=error)
         check_range("data.val_split", self.val_split, 0, error=error)
-        check_range("data.num_workers", self.num_workers, 0, error=error)
+        check_range("data.num_workers", self.num_workers, 0, optional=True, error=error)
         check_range("data.image_size", self.image_size, 1, error=error)
         check_range("data.synthetic_samples", self.synthetic_samples, 1, error=error)
         check_range("data.synthetic_classes", self.synthetic_classes, 2, error=error)
@@ -198,6 +198,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
+    save_best: bool = True  # also keep best.pth (highest val/test top-1) beside last.pth
     resume: bool = False  # continue the run in `out` from its last.pth
     overwrite: bool = False  # move a run already in `out` aside to `out`.old-<time>, start anew
     accum_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
@@ -393,7 +394,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "overwrite"),
               ("train", "progress"), ("train", "tensorboard"), ("train", "check_every"),
               ("train", "dist_timeout_min"), ("teacher", "checkpoint"), ("data", "data_dir"),
-              ("data", "download"), ("data", "num_workers")}
+              ("data", "download"), ("data", "num_workers"), ("train", "save_best")}
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -90,3 +90,24 @@ def test_lr_schedules():
     assert f(0) == 1 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(0)
     f = lr_factor(OptimConfig(schedule="constant", warmup_epochs=2), 10)
     assert f(1) == pytest.approx(0.5) and f(3) == 1
+
+
+def test_no_save_best_writes_last_only_and_few_classes_hide_top5(tmp_path, tiny_run, capsys):
+    cfg = Config.from_dict(tiny_run).override([f"train.out={tmp_path / 'r'}",
+                                               "train.save_best=false", "train.epochs=1"])
+    train(cfg)
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert "last.pth" in files and "best.pth" not in files
+    out = capsys.readouterr()
+    line = [ln for ln in (out.out + out.err).splitlines() if ln.startswith("epoch 1/1")][0]
+    assert "test" in line and "top-5" not in line  # 4 classes
+
+
+def test_dataloader_workers_default_to_the_cores_available(monkeypatch):
+    from resdist.data import build as data_build
+
+    monkeypatch.setattr(data_build, "available_cores", lambda: 2)
+    assert data_build.default_workers() == 2
+    monkeypatch.setattr(data_build, "available_cores", lambda: 64)
+    assert data_build.default_workers() == 4
+    assert Config().data.num_workers is None

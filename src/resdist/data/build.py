@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..config import DataConfig
+from ..machine import available_cores
 from .arrays import ArrayDataset
 from .cifar import read_cifar
 from .errors import DataError
@@ -62,6 +63,12 @@ class DataBundle:
     name: str
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+
+
+def default_workers() -> int:
+    """DataLoader workers when ``data.num_workers`` is not set: one per available core, at most
+    4 (more than the cores makes torch warn and the workers fight the training threads)."""
+    return max(1, min(4, available_cores()))
 
 
 def build_data(
@@ -172,7 +179,8 @@ def _build_imagefolder(
         targets = torch.as_tensor(train_all.targets)[keep]
         tr, va = holdout_indices(len(keep), cfg.val_split, labels=targets)
         train_idx, val_idx = keep[tr], keep[va]
-    common = dict(device=device, num_workers=cfg.num_workers, seed=seed, rank=rank,
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
+    common = dict(device=device, num_workers=workers, seed=seed, rank=rank,
                   world_size=world_size)
     train = TorchLoader(Subset(train_all, train_idx.tolist()), batch_size=cfg.batch_size,
                         shuffle=True, drop_last=True, **common)

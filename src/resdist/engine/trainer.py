@@ -429,7 +429,7 @@ class Trainer:
                 f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
                 "written; make room and continue with --resume"
             ) from e
-        if best:
+        if best and self.cfg.train.save_best:
             try:
                 save_checkpoint(state, self.run_dir / "best.pth")
             except CheckpointError as e:
@@ -562,7 +562,10 @@ class Trainer:
             if "val_top1" in row:
                 msg += f"  val {row['val_top1']:.2f}%"
             if "test_top1" in row:
-                msg += f"  test {row['test_top1']:.2f}% (top-5 {row['test_top5']:.2f}%)"
+                where = "test (val/)" if self.data.name == "imagefolder" else "test"
+                msg += f"  {where} {row['test_top1']:.2f}%"
+                if self.data.num_classes > 5:  # top-5 of 5 classes or fewer says nothing
+                    msg += f" (top-5 {row['test_top5']:.2f}%)"
             msg += f"  {row['images_per_s']:.0f} img/s"
             self.say(msg)
         barrier()
