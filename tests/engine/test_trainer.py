@@ -111,3 +111,22 @@ def test_dataloader_workers_default_to_the_cores_available(monkeypatch):
     monkeypatch.setattr(data_build, "available_cores", lambda: 64)
     assert data_build.default_workers() == 4
     assert Config().data.num_workers is None
+
+
+def test_a_trained_teacher_is_scored_before_the_student_learns_from_it(tmp_path, tiny_run,
+                                                                       capsys):
+    from resdist.engine import evaluate_checkpoint
+
+    teacher = Config.from_dict(tiny_run).override([f"train.out={tmp_path / 't'}",
+                                                   "model.name=resnet20", "train.epochs=1"])
+    train(teacher)
+    student = Config.from_dict(tiny_run).override([
+        f"train.out={tmp_path / 's'}", "train.epochs=1", "distill.method=kd",
+        f"teacher.checkpoint={tmp_path / 't'}"])
+    capsys.readouterr()
+    train(student)
+    said = capsys.readouterr()
+    record = json.loads((tmp_path / "s" / "teacher.json").read_text())
+    expected = evaluate_checkpoint(tmp_path / "t", device="cpu")
+    assert record["split"] == "test" and record["top1"] == pytest.approx(expected.top1)
+    assert f"test top-1 {expected.top1:.2f}%" in said.out + said.err

@@ -221,7 +221,7 @@ def discard_unstarted_run(run_dir: Path) -> list[str]:
     if (run_dir / "last.pth").exists():
         return []
     removed = []
-    for name in (*RUN_FILES, "tb"):
+    for name in (*RUN_FILES, "teacher.json", "tb"):
         path = run_dir / name
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import random
 import re
 import time
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
 from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
@@ -76,6 +78,7 @@ from .optim import build_optimizer, build_scheduler
 from .rundir import RunDirError, discard_unstarted_run, open_run_dir
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TEACHER_RECORD = "teacher.json"  # the frozen teacher's accuracy, measured before training
 
 
 class TrainingError(ResdistError, FloatingPointError):
@@ -190,8 +193,8 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
     note = channels_last_note(kept_nchw)
     if note and info.is_main:
         trainer.say(note)
-    if teacher is not None and info.is_main:
-        trainer.say(f"teacher: {cfg.teacher.name or type(teacher).__name__} from {source}")
+    if teacher is not None:
+        trainer.report_teacher(teacher, cfg.teacher.name or type(teacher).__name__, source)
     return trainer.fit()
 
 
@@ -350,6 +353,23 @@ class Trainer:
         self.num_params = sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------------------------
+    def report_teacher(self, teacher: nn.Module, name: str, source: str) -> None:
+        """Say where the teacher comes from and, for a trained (frozen) teacher of a new run,
+        its top-1 on the validation split (else the test split): what the student is chasing.
+        The figure is kept in ``teacher.json`` beside the run's metrics."""
+        line = f"teacher: {name} from {source}"
+        if self.cfg.teacher.train or self.start_epoch > 0:
+            self.say(line)
+            return
+        split, loader = ("val", self.data.val) if self.data.val is not None else \
+            ("test", self.data.test)
+        m = evaluate(teacher, loader, amp_dtype=self.amp_dtype,
+                     channels_last=self.cfg.train.channels_last)
+        self.say(f"{line}: {split} top-1 {m['top1']:.2f}% ({int(m['samples'])} images)")
+        if self.info.is_main:
+            record = {"name": name, "source": source, "split": split, **m}
+            write_text_atomic(self.run_dir / TEACHER_RECORD, json.dumps(record, indent=1) + "\n")
+
     def say(self, msg: str) -> None:
         if self.info.is_main:
             tqdm.write(msg)
