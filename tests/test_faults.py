@@ -563,6 +563,27 @@ def test_bad_yaml(tmp_path, capsys):
     assert "not valid YAML" in line and "data.batch_size=[1" in line
     line = fails(_train(tmp_path / "r", "--seed", str(10**20), "--dry-run"), capsys)
     assert "train.seed must lie in [0, 4.29497e+09]" in line
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(bytes(range(128, 256)) * 3)
+    assert "is not text" in fails(["train", "--config", str(garbage), "--dry-run"], capsys)
+    line = fails(_train(tmp_path / "r", "--set", "data.synthetic_samples=1000000000000"), capsys)
+    assert "the synthetic data set would need" in line and "data.synthetic_samples" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_damaged_optimizer_state_is_refused_on_resume(tmp_path, capsys, trained):
+    raw = torch.load(trained / "last.pth", weights_only=True)
+    for state in raw["optimizer"]["state"].values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.dim():
+                state[k] = torch.zeros(2)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    torch.save(raw, run / "last.pth")
+    before = (run / "last.pth").read_bytes()
+    line = fails(_train(run, "--resume", epochs=2), capsys)
+    assert "optimiser state" in line and "damaged" in line
+    assert (run / "last.pth").read_bytes() == before
 
 
 # --- bad-contract / truncated-export --------------------------------------------------------

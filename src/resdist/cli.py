@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import AMP_MODES, DATASETS, METHODS, SCHEDULES, Config, ConfigError
+from .config import AMP_MODES, DATASETS, METHODS, SCHEDULES, STEMS, Config, ConfigError
 from .errors import ResdistError
 from .reproduce import SUITES
 
@@ -26,7 +26,7 @@ _FLAG_KEYS = {
     "data": "data.name", "data_dir": "data.data_dir", "batch_size": "data.batch_size",
     "limit_train": "data.limit_train", "limit_test": "data.limit_test",
     "val_split": "data.val_split", "download": "data.download",
-    "model": "model.name", "dirac": "model.dirac",
+    "model": "model.name", "dirac": "model.dirac", "stem": "model.stem",
     "keep_downsample_shortcuts": "model.keep_downsample_shortcuts",
     "method": "distill.method", "teacher": "teacher.name",
     "teacher_checkpoint": "teacher.checkpoint", "teacher_weights": "teacher.weights",
@@ -82,6 +82,12 @@ def _add_train_parser(sub) -> None:
                    "jointrd)")
     t.add_argument("--teacher-weights", metavar="NAME|FILE",
                    help="torchvision weights name (e.g. DEFAULT) or state-dict file for the teacher")
+    t.add_argument("--stem", choices=STEMS, default=None,
+                   help="first layers of student and teacher: imagenet (7x7 stride-2 conv and a "
+                   "max-pool: /4) or cifar (one 3x3 stride-1 conv) for small images such as "
+                   "32x32; a torchvision teacher state dict keeps its 7x7 stem, so with --stem "
+                   "cifar its conv1 does not fit (default: the model's own, imagenet for "
+                   "ResNet-18/34/50, cifar for the thin nets)")
     t.add_argument("--dirac", action="store_true", default=None,
                    help="Dirac-parametrised student convs, alpha*I + beta*W (folded away at export)")
     t.add_argument("--keep-downsample-shortcuts", action="store_true", default=None,

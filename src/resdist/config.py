@@ -287,9 +287,12 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not text (not UTF-8): pass a YAML "
+                              "file") from None
         try:
             return cls.from_dict(yaml.safe_load(text))
         except yaml.YAMLError as e:

@@ -245,6 +245,31 @@ def _with_contract(src: Path, dst: Path, **changes) -> Path:
     return dst
 
 
+def test_a_contract_that_is_not_json_is_one_line(trained, tmp_path, capsys):
+    import onnx
+
+    good = tmp_path / "good.onnx"
+    export(trained["ckpt"], "onnx", good, opset=17, verify=False)
+    for text in ("[" * 100000 + "]" * 100000, "x" * (2 << 20), '{"resize": ' + "9" * 5000 + "}"):
+        model = onnx.load(good)
+        for p in model.metadata_props:
+            if p.key == "input_contract":
+                p.value = text
+        onnx.save(model, tmp_path / "odd.onnx")
+        assert main(["predict", str(tmp_path / "odd.onnx"), str(trained["files"][0])]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "input contract" in err and "\n" not in err
+
+
+def test_a_pipe_is_not_an_image(trained, tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert main(["predict", str(trained["ckpt"]), str(fifo)]) == 2
+    assert "not a regular file or folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"mean": [float("nan")]}, "finite numbers"),
     ({"normalized_inside": "false"}, "normalized_inside must be true or false"),
@@ -258,7 +283,13 @@ def _with_contract(src: Path, dst: Path, **changes) -> Path:
      "the graph takes input"),
     ({"color_mode": "RGB"}, "color_mode 'RGB' does not fit 1 channels"),
     ({"class_names": ["a", "b"]}, "outputs 4 logits but its contract names 2"),
-    ({"input_dtype": "uint8", "normalized_inside": True}, "takes float32 input"),
+    ({"input_dtype": "uint8", "normalized_inside": True, "value_range": [0, 255]},
+     "takes float32 input"),
+    ({"std": [1e-310]}, "is absurd"),
+    ({"layout": "NHWC"}, "layout must be NCHW"),
+    ({"value_range": [1, 0]}, "value_range must be [0.0, 1.0]"),
+    ({"class_names": ["a\nb\x1b[31mRED"] * 4}, "control or formatting characters"),
+    ({"class_names": ["\u202eevil"] * 4}, "control or formatting characters"),
 ])
 def test_a_strangers_contract_is_checked_before_use(trained, tmp_path, capsys, changes, words):
     good = tmp_path / "good.onnx"

@@ -147,6 +147,26 @@ def test_every_field_of_a_strangers_checkpoint_is_checked(tmp_path, field, value
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t.fill_(float("nan")), "holds NaN or infinite values"),
+    (lambda t: t.to(torch.complex64), "is complex"),
+])
+def test_weights_that_are_not_real_numbers_are_refused(tmp_path, change, words):
+    raw = _raw(tmp_path)
+    raw["model"]["conv1.weight"] = change(raw["model"]["conv1.weight"])
+    torch.save(raw, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=words):
+        load_checkpoint(tmp_path / "odd.pth")
+
+
+def test_integer_weights_do_not_fit_a_float_model(tmp_path):
+    raw = _raw(tmp_path)
+    raw["model"] = {k: v.long() if v.is_floating_point() else v for k, v in raw["model"].items()}
+    torch.save(raw, tmp_path / "int.pth")
+    with pytest.raises(CheckpointError, match="is torch.int64, the model keeps torch.float32"):
+        model_from_checkpoint(tmp_path / "int.pth")
+
+
 def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path):
     raw = _raw(tmp_path)
     raw["model_kwargs"]["num_classes"] = 10**9

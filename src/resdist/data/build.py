@@ -15,6 +15,7 @@ from .errors import DataError
 from .fashion_mnist import read_fashion_mnist
 from .imagefolder import read_imagefolder, with_eval_transform
 from .loaders import BatchLoader, InMemoryLoader, TorchLoader, check_rank
+from .memory import check_fits
 from .split import evenly_spaced, holdout_indices
 from .synthetic import make_synthetic
 from .transforms import (
@@ -169,6 +170,9 @@ def _build_imagefolder(
     cfg: DataConfig, device: torch.device, seed: int, rank: int, world_size: int,
     shard_eval: bool,
 ) -> DataBundle:
+    batch = max(cfg.batch_size, cfg.eval_batch_size)
+    check_fits(batch * 3 * cfg.image_size**2 * 4 * 2, f"a batch of {batch} images of "
+               f"{cfg.image_size}x{cfg.image_size}", "lower data.image_size or the batch sizes")
     train_all, test = read_imagefolder(
         cfg.data_dir, image_size=cfg.image_size, augment=cfg.augment, hflip=cfg.hflip,
         skip_bad_images=cfg.skip_bad_images,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,6 +56,9 @@ tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"""
 CIFAR100_CLASSES = _CIFAR100_NAMES.split()
 
 INPUT_DTYPES = ("float32", "uint8")
+MIN_STD = 1e-6  # a smaller std is damage: x / std overflows float32
+MAX_NAME = 200  # characters of one class name
+MAX_JSON = 1 << 20  # bytes of a contract's JSON text
 COLOR_MODES = ("L", "RGB", "")
 #: the largest image side or channel count a contract may name (larger ones are damage)
 MAX_SIDE = 16384
@@ -116,9 +120,17 @@ class InputContract:
         if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
             raise DataError(f"input contract: {c} channels need {c} mean and {c} positive std "
                             f"values, got mean {self.mean}, std {self.std}")
+        if min(self.std) < MIN_STD or max(map(abs, self.mean + self.std)) > 1e6:
+            raise DataError(f"input contract: mean and std are in [0, 1] pixel units; std "
+                            f"{self.std} (below {MIN_STD:g}?) or mean {self.mean} is absurd")
         names = _seq("class_names", self.class_names)
         if not all(isinstance(n, str) for n in names):
             raise DataError("input contract: class_names must be a list of strings")
+        odd = next((n for n in names if len(n) > MAX_NAME or any(
+            unicodedata.category(ch) in ("Cc", "Cf") for ch in n)), None)
+        if odd is not None:
+            raise DataError(f"input contract: class name {odd[:40]!r} holds control or "
+                            f"formatting characters, or is longer than {MAX_NAME}")
         self.class_names = list(names)
         self.resize = _whole("resize", self.resize, MAX_SIDE)
         if self.resize < max(h, w):
@@ -164,14 +176,26 @@ class InputContract:
         missing = {"input_shape", "color_mode", "resize", "mean", "std", "class_names"} - set(d)
         if missing:
             raise DataError(f"input contract lacks {', '.join(sorted(missing))}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        contract = cls(**{k: v for k, v in d.items() if k in names})
+        # derived fields, if present, must say what the contract implies
+        if d.get("layout", contract.layout) != contract.layout:
+            raise DataError(f"input contract: layout must be {contract.layout}, got "
+                            f"{d['layout']!r}")
+        if "value_range" in d and d["value_range"] != contract.value_range:
+            raise DataError(f"input contract: value_range must be {contract.value_range} for "
+                            f"{contract.input_dtype} input, got {d['value_range']!r}")
+        return contract
 
     @classmethod
     def from_json(cls, text: str) -> InputContract:
+        if len(text) > MAX_JSON:
+            raise DataError(f"input contract is {len(text)} characters of JSON, more than a "
+                            f"contract ever needs ({MAX_JSON})")
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise DataError(f"input contract is not valid JSON: {e}") from e
+            value = json.loads(text)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, or a 5000-digit number
+            raise DataError(f"input contract is not valid JSON: {str(e)[:200]}") from None
+        return cls.from_dict(value)
 
     def describe(self) -> str:
         """One paragraph for people: what to feed the graph."""

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .arrays import ArrayDataset
 from .errors import DataError
+from .memory import check_fits
 
 _CHUNK = 4096
 
@@ -46,6 +47,10 @@ def make_synthetic(
             raise DataError(f"data.{key} must be >= 1, got {value}")
     if classes < 2:
         raise DataError(f"data.synthetic_classes must be >= 2, got {classes}")
+    pixels = channels * size * size
+    check_fits((samples + test_samples) * (pixels + 8) + classes * pixels * 4
+               + min(samples, _CHUNK) * pixels * 8, "the synthetic data set",
+               "lower data.synthetic_samples, data.synthetic_size or data.synthetic_channels")
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(classes, channels, 4, 4, generator=g)
     prototypes = 64 + 128 * F.interpolate(coarse, size=(size, size), mode="bilinear",

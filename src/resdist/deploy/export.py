@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import itertools
 import os
@@ -86,8 +87,7 @@ def with_preprocessing(
     if contract.normalized_inside:
         raise DeployError("this model already normalises its input")
     wrapped = Preprocessed(model, contract.mean, contract.std, input_dtype).eval()
-    baked = InputContract.from_dict({**contract.to_dict(), "normalized_inside": True,
-                                     "input_dtype": input_dtype})
+    baked = dataclasses.replace(contract, normalized_inside=True, input_dtype=input_dtype)
     return wrapped, baked
 
 
@@ -554,7 +554,7 @@ def load_model_source(
     shape = _check_input_shape(shape) if shape is not None else None
     contract = ckpt.contract  # None: neither recorded nor derivable; exported without one
     if contract is not None and shape is not None and list(shape) != contract.input_shape:
-        contract = InputContract.from_dict({**contract.to_dict(), "input_shape": list(shape)})
+        contract = dataclasses.replace(contract, input_shape=list(shape))
     found = (model, shape, ckpt.model_name, contract)
     return found if with_contract else found[:3]
 

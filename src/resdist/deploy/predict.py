@@ -60,6 +60,8 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
             found += inside
         elif p.is_file():
             found.append(p)
+        elif p.exists():
+            raise DeployError(f"{p}: not a regular file or folder (a pipe or device?)")
         else:
             raise DeployError(f"{p}: no such file or folder")
     if not found:

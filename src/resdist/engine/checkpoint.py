@@ -149,6 +149,13 @@ class Checkpoint:
                 isinstance(k, str) and isinstance(v, torch.Tensor)
                 for k, v in self.state_dict.items()):
             raise bad("model must be a state dict (names -> tensors)")
+        for key, tensor in self.state_dict.items():
+            if tensor.is_complex():
+                raise bad(f"model weight {key} is complex ({tensor.dtype})")
+            if tensor.is_floating_point() and tensor.numel() and not bool(
+                    torch.isfinite(tensor).all()):
+                raise bad(f"model weight {key} holds NaN or infinite values (a run that "
+                          "diverged?)")
         if isinstance(self.epoch, bool) or not isinstance(self.epoch, int) or self.epoch < 0:
             raise bad(f"epoch must be a whole number >= 0, got {self.epoch!r}")
         for name in ("config", "metrics", *TRAINING_FIELDS):
@@ -311,6 +318,13 @@ def load_weights(model: nn.Module, state: dict[str, Any], source: str, strict: b
     Raises:
         CheckpointError: a tensor is missing, unexpected or of another shape than the model's.
     """
+    own = model.state_dict()
+    for key, tensor in state.items():
+        mine = own.get(key)
+        if mine is not None and isinstance(tensor, torch.Tensor) and \
+                mine.is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"the weights of {source} do not fit {type(model).__name__}: "
+                                  f"{key} is {tensor.dtype}, the model keeps {mine.dtype}")
     try:
         return model.load_state_dict(state, strict=strict)
     except RuntimeError as e:

@@ -190,12 +190,33 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
         objective = convert_sync_batchnorm(objective)
         model = objective.student
     trainer = Trainer(cfg, objective, model, data, device, info, kw, input_shape)
-    note = channels_last_note(kept_nchw)
-    if note and info.is_main:
-        trainer.say(note)
+    for note in (channels_last_note(kept_nchw), small_features_note(model, input_shape)):
+        if note:
+            trainer.say(note)
     if teacher is not None:
         trainer.report_teacher(teacher, cfg.teacher.name or type(teacher).__name__, source)
     return trainer.fit()
+
+
+@torch.no_grad()
+def small_features_note(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """A warning when the last stage's feature maps are 1x1 or smaller (the ImageNet stem on
+    small images: little spatial information is left to learn from); else ``""``."""
+    features = getattr(model, "forward_features", None)  # stem and every stage
+    if features is None:
+        return ""
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    try:
+        out = features(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+    h, w = out.shape[-2:]
+    if h > 1 or w > 1:
+        return ""
+    return (f"warning: {input_shape[1]}x{input_shape[2]} images leave {h}x{w} feature maps at "
+            "the last stage of this network; for small images use --stem cifar")
 
 
 def amp_setup(
@@ -418,6 +439,14 @@ class Trainer:
             raise CheckpointError(f"{path}: its optimiser, scheduler or RNG state does not fit "
                                   f"this run ({type(e).__name__}: {e}); start anew with "
                                   "--overwrite") from e
+        for param, state in self.optimizer.state.items():  # torch checks no shapes itself
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() and \
+                        value.shape != param.shape:
+                    raise CheckpointError(
+                        f"{path}: its optimiser state {name!r} has shape {tuple(value.shape)} "
+                        f"for a parameter of shape {tuple(param.shape)}; the file is damaged; "
+                        "start anew with --overwrite")
         self.start_epoch = ckpt.epoch
         if self.logger is not None:  # one row per checkpointed epoch, whatever the crash left
             self.logger.reconcile(self.start_epoch, ckpt.metrics)

@@ -34,7 +34,15 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source:
             if k == "fc.weight":
                 what = f" (class count: weights have {state[k].shape[0]}, model has {v.shape[0]})"
             elif k == "conv1.weight":
-                what = " (stem or input channels differ)"
+                theirs, ours = tuple(state[k].shape), tuple(v.shape)
+                if theirs[1] != ours[1]:
+                    what = (f" (the weights take {theirs[1]}-channel images, the data has "
+                            f"{ours[1]})")
+                else:
+                    stem = {7: "imagenet", 3: "cifar"}.get(theirs[-1])
+                    what = (f" (the weights have a {theirs[-1]}x{theirs[-1]} stem: use --stem "
+                            f"{stem}, or --set model.stem={stem})" if stem else
+                            " (the stems differ)")
             raise WeightsError(
                 f"weights from {source} do not fit the model: {k} has shape "
                 f"{tuple(state[k].shape)}, model expects {tuple(v.shape)}{what}"
