@@ -253,6 +253,43 @@ def test_disk_full(tmp_path, capsys, monkeypatch, trained, how):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_killed_mid_write_keeps_the_previous_file(tmp_path, trained, fmt):
+    """``resdist export`` over a good file, killed (SIGKILL) while the new file is half written:
+    the old file is intact, and the next export removes the dead process's temporary."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    args = ["export", "--checkpoint", str(trained), "--format", fmt, "--out", str(out)]
+    assert main(args) == 0
+    good = out.read_bytes()
+    code = f"""
+import os, signal
+import torch
+from resdist.cli import main
+
+def dying_write(obj, f, *a, **k):
+    with open(f, "wb") if isinstance(f, (str, os.PathLike)) else open(f.name, "wb") as g:
+        g.write(b"half a model")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.jit.save = dying_write
+try:
+    import onnx
+    onnx.save = dying_write
+except ImportError:
+    pass
+main({args!r})
+"""
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert got.returncode == -9, got.stderr.decode()[-2000:]
+    assert out.read_bytes() == good
+    assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 1
+    assert main(args) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("how", ["tmpfs", "simulated"])
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace/save are deprecated
 def test_export_disk_full(tmp_path, capsys, monkeypatch, trained, how, fmt):
@@ -678,3 +715,21 @@ def test_eval_scores_the_full_test_set_unless_limited(capsys, trained):
     out, _ = ok(["eval", "--checkpoint", str(trained / "last.pth"),
                  "--set", "data.synthetic_samples=48"], capsys)
     assert "(12 images)" in out
+
+
+def test_stem_mismatch_names_the_fix_and_small_features_warn(tmp_path, capsys):
+    from resdist.models import create_model
+
+    weights = tmp_path / "resnet18.pth"  # a torchvision-layout state dict: 7x7 ImageNet stem
+    torch.save(create_model("resnet18", num_classes=4).state_dict(), weights)
+    args = ["train", "--data", "synthetic", "--model", "plain18", "--batch-size", "16",
+            "--no-progress", "--device", "cpu", "--epochs", "1", "--set",
+            "data.synthetic_samples=32", "--set", "data.synthetic_classes=4", "--set",
+            "data.synthetic_size=16", "--set", "train.tensorboard=false"]
+    line = fails([*args, "--out", str(tmp_path / "a"), "--stem", "cifar", "--method", "kd",
+                  "--teacher-weights", str(weights)], capsys)
+    assert "conv1.weight" in line and "use --stem imagenet" in line
+    out, err = ok([*args, "--out", str(tmp_path / "b")], capsys)
+    assert "leave 1x1 feature maps" in out + err and "--stem cifar" in out + err
+    out, err = ok([*args, "--out", str(tmp_path / "c"), "--stem", "cifar"], capsys)
+    assert "feature maps" not in out + err

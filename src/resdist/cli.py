@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="resdist", description="Residual Distillation: plain CNNs trained to ResNet "
-        "accuracy through a ResNet teacher, deployed without shortcuts. Docs: docs/README.md.")
+        "accuracy through a ResNet teacher, deployed without shortcuts. Each command's "
+        "--help says what it takes; the guides (method, deployment, faults) are the docs/ "
+        "folder of the source tree, which `pip install` does not copy.")
     parser.add_argument("--version", action="version", version=f"resdist {__version__}",
                         help="print the version and exit")
     parser.add_argument("--debug", action="store_true",

@@ -332,3 +332,37 @@ def test_onnx_runtime_runs_every_conv_of_the_int8_resnet_in_int8(quantized, tmp_
     ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
     assert ops["Conv"] == 0 and ops["QLinearConv"] == 21  # stem + 2 per block + 2 projections
     assert ops["Add"] == 0 and ops["QLinearAdd"] == 9
+
+
+def test_imagefolder_model_at_a_small_size_round_trips_through_fp32_and_int8(tmp_path, capsys):
+    """checkpoint -> fp32 ONNX -> INT8 ONNX, each predicted and evaluated at the 20x20 size the
+    model was trained at (not ImageNet's 224), without telling eval the size."""
+    from data_writers import write_imagefolder
+
+    from resdist.deploy.export import read_contract
+
+    root = tmp_path / "imgs"
+    write_imagefolder(root, num_classes=3, n_train=8, n_val=3, size=30)
+    run = tmp_path / "run"
+    assert main(["train", "--data", "imagefolder", "--data-dir", str(root), "--model", "plain20",
+                 "--epochs", "1", "--batch-size", "4", "--out", str(run), "--no-progress",
+                 "--device", "cpu", "--set", "data.image_size=20", "--set",
+                 "data.num_workers=0", "--set", "model.width_mult=0.25", "--set",
+                 "train.tensorboard=false"]) == 0
+    capsys.readouterr()
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
+    assert main(["export", "--checkpoint", str(run), "--out", str(fp32)]) == 0
+    assert main(["export", "--checkpoint", str(run), "--out", str(int8), "--quantize", "int8",
+                 "--calibration-images", "8"]) == 0
+    capsys.readouterr()
+    want = load_checkpoint(run / "last.pth").contract
+    assert want.input_shape == [3, 20, 20] and want.dataset == "imagefolder"
+    image = next((root / "val").rglob("*.JPEG"))
+    for path in (run / "last.pth", fp32, int8):
+        if path != run / "last.pth":
+            assert read_contract(path) == want
+        assert main(["predict", str(path), str(image), "--json"]) == 0
+        top = json.loads(capsys.readouterr().out)[0]["top"]
+        assert top[0]["class"] in want.class_names
+        assert main(["eval", "--checkpoint", str(path), "--data-dir", str(root)]) == 0
+        assert "(9 images)" in capsys.readouterr().out

@@ -285,7 +285,7 @@ def test_a_pipe_is_not_an_image(trained, tmp_path, capsys):
     ({"class_names": ["a", "b"]}, "outputs 4 logits but its contract names 2"),
     ({"input_dtype": "uint8", "normalized_inside": True, "value_range": [0, 255]},
      "takes float32 input"),
-    ({"std": [1e-310]}, "is absurd"),
+    ({"std": [1e-9]}, "is absurd"),
     ({"layout": "NHWC"}, "layout must be NCHW"),
     ({"value_range": [1, 0]}, "value_range must be [0.0, 1.0]"),
     ({"class_names": ["a\nb\x1b[31mRED"] * 4}, "control or formatting characters"),

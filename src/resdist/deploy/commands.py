@@ -273,6 +273,7 @@ def run_onnx_eval(args: argparse.Namespace) -> int:
     m = evaluate_onnx_file(
         args.checkpoint, args.data, data_dir=args.data_dir, download=args.download,
         batch_size=args.batch_size, limit_test=getattr(args, "limit_test", None),
+        overrides=getattr(args, "set", None) or (),
     )
     print(f"{Path(args.checkpoint).name} (ONNX {m['precision']}) on {m['data']} test "
           f"({m['samples']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  "

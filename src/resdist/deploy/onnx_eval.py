@@ -142,6 +142,30 @@ def _feeder(contract: InputContract | None,
     return feed
 
 
+def _data_like_contract(cfg: Any, contract: InputContract) -> Any:
+    """``cfg`` with the image geometry the contract records (where the data set lets it vary)."""
+    c, h, _ = contract.input_shape
+    if cfg.name == "imagefolder":
+        return replace(cfg, image_size=h)
+    if cfg.name == "synthetic":
+        return replace(cfg, synthetic_size=h, synthetic_channels=c,
+                       synthetic_classes=max(2, len(contract.class_names) or 2))
+    return cfg
+
+
+def _override_data(cfg: Any, overrides: Sequence[str]) -> Any:
+    """``cfg`` with ``data.key=value`` overrides applied (other sections are refused)."""
+    from ..config import Config
+
+    for item in overrides:
+        if not item.strip().startswith("data."):
+            raise DeployError(f"--set {item}: evaluating an ONNX file takes data.* settings "
+                              "only")
+    whole = Config(data=replace(cfg)).override(list(overrides))
+    whole.data.check()
+    return whole.data
+
+
 def evaluate_onnx_file(
     path: str | os.PathLike,
     data: Any = None,
@@ -151,8 +175,13 @@ def evaluate_onnx_file(
     batch_size: int | None = None,
     limit_test: int | None = None,
     threads: int | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate an ONNX model on the test set of a resdist data set.
+
+    The images are prepared as the file's input contract says: an ImageFolder at the
+    contract's input size, synthetic data of its shape and class count; ``overrides``
+    (``data.key=value``, as ``--set``) change any data setting.
 
     Args:
         path: the ``.onnx`` file (fp32 or INT8).
@@ -186,6 +215,9 @@ def evaluate_onnx_file(
     cfg = DataConfig(name=data) if isinstance(data, str) else data
     if cfg.name not in DATASET_NAMES:
         raise DeployError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if isinstance(data, str) and contract is not None:
+        cfg = _data_like_contract(cfg, contract)
+    cfg = _override_data(cfg, overrides)
     # the training loader is built but unused here: batch 1 so that any training split fits
     cfg = replace(cfg, val_split=0.0, augment=False, batch_size=1)
     if data_dir is not None:
