@@ -26,6 +26,13 @@ sys.path.insert(0, str(Path(__file__).parent / "data"))
 from data_writers import write_cifar, write_fmnist  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
+#: pages whose bash commands are run like the README's (the README's usage continued)
+COMMAND_PAGES = (README, DOCS / "training.md")
+
+
+def documented_commands() -> list[list[str]]:
+    return [argv for page in COMMAND_PAGES for argv in readme_commands(page.read_text())]
 
 TINY_FMNIST = ["--data-dir", "fm", "--limit-train", "64", "--limit-test", "32", "--batch-size",
                "32", "--epochs", "1", "--no-progress", "--set", "model.width_mult=0.25",
@@ -94,7 +101,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_readme_documents_every_command():
-    seen = {shrink(argv)[0] for argv in readme_commands(README.read_text())}
+    seen = {shrink(argv)[0] for argv in documented_commands()}
     assert {"train", "eval", "export", "predict", "profile", "reproduce", "models",
             "presets"} <= seen
 
@@ -102,7 +109,7 @@ def test_readme_documents_every_command():
 @pytest.mark.slow
 def test_every_readme_command_runs_shrunk(workdir: Path, capsys):
     torch.manual_seed(0)
-    commands = readme_commands(README.read_text())
+    commands = documented_commands()
     assert len(commands) >= 10
     for argv in commands:
         args = shrink(argv)
@@ -168,3 +175,29 @@ def test_docs_own_loop_checkpoint_example_makes_a_file_every_command_takes(tmp_p
     out = capsys.readouterr().out
     assert any(name in out for name in CLASS_NAMES), out  # a Fashion-MNIST class by name
     assert load_checkpoint("plain20.pth").contract.class_names == list(CLASS_NAMES)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_relative_link_in_readme_and_docs_resolves():
+    """Links to files exist, and links to a heading (``page.md#anchor``) name one."""
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", dest.read_text(), flags=re.M)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []

@@ -46,7 +46,7 @@ class Suite:
 #: Student rows of the short suite. Every row is reported and none is selected on the test set.
 #: "Dirac" is the released code's Dirac-parametrised student (folded into plain convs at export,
 #: so the deployed network is the same). The lambda 1e-4 row is the one choice made here, on a
-#: validation split (README "Results").
+#: validation split (docs/results.md).
 STUDENT_ROWS: tuple[Row, ...] = (
     Row("ce"), Row("kd"), Row("feature-kd"), Row("jointrd"),
     Row("jointrd", "lambda1e-4", "lambda 1e-4, chosen on val", ("distill.feature_weight=1e-4",)),
@@ -57,7 +57,7 @@ STUDENT_ROWS: tuple[Row, ...] = (
 #: Student rows of the long suite: the baselines, JointRD and Dirac JointRD. JointRD runs the
 #: paper's defaults, which are also the setting a validation split chose at this budget among
 #: lambda 1e-3, 5e-4 (the feature term's share of the loss equal to feature KD's) and 1e-4
-#: (README "Results" gives the figures), so one row serves both.
+#: (docs/results.md gives the figures), so one row serves both.
 LONG_ROWS: tuple[Row, ...] = (
     Row("ce"), Row("kd"), Row("feature-kd"), Row("jointrd"),
     Row("jointrd", "dirac", "Dirac", ("model.dirac=true",)),
