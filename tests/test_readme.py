@@ -137,24 +137,36 @@ def test_readme_onnx_runtime_example_prints_the_predicted_class(tmp_path: Path, 
 
     code = _deploy_example(README.read_text())
     assert code in (README.parent / "docs" / "deploy.md").read_text()
-    assert len(code.strip().splitlines()) <= 14
-    kw = {"num_classes": 10, "in_chans": 1, "width_mult": 0.25}
-    model = create_model("plain20", **kw)
-    ckpt = Checkpoint("plain20", kw, model.state_dict(),
-                      contract=contract_for_data("fashion-mnist")).save(tmp_path / "last.pth")
-    export(ckpt, "onnx", tmp_path / "plain56.onnx", opset=17, verify=False)
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(
-        tmp_path / "shoe.png")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert main(["predict", str(tmp_path / "plain56.onnx"), str(tmp_path / "shoe.png"),
-                 "--topk", "1", "--json"]) == 0
+    assert len(code.strip().splitlines()) <= 18
     import json
 
-    best = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
-    assert proc.stdout.strip() == best
+    rng = np.random.default_rng(0)
+    cases = [  # Fashion-MNIST; an ImageFolder model at 20x20 with a crop margin, bicubic
+        ("fashion-mnist", {"num_classes": 10, "in_chans": 1, "width_mult": 0.25},
+         contract_for_data("fashion-mnist"), rng.integers(0, 256, (28, 28), dtype=np.uint8)),
+        ("imagefolder", {"num_classes": 3, "in_chans": 3, "width_mult": 0.25},
+         contract_for_data("imagefolder", image_size=20, resize=24, interpolation="bicubic",
+                           class_names=["cat", "dog", "ship"]),
+         rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)),
+    ]
+    for name, kw, contract, pixels in cases:
+        folder = tmp_path / name
+        folder.mkdir()
+        model = create_model("plain20", **kw)
+        for m in model.modules():  # non-trivial statistics, so that classes differ
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+        ckpt = Checkpoint("plain20", kw, model.state_dict(), contract=contract).save(
+            folder / "last.pth")
+        export(ckpt, "onnx", folder / "plain56.onnx", opset=17, verify=False)
+        Image.fromarray(pixels).save(folder / "shoe.png")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert main(["predict", str(folder / "plain56.onnx"), str(folder / "shoe.png"),
+                     "--topk", "1", "--json"]) == 0
+        best = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
+        assert proc.stdout.strip() == best, name
 
 
 def test_docs_own_loop_checkpoint_example_makes_a_file_every_command_takes(tmp_path, capsys,

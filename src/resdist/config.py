@@ -30,6 +30,9 @@ PATH_LOSSES = ("ce", "kd")
 SCHEDULES = ("multistep", "step", "cosine", "onecycle", "constant")
 AMP_MODES = ("bf16", "fp16", "auto")
 STEMS = ("imagenet", "cifar")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+NORMALIZATIONS = ("imagenet", "dataset")
+TRAIN_CROPS = ("random-resized", "pad-crop")
 
 
 def check_choice(
@@ -98,7 +101,17 @@ class DataConfig:
     augment: bool = True
     crop_padding: int | None = None  # random-crop padding; None: 4 for CIFAR, 2 for Fashion-MNIST
     hflip: bool = True
-    image_size: int = 224  # ImageFolder training crop (eval: resize image_size*8/7, centre crop)
+    image_size: int = 224  # ImageFolder network input (training crop and eval centre crop)
+    # ImageFolder preprocessing (docs/training.md "Your own images"): eval resizes the shorter
+    # side to `resize` (None: image_size / crop_pct) and centre-crops image_size
+    crop_pct: float = 0.875  # 1.0: no crop margin, for images already at the network's size
+    resize: int | None = None
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest
+    normalization: str = "imagenet"  # imagenet | dataset (mean/std of the training folder)
+    mean: list[float] | None = None  # explicit per-channel mean/std, [0, 1] units (overrides)
+    std: list[float] | None = None
+    train_crop: str = "random-resized"  # random-resized | pad-crop (small images)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized
     num_workers: int | None = None  # ImageFolder DataLoader workers; None: the cores, at most 4
     in_memory: bool = True  # Fashion-MNIST/CIFAR/synthetic: keep the set as one device tensor
     synthetic_samples: int = 512
@@ -118,6 +131,24 @@ class DataConfig:
         check_range("data.val_split", self.val_split, 0, error=error)
         check_range("data.num_workers", self.num_workers, 0, optional=True, error=error)
         check_range("data.image_size", self.image_size, 1, error=error)
+        check_range("data.crop_pct", self.crop_pct, 0, 1, low_open=True, error=error)
+        check_range("data.resize", self.resize, self.image_size, optional=True, error=error)
+        check_choice("data.interpolation", self.interpolation, INTERPOLATIONS, "interpolation",
+                     error)
+        check_choice("data.normalization", self.normalization, NORMALIZATIONS, "normalization",
+                     error)
+        check_choice("data.train_crop", self.train_crop, TRAIN_CROPS, "training crop", error)
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise error(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got "
+                        f"{self.crop_scale}")
+        if (self.mean is None) != (self.std is None):
+            raise error("data.mean and data.std go together: give both or neither")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or min(self.std) <= 0:
+                raise error(f"data.mean and data.std need one value per channel and std > 0, "
+                            f"got {self.mean}, {self.std}")
+            for value in (*self.mean, *self.std):
+                check_range("data.mean/std", value, -1e6, 1e6, error=error)
         check_range("data.synthetic_samples", self.synthetic_samples, 1, error=error)
         check_range("data.synthetic_classes", self.synthetic_classes, 2, error=error)
         check_range("data.synthetic_size", self.synthetic_size, 1, error=error)

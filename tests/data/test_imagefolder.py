@@ -97,3 +97,37 @@ def test_bad_images_are_found_before_training_or_skipped_and_counted(tree, capsy
     train, _ = read_imagefolder(tree, image_size=16, skip_bad_images=True)
     assert len(train) == 12 and str(empty) not in [p for p, _ in train.samples]
     assert "left out 2 unreadable image files" in capsys.readouterr().err
+
+
+def test_preprocessing_is_configurable_and_the_contract_records_it(tree, tmp_path):
+    """Native-size images: no crop margin, pad-and-crop augmentation, bicubic, the folder's own
+    mean/std; the run's contract says exactly that, and predict then feeds what eval fed."""
+    from resdist.config import Config
+    from resdist.data.contract import contract_from_bundle
+    from resdist.deploy.predict import load_image
+
+    cfg = _cfg(tree, crop_pct=1.0, train_crop="pad-crop", interpolation="bicubic",
+               normalization="dataset")
+    bundle = build_data(cfg)
+    contract = contract_from_bundle(bundle)
+    assert contract.resize == 16 and contract.interpolation == "bicubic"
+    ant = [c / 255 for c in COLOURS["ant"]]
+    # the folder holds equal numbers of red, green and blue images: mean 0.286 per channel
+    assert contract.mean == pytest.approx([sum(c) / 3 / 255 for c in zip(*COLOURS.values())],
+                                          abs=1e-3)
+    x, y = next(iter(bundle.test))
+    first = sorted((tree / "val" / "ant").iterdir())[0]
+    assert torch.allclose(x[0], torch.from_numpy(load_image(first, contract)), atol=1e-5)
+    assert x[0].mean((1, 2)).tolist() == pytest.approx(
+        [(a - m) / s for a, m, s in zip(ant, contract.mean, contract.std)], abs=1e-3)
+    xt, _ = next(iter(bundle.train))
+    assert xt.shape == (4, 3, 16, 16)
+    # explicit statistics and ranges are checked like every other key
+    cfg2 = _cfg(tree, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    assert contract_from_bundle(build_data(cfg2)).std == [0.25, 0.25, 0.25]
+    for key, value in (("data.crop_pct", 0), ("data.interpolation", "lanczos"),
+                       ("data.train_crop", "five-crop"), ("data.resize", 8),
+                       ("data.crop_scale", [0.5, 0.2]), ("data.mean", [0.5, 0.5, 0.5])):
+        with pytest.raises(ValueError, match=key.split(".")[1]):
+            Config().override(["data.name=imagefolder", "data.image_size=16",
+                               f"data.{key.split('.')[1]}={value}"]).validate()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Subset
@@ -13,7 +14,7 @@ from .arrays import ArrayDataset
 from .cifar import read_cifar
 from .errors import DataError
 from .fashion_mnist import read_fashion_mnist
-from .imagefolder import read_imagefolder, with_eval_transform
+from .imagefolder import folder_statistics, read_imagefolder, with_eval_transform
 from .loaders import BatchLoader, InMemoryLoader, TorchLoader, check_rank
 from .memory import check_fits
 from .split import evenly_spaced, holdout_indices
@@ -26,10 +27,9 @@ from .transforms import (
     DEFAULT_CROP_PADDING,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SYNTHETIC_MEAN,
     SYNTHETIC_STD,
+    FolderPreprocessing,
     Normalize,
     RandomCropFlip,
 )
@@ -52,6 +52,8 @@ class DataBundle:
         class_names: class names when the data set has them.
         name: the data set (``data.name``).
         mean, std: the per-channel normalisation applied to the images, in [0, 1] pixel units.
+        resize, interpolation: how evaluation images are resized (ImageFolder; None: they are
+            used at their own size).
     """
 
     train: BatchLoader
@@ -64,6 +66,8 @@ class DataBundle:
     name: str
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    resize: int | None = None  # ImageFolder: the shorter side before the centre crop
+    interpolation: str = "bilinear"
 
 
 def default_workers() -> int:
@@ -170,13 +174,25 @@ def _build_imagefolder(
     cfg: DataConfig, device: torch.device, seed: int, rank: int, world_size: int,
     shard_eval: bool,
 ) -> DataBundle:
+    prep = FolderPreprocessing(
+        cfg.image_size, crop_pct=cfg.crop_pct, resize=cfg.resize,
+        interpolation=cfg.interpolation, train_crop=cfg.train_crop,
+        crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip, augment=cfg.augment,
+        crop_padding=cfg.crop_padding if cfg.crop_padding is not None else 4,
+        **({"mean": tuple(cfg.mean), "std": tuple(cfg.std)} if cfg.mean is not None else {}))
+    if cfg.mean is not None and len(cfg.mean) != 3:
+        raise DataError(f"ImageFolder images are RGB: data.mean/std need 3 values, got "
+                        f"{len(cfg.mean)}")
     batch = max(cfg.batch_size, cfg.eval_batch_size)
     check_fits(batch * 3 * cfg.image_size**2 * 4 * 2, f"a batch of {batch} images of "
                f"{cfg.image_size}x{cfg.image_size}", "lower data.image_size or the batch sizes")
-    train_all, test = read_imagefolder(
-        cfg.data_dir, image_size=cfg.image_size, augment=cfg.augment, hflip=cfg.hflip,
-        skip_bad_images=cfg.skip_bad_images,
-    )
+    train_all, test = read_imagefolder(cfg.data_dir, skip_bad_images=cfg.skip_bad_images,
+                                       prep=prep)
+    if cfg.normalization == "dataset" and cfg.mean is None:
+        mean, std = folder_statistics(train_all, prep)
+        prep = replace(prep, mean=mean, std=std)
+        train_all.transform, test.transform = prep.train_transform(), prep.eval_transform()
+        print(f"data: mean {list(mean)}, std {list(std)} of the training folder", file=sys.stderr)
     keep = evenly_spaced(len(train_all), cfg.limit_train)
     train_idx, val_idx = keep, None
     if cfg.val_split:
@@ -190,7 +206,7 @@ def _build_imagefolder(
                         shuffle=True, drop_last=True, **common)
     val = None
     if val_idx is not None:
-        view = with_eval_transform(train_all, cfg.image_size)
+        view = with_eval_transform(train_all, prep)
         val = TorchLoader(Subset(view, val_idx.tolist()), batch_size=cfg.eval_batch_size,
                           shard=shard_eval, **common)
     test_idx = evenly_spaced(len(test), cfg.limit_test)
@@ -199,5 +215,5 @@ def _build_imagefolder(
     return DataBundle(
         train=train, val=val, test=test_loader, num_classes=len(train_all.classes), in_chans=3,
         image_size=cfg.image_size, class_names=list(train_all.classes), name=cfg.name,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mean=prep.mean, std=prep.std, resize=prep.eval_resize, interpolation=prep.interpolation,
     )

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..config import INTERPOLATIONS
 from .errors import DataError
 from .fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from .transforms import (
@@ -96,6 +97,8 @@ class InputContract:
         dataset: the data set the network was trained on.
         normalized_inside: the graph normalises itself (exported with ``--preprocess``).
         input_dtype: ``"float32"`` or ``"uint8"`` (uint8 only with ``normalized_inside``).
+        interpolation: how the image is resized: ``"bilinear"``, ``"bicubic"`` or
+            ``"nearest"`` (PIL's filters of those names).
     """
 
     input_shape: list[int]
@@ -107,6 +110,7 @@ class InputContract:
     dataset: str = ""
     normalized_inside: bool = False
     input_dtype: str = "float32"
+    interpolation: str = "bilinear"
     layout: str = field(default="NCHW", init=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +152,9 @@ class InputContract:
         if self.input_dtype not in INPUT_DTYPES:
             raise DataError(f"input contract: input_dtype must be one of {INPUT_DTYPES}, got "
                             f"{self.input_dtype!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DataError(f"input contract: interpolation must be one of {INTERPOLATIONS}, "
+                            f"got {self.interpolation!r}")
         if self.input_dtype == "uint8" and not self.normalized_inside:
             raise DataError("input contract: input_dtype uint8 needs normalized_inside")
 
@@ -201,7 +208,8 @@ class InputContract:
         """One paragraph for people: what to feed the graph."""
         c, h, w = self.input_shape
         mode = {"L": "grey", "RGB": "RGB"}.get(self.color_mode, f"{c}-channel")
-        prep = f"{mode} image, shorter side resized to {self.resize}, centre crop {h}x{w}"
+        prep = (f"{mode} image, shorter side resized to {self.resize} ({self.interpolation}), "
+                f"centre crop {h}x{w}")
         if self.normalized_inside:
             scale = "raw 0..255 uint8 pixels" if self.input_dtype == "uint8" else \
                 "float32 pixels scaled to [0, 1] (x / 255)"
@@ -226,6 +234,8 @@ def contract_for_data(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     data_dir: str | Path | None = None,
+    resize: int | None = None,
+    interpolation: str = "bilinear",
 ) -> InputContract:
     """The contract of a network trained on data set ``name`` (``data.name`` of a config).
 
@@ -258,9 +268,11 @@ def contract_for_data(
         class_names = [f"class_{i}" for i in range(num_classes)]
     if class_names is None or (num_classes is not None and len(class_names) != num_classes):
         class_names = [str(i) for i in range(num_classes or 0)]
-    resize = imagefolder_resize(size) if name == "imagefolder" else size
+    if resize is None:
+        resize = imagefolder_resize(size) if name == "imagefolder" else size
     return InputContract(
         input_shape=[c, size, size], color_mode=_color_mode(c), resize=resize,
+        interpolation=interpolation,
         mean=list(mean if mean is not None else mean0), std=list(std if std is not None else std0),
         class_names=list(class_names), dataset=name,
     )
@@ -272,4 +284,6 @@ def contract_from_bundle(data: Any) -> InputContract:
         data.name, in_chans=data.in_chans, image_size=data.image_size,
         num_classes=data.num_classes, class_names=data.class_names,
         mean=data.mean or None, std=data.std or None,
+        resize=getattr(data, "resize", None), interpolation=getattr(data, "interpolation",
+                                                                     "bilinear"),
     )

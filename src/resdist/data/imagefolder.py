@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import DataError
 from .images import bomb_reason, pil_loader
 from .locations import default_data_dir, show
-from .transforms import imagefolder_eval_transform, imagefolder_train_transform
+from .transforms import FolderPreprocessing
 
 
 def folder_links(class_dir: str | os.PathLike) -> list[Path]:
@@ -104,14 +104,16 @@ def read_imagefolder(
     augment: bool = True,
     hflip: bool = True,
     skip_bad_images: bool = False,
+    prep: FolderPreprocessing | None = None,
 ):  # -> tuple[ImageFolder, ImageFolder]
     """Load ``data_dir/train`` and ``data_dir/val`` as torchvision ``ImageFolder`` sets.
 
-    Training images get a random-resized crop to ``image_size`` and a flip (none when
-    ``augment`` is false: then they are treated like the validation images); validation images
-    are resized to ``round(image_size * 256 / 224)`` and centre-cropped to ``image_size``. Both
-    are normalised with the ImageNet mean and std. Class indices follow the sorted folder
-    names, which must be the same in ``train`` and ``val``.
+    ``prep`` says how images become inputs (:class:`~resdist.data.transforms.
+    FolderPreprocessing`); by default ImageNet's rules at ``image_size``: training images get a
+    random-resized crop and a flip (none when ``augment`` is false: then they are treated like
+    the validation images), validation images are resized to ``round(image_size * 256 / 224)``
+    and centre-cropped, both normalised with the ImageNet mean and std. Class indices follow
+    the sorted folder names, which must be the same in ``train`` and ``val``.
 
     Every file is checked before training starts (:func:`bad_images`): an empty or unreadable
     one is an error naming it, or, with ``skip_bad_images``, is left out and counted.
@@ -120,8 +122,9 @@ def read_imagefolder(
         DataError: a folder is missing, a class folder holds no image, an image file is bad
             (unless skipped), or the class lists differ.
     """
-    if image_size < 1:
-        raise DataError(f"data.image_size must be >= 1, got {image_size}")
+    prep = prep or FolderPreprocessing(image_size, augment=augment, hflip=hflip)
+    if prep.image_size < 1:
+        raise DataError(f"data.image_size must be >= 1, got {prep.image_size}")
     if data_dir is None:
         candidates = default_data_dir("imagefolder")
         root = next((c for c in candidates if c.is_dir()), candidates[0])
@@ -134,9 +137,8 @@ def read_imagefolder(
             + ", ".join(missing)
             + ". Pass the folder that holds them with --data-dir (data.data_dir)."
         )
-    train = _image_folder(root / "train",
-                          imagefolder_train_transform(image_size, augment=augment, hflip=hflip))
-    val = _image_folder(root / "val", imagefolder_eval_transform(image_size))
+    train = _image_folder(root / "train", prep.train_transform())
+    val = _image_folder(root / "val", prep.eval_transform())
     for split, dataset in (("train", train), ("val", val)):
         _check_images(dataset, root / split, skip_bad_images)
     if train.classes != val.classes:
@@ -149,9 +151,32 @@ def read_imagefolder(
     return train, val
 
 
-def with_eval_transform(dataset, image_size: int):  # -> ImageFolder
+def with_eval_transform(dataset, prep: FolderPreprocessing, normalize: bool = True):
     """A shallow copy of ``dataset`` (same file list, no rescan) with the evaluation transform,
-    for a validation split carved out of the training folder."""
+    for a validation split carved out of the training folder (or, without ``normalize``, for
+    measuring the folder's mean and std). Returns an ``ImageFolder``."""
     view = copy.copy(dataset)
-    view.transform = imagefolder_eval_transform(image_size)
+    view.transform = prep.eval_transform(normalize=normalize)
     return view
+
+
+def folder_statistics(dataset, prep: FolderPreprocessing, max_images: int = 2000
+                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (in [0, 1] units) of up to ``max_images`` evenly spaced
+    training images, prepared as for evaluation (resize, centre crop)."""
+    import torch
+
+    view = with_eval_transform(dataset, prep, normalize=False)
+    n = len(view)
+    picks = sorted({int(i * n / min(n, max_images)) for i in range(min(n, max_images))})
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    for i in picks:
+        x = view[i][0].double()
+        total += x.sum((1, 2))
+        squares += (x * x).sum((1, 2))
+        pixels += x.shape[1] * x.shape[2]
+    mean = total / pixels
+    std = (squares / pixels - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .errors import DataError
@@ -115,34 +117,87 @@ class Normalize:
         return torch.addcmul(shift, x.to(torch.float32), scale)
 
 
-def imagefolder_resize(image_size: int) -> int:
-    """Shorter side an evaluation image is resized to before the ``image_size`` centre crop
-    (256 for 224, the ImageNet convention)."""
-    return round(image_size * 256 / 224)
+DEFAULT_CROP_PCT = 0.875  # 224 of 256: the ImageNet convention (timm's crop_pct)
+
+
+def imagefolder_resize(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
+    """Shorter side an evaluation image is resized to before the ``image_size`` centre crop:
+    ``round(image_size / crop_pct)`` (256 for 224 at the ImageNet convention; ``image_size``
+    itself at ``crop_pct=1``, for images already at the network's size)."""
+    return round(image_size / crop_pct)
+
+
+@dataclass(frozen=True)
+class FolderPreprocessing:
+    """How ImageFolder images become network inputs (``data.*`` keys of the same names).
+
+    Evaluation: the shorter side resized to ``resize`` (default ``image_size / crop_pct``) with
+    ``interpolation``, centre crop ``image_size``, x / 255, ``(x - mean) / std``. Training
+    (``augment``): ``train_crop`` ``"random-resized"`` (torchvision's RandomResizedCrop at
+    ``crop_scale``) or ``"pad-crop"`` (the eval resize, then a random ``image_size`` crop of the
+    image padded by ``crop_padding``: the CIFAR recipe, for small images), then a horizontal
+    flip when ``hflip``.
+    """
+
+    image_size: int = 224
+    crop_pct: float = DEFAULT_CROP_PCT
+    resize: int | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    train_crop: str = "random-resized"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_padding: int = 4
+    hflip: bool = True
+    augment: bool = True
+
+    @property
+    def eval_resize(self) -> int:
+        return self.resize if self.resize is not None else imagefolder_resize(
+            self.image_size, self.crop_pct)
+
+    def _mode(self):  # -> torchvision InterpolationMode
+        from torchvision.transforms import InterpolationMode
+
+        return InterpolationMode(self.interpolation)
+
+    def _resize_crop(self) -> list:
+        from torchvision import transforms as T
+
+        return [T.Resize(self.eval_resize, interpolation=self._mode()),
+                T.CenterCrop(self.image_size)]
+
+    def eval_transform(self, normalize: bool = True):  # -> torchvision.transforms.Compose
+        """Resize, centre crop, tensor and (with ``normalize``) normalisation."""
+        from torchvision import transforms as T
+
+        steps = [*self._resize_crop(), T.ToTensor()]
+        return T.Compose(steps + ([T.Normalize(self.mean, self.std)] if normalize else []))
+
+    def train_transform(self):  # -> torchvision.transforms.Compose
+        """The training pipeline (the evaluation one when ``augment`` is off)."""
+        from torchvision import transforms as T
+
+        if not self.augment:
+            return self.eval_transform()
+        if self.train_crop == "pad-crop":
+            steps = [*self._resize_crop(), T.RandomCrop(self.image_size,
+                                                        padding=self.crop_padding)]
+        else:
+            steps = [T.RandomResizedCrop(self.image_size, scale=tuple(self.crop_scale),
+                                         interpolation=self._mode())]
+        if self.hflip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
 
 def imagefolder_train_transform(
     image_size: int, *, augment: bool = True, hflip: bool = True
 ):  # -> torchvision.transforms.Compose
     """ImageNet training pipeline: random-resized crop + flip, tensor, normalise."""
-    from torchvision import transforms as T
-
-    if not augment:
-        return imagefolder_eval_transform(image_size)
-    steps = [T.RandomResizedCrop(image_size)]
-    if hflip:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return T.Compose(steps)
+    return FolderPreprocessing(image_size, augment=augment, hflip=hflip).train_transform()
 
 
 def imagefolder_eval_transform(image_size: int):  # -> torchvision.transforms.Compose
     """ImageNet evaluation pipeline: resize to ``image_size * 256/224``, centre crop."""
-    from torchvision import transforms as T
-
-    return T.Compose([
-        T.Resize(imagefolder_resize(image_size)),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return FolderPreprocessing(image_size).eval_transform()

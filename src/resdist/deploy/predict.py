@@ -81,7 +81,8 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     if contract.color_mode not in ("L", "RGB"):
         raise DeployError(f"cannot read {c}-channel images from files (grey or RGB only)")
     img = open_image(path, contract.color_mode)  # 16-bit grey scaled to 8 bits, as in training
-    img = TF.center_crop(TF.resize(img, contract.resize), [h, w])
+    mode = TF.InterpolationMode(contract.interpolation)
+    img = TF.center_crop(TF.resize(img, contract.resize, interpolation=mode), [h, w])
     pixels = np.asarray(img, dtype=np.uint8).reshape(h, w, -1).transpose(2, 0, 1)
     if contract.input_dtype == "uint8":
         return np.ascontiguousarray(pixels)
