@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from resdist.cli import main
 
@@ -150,3 +151,23 @@ def test_dry_run_says_where_the_teacher_comes_from(capsys, extra, words):
     assert main(["train", "--data", "synthetic", "--model", "plain20", "--method", "kd",
                  "--dry-run", *extra]) == 0
     assert words in capsys.readouterr().out
+
+
+def test_eval_scores_a_plain_state_dict_given_its_model(tmp_path, capsys):
+    from resdist.data.contract import contract_for_data
+    from resdist.engine import Checkpoint
+    from resdist.models import create_model
+
+    kw = {"num_classes": 10, "in_chans": 3, "width_mult": 0.25}
+    net = create_model("resnet20", **kw)
+    torch.save(net.state_dict(), tmp_path / "sd.pth")
+    Checkpoint("resnet20", kw, net.state_dict(), contract=contract_for_data("synthetic"),
+               config={"data": {"name": "synthetic"}}).save(tmp_path / "ck.pth")
+    tiny = ["--data", "synthetic", "--limit-test", "40", "--device", "cpu"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck.pth"), *tiny]) == 0
+    by_checkpoint = capsys.readouterr().out.split(":", 1)[1]
+    assert main(["eval", "--checkpoint", str(tmp_path / "sd.pth"), "--model", "resnet20",
+                 "--set", "model.width_mult=0.25", *tiny]) == 0
+    assert capsys.readouterr().out.split(":", 1)[1] == by_checkpoint
+    assert main(["eval", "--checkpoint", str(tmp_path / "sd.pth"), "--model", "resnet20"]) == 2
+    assert "pass --data NAME" in capsys.readouterr().err

@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a resdist checkpoint (or its run folder, for last.pth), or an exported "
                    "ONNX model (fp32 or INT8, run with ONNX Runtime)")
     _add_data_args(e, defaults=False)
+    e.add_argument("--model", metavar="NAME", default=None,
+                   help="the file is a plain state dict of this registry network (e.g. a "
+                   "torchvision ResNet's, as --teacher-weights takes), built for --data's "
+                   "classes and channels; --set model.stem=... if needed")
     e.add_argument("--split", choices=["test", "val"], default="test",
                    help="test set, or the validation split the run held out (default: test)")
     e.add_argument("--limit-test", type=int, default=None, metavar="N",
@@ -345,7 +349,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     score = evaluate_checkpoint(
         args.checkpoint, data=args.data, data_dir=args.data_dir, download=args.download,
         batch_size=args.batch_size, limit_test=args.limit_test, overrides=args.set,
-        split=args.split, device=args.device)
+        split=args.split, device=args.device, model=args.model)
     print(score.line())
     return 0
 

@@ -39,17 +39,28 @@ def evaluate_checkpoint(
     overrides: Sequence[str] = (),
     split: str = "test",
     device: str = "auto",
+    model: str | None = None,
 ) -> CheckpointScore:
     """Score ``checkpoint`` on the full test set (or ``split="val"``) of the data set its config
     names, unless ``data``/``data_dir``/``overrides`` (``section.key=value``) say otherwise.
 
+    With ``model`` (a registry name), ``checkpoint`` is a plain state dict of that network
+    instead (a torchvision ResNet's, say, as ``--teacher-weights`` takes): it is built for the
+    data's classes and channels (``model.stem`` etc. from ``overrides``) and scored on
+    ``data``, which must then be given.
+
     Raises:
-        ConfigError: no validation split, or the data set's class count differs.
+        ConfigError: no validation split, the data set's class count differs, or a state dict
+            without ``data``.
         CheckpointError: the file is not a readable resdist checkpoint.
     """
     from ..data import build_data
     from .distributed import DistInfo, resolve_device
 
+    if model is not None:
+        return _evaluate_state_dict(checkpoint, model, data=data, data_dir=data_dir,
+                                    download=download, batch_size=batch_size,
+                                    limit_test=limit_test, overrides=overrides, device=device)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.run_config()
     cfg.data.limit_test = limit_test  # the full test set, whatever the training run scored
@@ -78,3 +89,30 @@ def evaluate_checkpoint(
     m = evaluate(model, bundle.test if split == "test" else bundle.val)
     return CheckpointScore(ckpt.model_name, cfg.data.name, split, m["top1"], m["top5"],
                            m["loss"], int(m["samples"]))
+
+
+def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_size, limit_test,
+                         overrides, device) -> CheckpointScore:
+    from ..config import Config
+    from ..data import build_data
+    from ..models.pretrained import load_torchvision_weights
+    from .build import build_model
+    from .distributed import DistInfo, resolve_device
+
+    if not data:
+        raise ConfigError(f"a state dict records no data set: pass --data NAME to score {path}")
+    cfg = Config()
+    cfg.data.name, cfg.model.name = data, name
+    cfg.data.data_dir, cfg.data.download = data_dir, bool(download)
+    cfg.data.limit_test, cfg.data.batch_size = limit_test, 1
+    if batch_size is not None:
+        cfg.data.eval_batch_size = batch_size
+    cfg.override(list(overrides))
+    cfg.validate()
+    dev = resolve_device(device, DistInfo())
+    bundle = build_data(cfg.data, device=dev, seed=cfg.train.seed)
+    net, _ = build_model(cfg.model, bundle.num_classes, bundle.in_chans)
+    load_torchvision_weights(net, name, str(path))
+    m = evaluate(net.to(dev), bundle.test)
+    return CheckpointScore(name, cfg.data.name, "test", m["top1"], m["top5"], m["loss"],
+                           int(m["samples"]))
