@@ -213,3 +213,19 @@ def test_every_relative_link_in_readme_and_docs_resolves():
                 if anchor not in {_slug(h) for h in headings}:
                     broken.append(f"{page.name}: {target} (no such heading)")
     assert broken == []
+
+
+def test_readme_library_example_trains_saves_and_exports(tmp_path, monkeypatch):
+    """The README's library example runs as written (one step on random images) and ends in an
+    ONNX file with the contract and no shortcut Add."""
+    pytest.importorskip("onnx")
+    from resdist.data.contract import contract_for_data
+    from resdist.deploy.export import count_feature_adds, read_contract
+
+    section = README.read_text().split("### Library", 1)[1].split("\n### ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    loader = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))]
+    exec(code, {"epochs": 1, "loader": loader})  # noqa: S102
+    assert read_contract(tmp_path / "plain56.onnx") == contract_for_data("fashion-mnist")
+    assert count_feature_adds(tmp_path / "plain56.onnx") == 0
