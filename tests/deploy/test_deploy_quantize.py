@@ -290,8 +290,11 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     err = _one_line_error(["eval", "--checkpoint", str(tmp_path / "bare.onnx"), "--data-dir",
                            str(fmnist)], capsys)
     assert "--data" in err
-    # a model for 28x28x1 images on a data set of 32x32x3 images
-    err = _one_line_error(["eval", "--checkpoint", str(plain), "--data", "synthetic"], capsys)
+    # a model for 28x28x1 images on a data set of 32x32x3 images (synthetic data takes the
+    # contract's shape unless told otherwise)
+    err = _one_line_error(["eval", "--checkpoint", str(plain), "--data", "synthetic", "--set",
+                           "data.synthetic_size=32", "--set", "data.synthetic_channels=3"],
+                          capsys)
     assert "1x28x28 inputs but synthetic images are 3x32x32" in err
 
 
