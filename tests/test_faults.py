@@ -140,7 +140,7 @@ def test_torchscript_file(tmp_path, capsys, monkeypatch, where):
         scripted.rename(run / "last.pth")
     line = fails(args, capsys)
     assert "is a TorchScript file; loading one runs the code it carries" in line
-    if where == "predict":
+    if where in ("predict", "eval"):
         assert "--trust-torchscript" in line
 
 

@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a resdist checkpoint (or its run folder, for last.pth), or an exported "
                    "ONNX model (fp32 or INT8, run with ONNX Runtime)")
     _add_data_args(e, defaults=False)
+    e.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a TorchScript PATH (from resdist export): loading it RUNS THE "
+                   "CODE THE FILE CARRIES, so only for files whose source you trust")
     e.add_argument("--model", metavar="NAME", default=None,
                    help="the file is a plain state dict of this registry network (e.g. a "
                    "torchvision ResNet's, as --teacher-weights takes), built for --data's "
@@ -339,8 +342,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .deploy.onnx_eval import model_file_kind
+    from .safe_load import is_torchscript
 
-    if model_file_kind(args.checkpoint) == "onnx":
+    if model_file_kind(args.checkpoint) == "onnx" or is_torchscript(args.checkpoint):
         from .deploy.commands import run_onnx_eval
 
         return run_onnx_eval(args)

@@ -298,3 +298,20 @@ def test_a_strangers_contract_is_checked_before_use(trained, tmp_path, capsys, c
     assert main(["predict", str(bad), str(trained["files"][0])]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace/save are deprecated
+def test_eval_of_a_trusted_torchscript_export_equals_eval_of_its_checkpoint(trained, tmp_path,
+                                                                           capsys):
+    from resdist.engine.evaluation import evaluate_checkpoint
+
+    path = tmp_path / "m.pt"
+    export(trained["ckpt"], "torchscript", path, preprocess=True)
+    assert main(["eval", "--checkpoint", str(path)]) == 2  # loading it would run its code
+    assert "--trust-torchscript" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(path), "--trust-torchscript", "--set",
+                 "data.synthetic_samples=96"]) == 0
+    line = capsys.readouterr().out
+    ref = evaluate_checkpoint(trained["ckpt"], device="cpu")
+    assert "(TorchScript fp32) on synthetic test" in line
+    assert f"top-1 {ref.top1:.2f}%" in line and f"({ref.samples} images)" in line

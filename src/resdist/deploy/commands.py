@@ -264,18 +264,25 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_onnx_eval(args: argparse.Namespace) -> int:
-    """``resdist eval --checkpoint MODEL.onnx``: ONNX Runtime on the data set's test split."""
-    from .onnx_eval import evaluate_onnx_file
+    """``resdist eval --checkpoint MODEL.onnx`` (ONNX Runtime) or ``MODEL.pt`` (TorchScript,
+    with ``--trust-torchscript``) on the data set's test split."""
+    from ..safe_load import is_torchscript
+    from .onnx_eval import evaluate_onnx_file, evaluate_torchscript_file
 
     if getattr(args, "split", "test") != "test":
-        raise DeployError("an ONNX model is evaluated on the test split only; --split val needs "
-                          "the run's checkpoint (its config holds the validation split)")
-    m = evaluate_onnx_file(
-        args.checkpoint, args.data, data_dir=args.data_dir, download=args.download,
-        batch_size=args.batch_size, limit_test=getattr(args, "limit_test", None),
-        overrides=getattr(args, "set", None) or (),
-    )
-    print(f"{Path(args.checkpoint).name} (ONNX {m['precision']}) on {m['data']} test "
+        raise DeployError("an exported model is evaluated on the test split only; --split val "
+                          "needs the run's checkpoint (its config holds the validation split)")
+    common = dict(data_dir=args.data_dir, download=args.download, batch_size=args.batch_size,
+                  limit_test=getattr(args, "limit_test", None),
+                  overrides=getattr(args, "set", None) or ())
+    if is_torchscript(args.checkpoint):
+        m = evaluate_torchscript_file(args.checkpoint, args.data,
+                                      trust=getattr(args, "trust_torchscript", False), **common)
+        kind = "TorchScript"
+    else:
+        m = evaluate_onnx_file(args.checkpoint, args.data, **common)
+        kind = "ONNX"
+    print(f"{Path(args.checkpoint).name} ({kind} {m['precision']}) on {m['data']} test "
           f"({m['samples']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  "
           f"loss {m['loss']:.4f}")
     return 0

@@ -9,6 +9,7 @@ checkpoint and of its fp32 export agree.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -24,7 +25,8 @@ from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError, require
 from .runtime import cpu_session
 
-__all__ = ["evaluate_onnx", "evaluate_onnx_file", "model_file_kind", "onnx_input_shape"]
+__all__ = ["evaluate_onnx", "evaluate_onnx_file", "evaluate_torchscript_file", "model_file_kind",
+           "onnx_input_shape", "score_batches"]
 
 
 def _parse_onnx(path: Path) -> Any | None:
@@ -89,23 +91,33 @@ def evaluate_onnx(
     contract asks. ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
     Returns the same keys as :func:`resdist.engine.evaluate`.
     """
-    from ..engine.metrics import topk_correct
-
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"ONNX file not found: {path}")
     session = cpu_session(path, threads)
     in_name = session.get_inputs()[0].name
-    totals = np.zeros(4, dtype=np.float64)
-    feed = _feeder(contract, normalization)
-    for images, labels in loader:
-        x = feed(images.detach().to("cpu", torch.float32).contiguous().numpy())
+
+    def run(x: np.ndarray) -> np.ndarray:
         try:
-            (logits,) = session.run(None, {in_name: x})[:1]
+            return session.run(None, {in_name: x})[0]
         except Exception as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DeployError(f"ONNX Runtime failed on a batch of shape {x.shape}: {detail}") \
                 from e
+
+    return score_batches(run, loader, _feeder(contract, normalization))
+
+
+def score_batches(run: Callable[[np.ndarray], np.ndarray],
+                  loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  feed: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> dict[str, float]:
+    """Top-1/top-5 (%) and mean cross-entropy of ``run`` (a prepared batch -> logits, as NumPy)
+    over ``loader``; ``feed`` turns the loader's normalised batches into what ``run`` takes."""
+    from ..engine.metrics import topk_correct
+
+    totals = np.zeros(4, dtype=np.float64)
+    for images, labels in loader:
+        logits = run(feed(images.detach().to("cpu", torch.float32).contiguous().numpy()))
         out = torch.from_numpy(np.asarray(logits, dtype=np.float32))
         y = labels.detach().cpu()
         if out.dim() != 2 or int(y.max()) >= out.shape[1]:
@@ -195,10 +207,7 @@ def evaluate_onnx_file(
         (``"int8"`` when the graph holds ``QuantizeLinear`` nodes, else ``"fp32"``) and
         ``path``.
     """
-    from ..config import DataConfig
-    from ..data import build_data
     from ..data.contract import contract_from_bundle
-    from ..data.locations import DATASET_NAMES
     from .export import read_contract
     from .quantize import DATA_METADATA_KEY
 
@@ -207,7 +216,36 @@ def evaluate_onnx_file(
     contract = read_contract(path)
     if data is None:
         props = {p.key: p.value for p in proto.metadata_props}
-        data = props.get(DATA_METADATA_KEY) or (contract.dataset if contract else None)
+        data = props.get(DATA_METADATA_KEY) or None
+    bundle, cfg = _test_data(path, contract, data, data_dir=data_dir, download=download,
+                             batch_size=batch_size, limit_test=limit_test, overrides=overrides)
+    want = onnx_input_shape(proto)
+    have = (bundle.in_chans, bundle.image_size, bundle.image_size)
+    if want is not None and want != have:
+        raise DeployError(
+            f"{path.name} takes {want[0]}x{want[1]}x{want[2]} inputs but {cfg.name} images are "
+            f"{have[0]}x{have[1]}x{have[2]}; evaluate it on the data set it was exported for"
+        )
+    loader_contract = contract_from_bundle(bundle)
+    metrics: dict[str, Any] = evaluate_onnx(
+        path, bundle.test, threads=threads, contract=contract,
+        normalization=(loader_contract.mean, loader_contract.std))
+    int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
+    metrics.update({"data": cfg.name, "precision": "int8" if int8 else "fp32",
+                    "path": str(path)})
+    return metrics
+
+
+def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_dir, download,
+               batch_size, limit_test, overrides: Sequence[str]) -> tuple[Any, Any]:
+    """``(bundle, data config)`` of the test split an exported file is scored on: ``data`` (a
+    name or DataConfig), else the data set its contract names, shaped like the contract."""
+    from ..config import DataConfig
+    from ..data import build_data
+    from ..data.locations import DATASET_NAMES
+
+    if data is None:
+        data = contract.dataset if contract is not None else None
         if not data:
             raise DeployError(
                 f"{path.name} does not say which data set it was trained on; pass --data NAME"
@@ -228,19 +266,46 @@ def evaluate_onnx_file(
         cfg.eval_batch_size = batch_size
     if limit_test is not None:
         cfg.limit_test = limit_test
-    bundle = build_data(cfg, device="cpu")
-    want = onnx_input_shape(proto)
-    have = (bundle.in_chans, bundle.image_size, bundle.image_size)
-    if want is not None and want != have:
-        raise DeployError(
-            f"{path.name} takes {want[0]}x{want[1]}x{want[2]} inputs but {cfg.name} images are "
-            f"{have[0]}x{have[1]}x{have[2]}; evaluate it on the data set it was exported for"
-        )
+    return build_data(cfg, device="cpu"), cfg
+
+
+def evaluate_torchscript_file(
+    path: str | os.PathLike,
+    data: Any = None,
+    *,
+    trust: bool = False,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    batch_size: int | None = None,
+    limit_test: int | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Evaluate a TorchScript file from ``resdist export`` like :func:`evaluate_onnx_file`.
+
+    Loading a TorchScript file runs the code it carries, so it is refused unless ``trust``
+    (``--trust-torchscript``); its contract is read from the archive without loading it.
+    """
+    from ..data.contract import contract_from_bundle
+    from ..safe_load import refuse_torchscript
+    from .export import read_contract
+
+    path = Path(path)
+    if not trust:
+        refuse_torchscript(path, "evaluate its checkpoint or ONNX export, or pass "
+                           "--trust-torchscript if you trust where the file came from")
+    contract = read_contract(path)
+    bundle, cfg = _test_data(path, contract, data, data_dir=data_dir, download=download,
+                             batch_size=batch_size, limit_test=limit_test, overrides=overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).float().numpy()
+
     loader_contract = contract_from_bundle(bundle)
-    metrics: dict[str, Any] = evaluate_onnx(
-        path, bundle.test, threads=threads, contract=contract,
-        normalization=(loader_contract.mean, loader_contract.std))
-    int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
-    metrics.update({"data": cfg.name, "precision": "int8" if int8 else "fp32",
-                    "path": str(path)})
+    metrics: dict[str, Any] = score_batches(
+        run, bundle.test, _feeder(contract, (loader_contract.mean, loader_contract.std)))
+    metrics.update({"data": cfg.name, "precision": "fp32", "path": str(path)})
     return metrics
