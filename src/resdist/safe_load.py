@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Any
 
@@ -54,6 +55,24 @@ def refuse_torchscript(path: str | os.PathLike, what: str) -> None:
         raise TorchScriptFileError(
             f"{os.fspath(path)} is a TorchScript file; loading one runs the code it carries, so "
             f"resdist does not; {what}")
+
+
+def load_torchscript(path: str | os.PathLike, *, trusted: bool, what: str) -> Any:
+    """``torch.jit.load(path)`` on the CPU, in eval mode, its deprecation warnings quiet.
+
+    Loading runs the code the file carries, so the caller says whether it may: ``trusted`` is a
+    user's explicit opt-in (``--trust-torchscript``) or a file resdist has just written itself.
+
+    Raises:
+        TorchScriptFileError: ``trusted`` is false (``what`` says what to use instead).
+    """
+    if not trusted:
+        raise TorchScriptFileError(
+            f"{os.fspath(path)} is a TorchScript file; loading one runs the code it carries, so "
+            f"resdist does not; {what}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(os.fspath(path), map_location="cpu").eval()
 
 
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -28,6 +28,7 @@ from ..atomic import atomic_path, write_failure
 from ..data.contract import InputContract
 from ..data.errors import DataError
 from ..models.fold import to_deploy
+from ..safe_load import load_torchscript
 from ._onnx_graph import (
     activation_names,
     graph_inputs,
@@ -479,9 +480,7 @@ def _load_torchscript(module_or_path: Any) -> Any:
     if isinstance(module_or_path, (str, os.PathLike)):
         if not os.path.isfile(module_or_path):
             raise DeployError(f"TorchScript file not found: {module_or_path}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.load(os.fspath(module_or_path), map_location="cpu")
+        return load_torchscript(module_or_path, trusted=True, what="")  # our own export
     return module_or_path
 
 

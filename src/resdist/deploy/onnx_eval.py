@@ -9,7 +9,6 @@ checkpoint and of its fp32 export agree.
 from __future__ import annotations
 
 import os
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -286,24 +285,14 @@ def evaluate_torchscript_file(
     (``--trust-torchscript``); its contract is read from the archive without loading it.
     """
     from ..data.contract import contract_from_bundle
-    from ..safe_load import refuse_torchscript
     from .export import read_contract
+    from .predict import torchscript_runner
 
     path = Path(path)
-    if not trust:
-        refuse_torchscript(path, "evaluate its checkpoint or ONNX export, or pass "
-                           "--trust-torchscript if you trust where the file came from")
+    run = torchscript_runner(path, trust, "evaluate its checkpoint or ONNX export")
     contract = read_contract(path)
     bundle, cfg = _test_data(path, contract, data, data_dir=data_dir, download=download,
                              batch_size=batch_size, limit_test=limit_test, overrides=overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).float().numpy()
-
     loader_contract = contract_from_bundle(bundle)
     metrics: dict[str, Any] = score_batches(
         run, bundle.test, _feeder(contract, (loader_contract.mean, loader_contract.std)))

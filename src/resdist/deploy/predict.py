@@ -14,8 +14,7 @@ input size, scaled to [0, 1] and normalised (or left to the graph when it normal
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 
 from ..data.contract import InputContract
 from ..data.images import open_image
-from ..safe_load import is_torchscript, refuse_torchscript
+from ..safe_load import is_torchscript, load_torchscript
 from .errors import DeployError, require
 from .runtime import cpu_session
 
@@ -94,6 +93,21 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def torchscript_runner(path: str | os.PathLike, trusted: bool, instead: str
+                       ) -> Callable[[np.ndarray], np.ndarray]:
+    """A prepared ``(N, C, H, W)`` batch -> logits function of a TorchScript file, loaded only
+    when ``trusted`` (loading runs its code; otherwise one line says to use ``instead`` or
+    ``--trust-torchscript``)."""
+    module = load_torchscript(path, trusted=trusted, what=f"{instead}, or pass "
+                              "--trust-torchscript if you trust where the file came from")
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(batch)).float().numpy()
+
+    return run
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -119,28 +133,18 @@ class Predictor:
         if path.suffix.lower() == ".onnx":
             return cls._from_onnx(path)
         if is_torchscript(path):
-            if not trust_torchscript:
-                refuse_torchscript(path, "predict with its checkpoint or ONNX export, or pass "
-                                   "--trust-torchscript if you trust where the file came from")
-            return cls._from_torchscript(path)
+            return cls._from_torchscript(path, trust_torchscript)
         return cls._from_checkpoint(path)
 
     @classmethod
-    def _from_torchscript(cls, path: Path) -> Predictor:
+    def _from_torchscript(cls, path: Path, trusted: bool) -> Predictor:
         from .export import read_contract
 
+        run = torchscript_runner(path, trusted, "predict with its checkpoint or ONNX export")
         contract = read_contract(path)
         if contract is None:
             raise DeployError(f"{path} records no input contract (extra file "
                               "input_contract.json); export it again with `resdist export`")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return module(torch.from_numpy(batch)).float().numpy()
-
         return cls(run, contract, str(path))
 
     @classmethod
