@@ -155,3 +155,26 @@ def test_the_cifar10_suite_runs_the_paper_recipe_on_the_official_layout(tmp_path
     assert md.startswith("CIFAR-10 (JPEG copy): all 50000 training images, full 10k test set")
     records = tmp_path / "res" / "runs" / "cifar10" / "seed0"
     assert (records / f"{teacher}-ce.pth").exists() and (records / f"{model}-jointrd.json").exists()
+
+
+def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_default(tmp_path):
+    """A key added later (here data.crop_pct) reads as its default in an older record: the
+    record is reused while the planned run keeps the default, and refused once it does not."""
+    from resdist.config import Config
+    from resdist.run_records import RecordError, RunStore
+
+    store = RunStore(tmp_path, "suite")
+    planned = Config().to_dict()
+    machine = {"cpu": "test cpu"}
+    fields = {"final_top1": 50.0, "best_top1": 50.0, "curve": [50.0], "train_time_s": 1.0,
+              "history": []}
+    store.save(0, "run", planned, fields, machine)
+    path = store.record_path(0, "run")
+    record = json.loads(path.read_text())
+    del record["settings"]["data"]["crop_pct"]  # as written before the key existed
+    path.write_text(json.dumps(record))
+    assert store.load(0, "run", planned)["final_top1"] == 50.0
+    changed = Config().to_dict()
+    changed["data"]["crop_pct"] = 1.0
+    with pytest.raises(RecordError, match=r"differs in: data\.crop_pct"):
+        store.load(0, "run", changed)

@@ -9,7 +9,10 @@ is also kept as a small weights-only checkpoint beside its record, so students o
 trained later, anywhere, learn from the very same teacher.
 
 A record is reused only when its settings equal the planned run's; a folder holding records made
-with other settings is refused (one line), so results of different settings are never mixed.
+with other settings is refused (one line), so results of different settings are never mixed. A
+key added to the configuration after a record was written is read as its default there (a new
+key's default keeps the behaviour the record was made with), so such a record is still reused
+when the planned run leaves that key at its default.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text_atomic
-from .config import settings
+from .config import Config, settings
 from .errors import ResdistError
 
 #: What every record holds besides its settings.
@@ -72,6 +75,7 @@ class RunStore:
             raise RecordError(f"run record {path} is unreadable ({e}); delete it to train that "
                               "run again") from e
         want = settings(config)
+        stored = _with_new_keys_at_default(stored)
         if stored != want:
             keys = _differing_keys(stored, want)
             raise RecordError(
@@ -108,6 +112,18 @@ def summary_fields(history: list[dict[str, Any]]) -> dict[str, Any]:
         "train_time_s": sum(h["epoch_time_s"] for h in history),
         "history": history,
     }
+
+
+def _with_new_keys_at_default(stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` settings with every key the configuration gained since they were written
+    filled in at its default value."""
+    if not isinstance(stored, dict):
+        return stored
+    filled = {}
+    for section, defaults in settings(Config().to_dict()).items():
+        values = stored.get(section)
+        filled[section] = ({**defaults, **values} if isinstance(values, dict) else values)
+    return {**stored, **filled}
 
 
 def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
