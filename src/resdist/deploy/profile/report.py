@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...atomic import write_text_atomic
+from ...tables import markdown_table
 from ..errors import require
 
 
@@ -35,14 +36,6 @@ def _fmt_count(n: float | None) -> str:
 
 def _fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
 def _settings(result: Mapping[str, Any]) -> list[tuple[int, int]]:
@@ -69,7 +62,7 @@ def format_table(result: Mapping[str, Any]) -> str:
             _fmt_bytes(m["peak_activation_bytes_per_image"]),
             _fmt_bytes(m["bytes_moved_per_image"]),
         ])
-    parts = [_table(
+    parts = [markdown_table(
         ["model", "input", "params", "MACs/img", "feature Adds", "peak act./img",
          "bytes moved/img"], mem_rows,
     )]
@@ -84,7 +77,7 @@ def format_table(result: Mapping[str, Any]) -> str:
                 row.append("-" if r is None else
                            f"{r['median_ms']:.2f} [{r['p10_ms']:.2f}-{r['p90_ms']:.2f}] n={r['runs']}")
             lat_rows.append(row)
-        parts.append(_table(
+        parts.append(markdown_table(
             ["ORT latency, ms per batch: median [p10-p90]"] + [f"t={t} b={b}" for t, b in settings],
             lat_rows,
         ))
@@ -99,7 +92,7 @@ def format_table(result: Mapping[str, Any]) -> str:
                 f"{_fmt_ratio(p.get('bytes_moved_ratio_fused_add'))}",
                 *(_fmt_ratio(by.get(k)) for k in settings),
             ])
-        parts.append(_table(
+        parts.append(markdown_table(
             ["ResNet / plain", "MACs", "peak act.", "bytes moved", "peak / bytes, Conv+Add fused"]
             + [f"latency t={t} b={b}" for t, b in settings], pair_rows,
         ))
@@ -203,7 +196,7 @@ def write_profile_report(
             rows.append([m["name"], _fmt_bytes(c.get("liveness_peak_bytes")),
                          _fmt_bytes(c.get("liveness_peak_bytes_torch_rules")),
                          _fmt_bytes(c.get("measured_peak_bytes")), c.get("reason") or ""])
-        lines += [_table(["model", "liveness (ours)", "liveness (torch rules)",
+        lines += [markdown_table(["model", "liveness (ours)", "liveness (torch rules)",
                           "PyTorch measured", "note"], rows), ""]
     md = "\n".join(lines)
     write_text_atomic(out / f"{name}.md", md)
