@@ -2,7 +2,7 @@
 
 Accuracy: the seed-0 ResNet-32 teacher and plain-32 students (CE, feature KD, JointRD with the
 paper defaults, JointRD lambda 1e-4) of the Fashion-MNIST accuracy suite, trained with the
-suite's exact settings (``resdist.reproduce``; finished runs are reused), are exported to fp32
+suite's exact settings (``resdist.experiments.suites``; finished runs are reused), are exported to fp32
 ONNX and quantised with ONNX Runtime's static QDQ tool (per-channel INT8 weights, INT8
 activations calibrated with MinMax on 512 training images: the run's first 20k training
 images, no augmentation, seeded draw). fp32 and INT8 top-1 are measured with ONNX Runtime on the
@@ -45,8 +45,8 @@ from resdist.deploy import calibrate_bn, export, export_onnx, to_deploy
 from resdist.deploy.onnx_eval import evaluate_onnx
 from resdist.deploy.profile import measure_latency
 from resdist.deploy.quantize import calibration_batches, gaussian_batches, quantize_onnx
+from resdist.experiments.suites import STUDENT_ROWS, Row, run_config, run_name, suite_settings
 from resdist.models import create_model
-from resdist.reproduce import STUDENT_ROWS, Row, run_config, run_name, suite_settings
 
 TEACHER = "resnet32"
 STUDENT = "plain32"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resdist import demo
 from resdist.cli import main
+from resdist.experiments import demo
 
 
 def test_demo_trains_teacher_plain_and_jointrd_and_prints_table(tmp_path, capsys, tiny_run):

@@ -666,9 +666,9 @@ def test_truncated_export(tmp_path, capsys, trained):
 
 def test_suite_record_mismatch(tmp_path, capsys, monkeypatch, tiny_run):
     """Records or run folders of a suite made with other settings are refused, never mixed."""
-    from resdist import reproduce
+    from resdist.experiments import suites
 
-    monkeypatch.setattr(reproduce, "suite_settings", lambda name: tiny_run)
+    monkeypatch.setattr(suites, "suite_settings", lambda name: tiny_run)
     args = ["reproduce", "fashion-mnist", "--seeds", "0", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "res")]
     ok(args, capsys)
@@ -690,7 +690,7 @@ def test_suite_record_mismatch(tmp_path, capsys, monkeypatch, tiny_run):
     record.write_text(good)
     shutil.rmtree(tmp_path / "res")  # no records: finished run folders are reused ...
     out, _ = ok(args, capsys)
-    assert out.count("finished run reused") == len(reproduce.STUDENT_ROWS) + 1
+    assert out.count("finished run reused") == len(suites.STUDENT_ROWS) + 1
     shutil.rmtree(tmp_path / "res")  # ... but only with the same settings
     line = fails([*args, "--set", "optim.lr=0.01"], capsys)
     assert "holds a run made with other settings" in line and "another --out" in line

@@ -11,7 +11,7 @@ import resdist
 
 PACKAGE = Path(resdist.__file__).parent
 FLOORS = {"errors": 0, "config": 0, "presets": 0, "safe_load": 0, "weights": 0, "atomic": 0, "machine": 0, "tables": 0, "data": 1, "models": 2, "distill": 3, "engine": 4,
-          "deploy": 5, "run_records": 5, "cli": 6, "demo": 6, "reproduce": 6, "__main__": 6, "__init__": 6}
+          "deploy": 5, "experiments": 6, "cli": 6, "__main__": 6, "__init__": 6}
 
 
 def _floor(module: str) -> int:
@@ -58,6 +58,13 @@ def test_models_and_distill_never_import_engine_or_deploy():
         for path in (PACKAGE / floor).rglob("*.py"):
             for target in _imports(path):
                 assert not target.startswith(("resdist.engine", "resdist.deploy")), (path, target)
+
+
+def test_experiments_never_import_the_command_line():
+    # same floor as cli: the command line may use the experiments, never the other way round
+    for path in (PACKAGE / "experiments").rglob("*.py"):
+        for target in _imports(path):
+            assert not target.startswith("resdist.cli"), (path, target)
 
 
 def test_relative_imports_resolve_to_real_modules():

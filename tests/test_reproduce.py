@@ -3,14 +3,14 @@ import shutil
 
 import pytest
 
-from resdist import reproduce
 from resdist.cli import main
+from resdist.experiments import suites
 
 
 @pytest.fixture
 def tiny_suite(monkeypatch, tiny_run):
     """Both suites run on tiny synthetic settings."""
-    monkeypatch.setattr(reproduce, "suite_settings", lambda name: tiny_run)
+    monkeypatch.setattr(suites, "suite_settings", lambda name: tiny_run)
     return tiny_run
 
 
@@ -42,7 +42,7 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, capsys, tin
     assert capsys.readouterr().out.count("recorded run reused") == 16
     md = (tmp_path / "res" / "accuracy.md").read_text()
     assert "Paired differences" in md
-    assert f"Machine: {reproduce.machine_name(reproduce.machine())}." in md
+    assert f"Machine: {suites.machine_name(suites.machine())}." in md
     assert summary["machines"][0]["runs"] == 16 and summary["machines"][0]["torch"]
 
 
@@ -66,7 +66,7 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     seed0 = tmp_path / "res" / "runs" / "fashion-mnist-long" / "seed0"
     assert sorted(p.name for p in seed0.iterdir()) == ["resnet20-ce.json", "resnet20-ce.pth"]
     teacher = json.loads((seed0 / "resnet20-ce.json").read_text())
-    assert teacher["machine"]["cpu"] == reproduce.machine()["cpu"]
+    assert teacher["machine"]["cpu"] == suites.machine()["cpu"]
     assert len(teacher["curve"]) == 2 and teacher["train_time_s"] > 0
     # "another machine": no run folders, another CPU name; the teacher's record says where it ran
     shutil.rmtree(tmp_path / "runs")
@@ -82,10 +82,10 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     assert str(seed0 / "resnet20-ce.pth") in kd.read_text()  # taught by the kept teacher
     md = (tmp_path / "res" / "accuracy_long.md").read_text()
     assert "(one seed)" in md and "±" not in md.split("Paired")[0].split("|---|")[-1]
-    other = reproduce.machine_name({**reproduce.machine(), "cpu": "Other CPU"})
-    assert f"- {other}: 1 run(s)" in md and f"- {reproduce.machine_name(reproduce.machine())}: " in md
+    other = suites.machine_name({**suites.machine(), "cpu": "Other CPU"})
+    assert f"- {other}: 1 run(s)" in md and f"- {suites.machine_name(suites.machine())}: " in md
     summary = json.loads((tmp_path / "res" / "accuracy_long.json").read_text())
-    assert [m["runs"] for m in summary["machines"]] == [1, len(reproduce.LONG_ROWS)]
+    assert [m["runs"] for m in summary["machines"]] == [1, len(suites.LONG_ROWS)]
 
 
 def _row(model, method, seeds, values):
@@ -100,7 +100,7 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
         _row("plain32", "jointrd", [2, 0, 1], [88.0, 86.0, 85.0]),  # seeds in another order
         _row("plain32 (Dirac)", "jointrd", [0, 1, 2], [80.0, 80.0, 80.0]),
     ]}
-    by_name = {p["comparison"]: p for p in reproduce.paired_differences(summary)}
+    by_name = {p["comparison"]: p for p in suites.paired_differences(summary)}
     assert set(by_name) == {"plain32 jointrd - plain CE", "plain32 jointrd - feature KD",
                             "teacher - plain32 jointrd"}
     vs_ce = by_name["plain32 jointrd - plain CE"]
@@ -109,7 +109,7 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
     half = 4.303 * (1 / 3**0.5) / 3**0.5
     assert vs_ce["mean"] == pytest.approx(4 / 3)
     assert vs_ce["ci95"] == pytest.approx([4 / 3 - half, 4 / 3 + half])
-    one = reproduce.paired_differences({"rows": [r | {"seeds": [0], "final_top1": [1.0]}
+    one = suites.paired_differences({"rows": [r | {"seeds": [0], "final_top1": [1.0]}
                                                  for r in summary["rows"]]})
     assert all(p["ci95"] is None for p in one)
 
@@ -117,14 +117,14 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
 def test_a_run_trained_on_a_gpu_names_the_gpu(monkeypatch):
     import torch
 
-    on_cpu = reproduce.machine("cpu")
+    on_cpu = suites.machine("cpu")
     assert "gpu" not in on_cpu and on_cpu["cpu"] and on_cpu["cores"] >= 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"Test GPU {index}")
-    assert reproduce.machine("auto")["gpu"] == "Test GPU None"
-    assert reproduce.machine("cuda:1")["gpu"] == "Test GPU 1"
-    assert "gpu" not in reproduce.machine("cpu")  # a CPU run on a GPU machine names no GPU
-    name = reproduce.machine_name(reproduce.machine("cuda"))
+    assert suites.machine("auto")["gpu"] == "Test GPU None"
+    assert suites.machine("cuda:1")["gpu"] == "Test GPU 1"
+    assert "gpu" not in suites.machine("cpu")  # a CPU run on a GPU machine names no GPU
+    name = suites.machine_name(suites.machine("cuda"))
     assert name.startswith(f"Test GPU None GPU on {on_cpu['cpu']}")
 
 
@@ -135,7 +135,7 @@ def test_the_cifar10_suite_runs_the_paper_recipe_on_the_official_layout(tmp_path
     sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
     from data_writers import write_cifar
 
-    cfg = reproduce.suite_settings("cifar10")
+    cfg = suites.suite_settings("cifar10")
     assert cfg["data"]["name"] == "cifar10" and cfg["optim"]["schedule"] == "onecycle"
     assert cfg["data"]["crop_padding"] == 4 and cfg["data"]["hflip"] and cfg["data"]["augment"]
     assert (cfg["distill"]["dc"], cfg["distill"]["feature_weight"],
@@ -161,7 +161,7 @@ def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_def
     """A key added later (here data.crop_pct) reads as its default in an older record: the
     record is reused while the planned run keeps the default, and refused once it does not."""
     from resdist.config import Config
-    from resdist.run_records import RecordError, RunStore
+    from resdist.experiments.records import RecordError, RunStore
 
     store = RunStore(tmp_path, "suite")
     planned = Config().to_dict()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from .config import AMP_MODES, DATASETS, METHODS, SCHEDULES, STEMS, Config, ConfigError
 from .errors import ResdistError
-from .reproduce import SUITES
+from .experiments.suites import SUITES
 
 # flag -> config key; flags given on the command line override the YAML file, --set overrides both
 _FLAG_KEYS = {
@@ -359,14 +359,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     return run_demo(config=args.config, data_dir=args.data_dir, out=args.out,
                     overrides=args.set, train_teacher=args.train_teacher)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import format_markdown, run_suite
+    from .experiments.suites import format_markdown, run_suite
 
     overrides = list(args.set)
     if args.data_dir:

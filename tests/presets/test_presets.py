@@ -29,9 +29,9 @@ import resdist.presets
 from resdist.config import Config, ConfigError
 from resdist.engine.build import TEACHER_METHODS
 from resdist.engine.trainer import RunResult, train
+from resdist.experiments.suites import SUITES, suite_settings
 from resdist.models import create_model, is_model, teacher_name_for
 from resdist.presets import list_presets, load_preset, preset_description
-from resdist.reproduce import SUITES, suite_settings
 
 CONFIGS = Path(resdist.presets.__file__).resolve().parent
 PRESETS = sorted([*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")])

@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomic
-from .config import Config, settings
-from .errors import ResdistError
+from ..atomic import write_text_atomic
+from ..config import Config, settings
+from ..errors import ResdistError
 
 #: What every record holds besides its settings.
 _FIELDS = ("final_top1", "best_top1", "curve", "train_time_s", "history", "machine")
@@ -98,7 +98,7 @@ class RunStore:
     def save_teacher(self, seed: int, run: str, checkpoint: str | os.PathLike) -> Path:
         """Keep the weights of the teacher checkpoint ``checkpoint`` (a resdist ``last.pth``)
         as a small checkpoint without optimiser or RNG state; returns its path."""
-        from .engine.checkpoint import load_checkpoint
+        from ..engine.checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint).weights_only().save(self.teacher_path(seed, run))
 

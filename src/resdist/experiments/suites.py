@@ -5,7 +5,7 @@ student with each method (CE, Hinton KD, feature KD, JointRD), with the same arc
 schedule and seeds; students of seed ``s`` learn from the teacher of seed ``s``. Suites:
 ``fashion-mnist`` (the short budget), ``fashion-mnist-long`` (three times the training per run)
 and ``cifar10`` (the paper's data set, where deep plain networks degrade). Each finished run is recorded under ``RESULTS/runs/`` as it finishes
-(:mod:`resdist.run_records`) and reused by later invocations, on this machine or another; the
+(:mod:`resdist.experiments.records`) and reused by later invocations, on this machine or another; the
 report (``accuracy*.json/.md/.png``) names the machines that contributed.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomic
-from .config import Config, check_choice, settings
-from .presets import preset_dict
-from .run_records import RecordError, RunStore, summary_fields
+from ..atomic import write_text_atomic
+from ..config import Config, check_choice, settings
+from ..presets import preset_dict
+from .records import RecordError, RunStore, summary_fields
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _finished(run_dir: Path, epochs: int, config: dict[str, Any] | None = None
               ) -> list[dict[str, Any]] | None:
     """The per-epoch metrics of a finished run in ``run_dir``, or ``None`` if it is not
     finished. With ``config``: a finished run made with other settings is refused."""
-    from .engine.metrics import read_metrics
+    from ..engine.metrics import read_metrics
 
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -131,9 +131,9 @@ def run_suite(
     """Train every (method, seed) of suite ``name`` not yet recorded; return and save the summary.
 
     With ``results_dir``, each finished run is recorded there at once and recorded runs are not
-    trained again (:class:`resdist.run_records.RunStore`).
+    trained again (:class:`resdist.experiments.records.RunStore`).
     """
-    from .models import teacher_name_for
+    from ..models import teacher_name_for
 
     check_choice("suite", name, list(SUITES), "suite")
     suite = SUITES[name]
@@ -167,7 +167,7 @@ def run_suite(
 def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_run: str,
              what: str, here: dict[str, Any]) -> dict[str, Any]:
     """The record of one run: reused from ``store`` when there, else trained and recorded."""
-    from .engine.trainer import train
+    from ..engine.trainer import train
 
     config = cfg.to_dict()
     record = store.load(seed, run, config) if store else None
@@ -236,7 +236,7 @@ def machine(device: str = "auto") -> dict[str, Any]:
     rounding, so every figure names where it was measured."""
     import torch
 
-    from .machine import available_cores, cpu_model
+    from ..machine import available_cores, cpu_model
 
     found = {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
              "cores": available_cores(), "torch": torch.__version__}

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomic
-from .config import Config
-from .presets import load_preset
-from .reproduce import Row, machine, machine_name, run_config
+from ..atomic import write_text_atomic
+from ..config import Config
+from ..presets import load_preset
+from .suites import Row, machine, machine_name, run_config
 
 #: The packaged preset holding the demo's settings.
 DEMO_PRESET = "demo"
@@ -35,7 +35,7 @@ def demo_teacher(config: str | None, base: Config, train_teacher: bool) -> str |
     if train_teacher:
         return None
     if config is None:
-        from .weights import packaged_weights
+        from ..weights import packaged_weights
 
         return str(packaged_weights(DEMO_TEACHER))
     return base.teacher.checkpoint
@@ -49,9 +49,9 @@ def run_demo(
     train_teacher: bool = False,
 ) -> int:
     """Teacher (evaluated, or trained), plain CE and plain JointRD; print and save a table."""
-    from .engine.evaluation import evaluate_checkpoint
-    from .engine.trainer import train
-    from .models import teacher_name_for
+    from ..engine.evaluation import evaluate_checkpoint
+    from ..engine.trainer import train
+    from ..models import teacher_name_for
 
     start = time.perf_counter()
     base = demo_config(config, overrides)
