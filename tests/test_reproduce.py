@@ -5,6 +5,7 @@ import pytest
 
 from resdist.cli import main
 from resdist.experiments import suites
+from resdist.machine import fingerprint, fingerprint_name
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_reproduce_suite_runs_every_method_and_reuses_runs(tmp_path, capsys, tin
     assert capsys.readouterr().out.count("recorded run reused") == 16
     md = (tmp_path / "res" / "accuracy.md").read_text()
     assert "Paired differences" in md
-    assert f"Machine: {suites.machine_name(suites.machine())}." in md
+    assert f"Machine: {fingerprint_name(fingerprint())}." in md
     assert summary["machines"][0]["runs"] == 16 and summary["machines"][0]["torch"]
 
 
@@ -66,7 +67,7 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     seed0 = tmp_path / "res" / "runs" / "fashion-mnist-long" / "seed0"
     assert sorted(p.name for p in seed0.iterdir()) == ["resnet20-ce.json", "resnet20-ce.pth"]
     teacher = json.loads((seed0 / "resnet20-ce.json").read_text())
-    assert teacher["machine"]["cpu"] == suites.machine()["cpu"]
+    assert teacher["machine"]["cpu"] == fingerprint()["cpu"]
     assert len(teacher["curve"]) == 2 and teacher["train_time_s"] > 0
     # "another machine": no run folders, another CPU name; the teacher's record says where it ran
     shutil.rmtree(tmp_path / "runs")
@@ -82,8 +83,8 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     assert str(seed0 / "resnet20-ce.pth") in kd.read_text()  # taught by the kept teacher
     md = (tmp_path / "res" / "accuracy_long.md").read_text()
     assert "(one seed)" in md and "±" not in md.split("Paired")[0].split("|---|")[-1]
-    other = suites.machine_name({**suites.machine(), "cpu": "Other CPU"})
-    assert f"- {other}: 1 run(s)" in md and f"- {suites.machine_name(suites.machine())}: " in md
+    other = fingerprint_name({**fingerprint(), "cpu": "Other CPU"})
+    assert f"- {other}: 1 run(s)" in md and f"- {fingerprint_name(fingerprint())}: " in md
     summary = json.loads((tmp_path / "res" / "accuracy_long.json").read_text())
     assert [m["runs"] for m in summary["machines"]] == [1, len(suites.LONG_ROWS)]
 
@@ -117,14 +118,14 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
 def test_a_run_trained_on_a_gpu_names_the_gpu(monkeypatch):
     import torch
 
-    on_cpu = suites.machine("cpu")
+    on_cpu = fingerprint("cpu")
     assert "gpu" not in on_cpu and on_cpu["cpu"] and on_cpu["cores"] >= 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"Test GPU {index}")
-    assert suites.machine("auto")["gpu"] == "Test GPU None"
-    assert suites.machine("cuda:1")["gpu"] == "Test GPU 1"
-    assert "gpu" not in suites.machine("cpu")  # a CPU run on a GPU machine names no GPU
-    name = suites.machine_name(suites.machine("cuda"))
+    assert fingerprint("auto")["gpu"] == "Test GPU None"
+    assert fingerprint("cuda:1")["gpu"] == "Test GPU 1"
+    assert "gpu" not in fingerprint("cpu")  # a CPU run on a GPU machine names no GPU
+    name = fingerprint_name(fingerprint("cuda"))
     assert name.startswith(f"Test GPU None GPU on {on_cpu['cpu']}")
 
 

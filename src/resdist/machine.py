@@ -12,8 +12,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def available_cores() -> int:
     """CPU cores this process may run on."""
@@ -64,6 +62,8 @@ def load_average() -> list[float]:
 def environment() -> dict[str, Any]:
     """CPU, cores, Python, torch, platform, onnx/onnxruntime versions and the load average
     (``loadavg_start``) now: what a benchmark records beside its figures."""
+    import torch
+
     env: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": available_cores(),
@@ -77,3 +77,28 @@ def environment() -> dict[str, Any]:
     if load := load_average():
         env["loadavg_start"] = load
     return env
+
+
+def fingerprint(device: str = "auto") -> dict[str, Any]:
+    """The machine a figure was measured on: CPU model, the vector instructions torch uses on it
+    (``AVX512``, ``AVX2``, ...), core count and torch version, plus the GPU's name when
+    ``device`` (a ``train.device`` value) trains on CUDA here. Accuracy after a short budget
+    depends on the machine's floating-point rounding, so run records and reports name it."""
+    import torch
+
+    found: dict[str, Any] = {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
+                             "cores": available_cores(), "torch": torch.__version__}
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name(dev.index)
+    return found
+
+
+def fingerprint_name(found: dict[str, Any]) -> str:
+    """``CPU (ISA), N cores, torch X`` of a :func:`fingerprint`; ``GPU on CPU (ISA), ...`` for
+    a run trained on a GPU."""
+    isa = f" ({found['isa']})" if found.get("isa") else ""
+    gpu = f"{found['gpu']} GPU on " if found.get("gpu") else ""
+    return f"{gpu}{found['cpu']}{isa}, {found['cores']} cores, torch {found['torch']}"

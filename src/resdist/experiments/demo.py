@@ -11,8 +11,9 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..config import Config
+from ..machine import fingerprint, fingerprint_name
 from ..presets import load_preset
-from .suites import Row, machine, machine_name, run_config
+from .suites import Row, run_config
 
 #: The packaged preset holding the demo's settings.
 DEMO_PRESET = "demo"
@@ -94,7 +95,7 @@ def run_demo(
     print("\n" + table)
     write_text_atomic(out_dir / "summary.json", json.dumps(
         {"config": base.to_dict(), "teacher_checkpoint": pretrained, "rows": rows,
-         "machine": machine(base.train.device), "wall_s": wall_s}, indent=2))
+         "machine": fingerprint(base.train.device), "wall_s": wall_s}, indent=2))
     write_text_atomic(out_dir / "summary.md", table + "\n")
     print(f"\nsaved {out_dir / 'summary.md'} and {out_dir / 'summary.json'}")
     return 0
@@ -103,7 +104,7 @@ def run_demo(
 def machine_line(device: str = "auto") -> str:
     """``CPU model (ISA), N cores, torch X`` of this machine (the GPU first when ``device``
     trains on one)."""
-    return machine_name(machine(device))
+    return fingerprint_name(fingerprint(device))
 
 
 def format_table(rows: list[dict[str, Any]], cfg: Config, wall_s: float | None = None,

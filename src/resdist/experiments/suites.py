@@ -4,9 +4,10 @@ Trains, on a real training set and evaluated on its test set, the ResNet teacher
 student with each method (CE, Hinton KD, feature KD, JointRD), with the same architecture,
 schedule and seeds; students of seed ``s`` learn from the teacher of seed ``s``. Suites:
 ``fashion-mnist`` (the short budget), ``fashion-mnist-long`` (three times the training per run)
-and ``cifar10`` (the paper's data set, where deep plain networks degrade). Each finished run is recorded under ``RESULTS/runs/`` as it finishes
-(:mod:`resdist.experiments.records`) and reused by later invocations, on this machine or another; the
-report (``accuracy*.json/.md/.png``) names the machines that contributed.
+and ``cifar10`` (the paper's data set, where deep plain networks degrade). Each finished run is
+recorded under ``RESULTS/runs/`` as it finishes (:mod:`resdist.experiments.records`) and reused
+by later invocations, on this machine or another; the report (``accuracy*.json/.md/.png``) names
+the machines that contributed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..config import Config, check_choice, settings
+from ..machine import fingerprint, fingerprint_name
 from ..presets import preset_dict
 from .records import RecordError, RunStore, summary_fields
 
@@ -143,7 +145,7 @@ def run_suite(
     store = RunStore(results_dir, name) if results_dir is not None else None
     if store is not None:
         store.check_writable()
-    here = machine(base.train.device)
+    here = fingerprint(base.train.device)
     runs: list[dict[str, Any]] = []
     plan = [(teacher, Row("ce"))] + [(student, row) for row in suite.rows]
     for seed in seeds:
@@ -172,7 +174,7 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
     config = cfg.to_dict()
     record = store.load(seed, run, config) if store else None
     if record is not None:
-        print(f"== {what}: recorded run reused (measured on {machine_name(record['machine'])}) ==",
+        print(f"== {what}: recorded run reused (measured on {fingerprint_name(record['machine'])}) ==",
               flush=True)
         return record
     if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).exists() and store:
@@ -217,43 +219,16 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
             "best_top1": best, "best_mean": statistics.fmean(best),
             "train_time_s_mean": statistics.fmean(r["train_time_s"] for r in rs),
             "curves": [r["curve"] for r in rs],
-            "machines": [machine_name(r["machine"]) for r in rs],
+            "machines": [fingerprint_name(r["machine"]) for r in rs],
         })
     machines: dict[str, dict[str, Any]] = {}
     for r in runs:
         m = r["machine"]
-        entry = machines.setdefault(machine_name(m), {**m, "runs": 0, "train_time_s": 0.0})
+        entry = machines.setdefault(fingerprint_name(m), {**m, "runs": 0, "train_time_s": 0.0})
         entry["runs"] += 1
         entry["train_time_s"] += r["train_time_s"]
     return {"config": cfg.to_dict(), "seeds": list(seeds), "command": command, "rows": rows,
             "machines": list(machines.values())}
-
-
-def machine(device: str = "auto") -> dict[str, Any]:
-    """The CPU model, the vector instructions torch uses on it (``AVX512``, ``AVX2``, ...), core
-    count and torch version, plus the GPU's name when ``device`` (a ``train.device`` value)
-    trains on CUDA here: accuracy after a short budget depends on the machine's floating-point
-    rounding, so every figure names where it was measured."""
-    import torch
-
-    from ..machine import available_cores, cpu_model
-
-    found = {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
-             "cores": available_cores(), "torch": torch.__version__}
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_available():
-        found["gpu"] = torch.cuda.get_device_name(dev.index)
-    return found
-
-
-def machine_name(m: dict[str, Any]) -> str:
-    """``CPU (ISA), N cores, torch X`` of a :func:`machine` record; ``GPU on CPU (ISA), ...``
-    for a run trained on a GPU."""
-    isa = f" ({m['isa']})" if m.get("isa") else ""
-    gpu = f"{m['gpu']} GPU on " if m.get("gpu") else ""
-    return f"{gpu}{m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}"
 
 
 #: Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
@@ -330,12 +305,12 @@ def format_markdown(summary: dict[str, Any]) -> str:
     machines = summary.get("machines") or []
     if len(machines) == 1:
         m = machines[0]
-        lines += ["", f"Machine: {machine_name(m)}."]
+        lines += ["", f"Machine: {fingerprint_name(m)}."]
     elif machines:
         lines += ["", "Machines that measured these runs (the per-seed rows say which run "
                   "came from where in each run record under runs/):"]
         for m in machines:
-            lines.append(f"- {machine_name(m)}: {m['runs']} run(s), "
+            lines.append(f"- {fingerprint_name(m)}: {m['runs']} run(s), "
                          f"{m['train_time_s'] / 60:.0f} min of training")
     if summary.get("command"):
         lines += ["", f"Command: `{summary['command']}`"]
