@@ -4,7 +4,9 @@ import shutil
 import pytest
 
 from resdist.cli import main
+from resdist.errors import ResdistError
 from resdist.experiments import suites
+from resdist.experiments.statistics import paired_differences, t_interval
 from resdist.machine import fingerprint, fingerprint_name
 
 
@@ -101,7 +103,7 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
         _row("plain32", "jointrd", [2, 0, 1], [88.0, 86.0, 85.0]),  # seeds in another order
         _row("plain32 (Dirac)", "jointrd", [0, 1, 2], [80.0, 80.0, 80.0]),
     ]}
-    by_name = {p["comparison"]: p for p in suites.paired_differences(summary)}
+    by_name = {p["comparison"]: p for p in paired_differences(summary)}
     assert set(by_name) == {"plain32 jointrd - plain CE", "plain32 jointrd - feature KD",
                             "teacher - plain32 jointrd"}
     vs_ce = by_name["plain32 jointrd - plain CE"]
@@ -109,10 +111,26 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
     # mean 4/3, std 1/sqrt(3); t(0.975, 2 df) = 4.303
     half = 4.303 * (1 / 3**0.5) / 3**0.5
     assert vs_ce["mean"] == pytest.approx(4 / 3)
-    assert vs_ce["ci95"] == pytest.approx([4 / 3 - half, 4 / 3 + half])
-    one = suites.paired_differences({"rows": [r | {"seeds": [0], "final_top1": [1.0]}
+    assert vs_ce["ci95"] == pytest.approx([4 / 3 - half, 4 / 3 + half], abs=1e-3)
+    one = paired_differences({"rows": [r | {"seeds": [0], "final_top1": [1.0]}
                                                  for r in summary["rows"]]})
     assert all(p["ci95"] is None for p in one)
+
+
+def test_the_t_interval_takes_its_quantile_from_students_t():
+    low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, std 1, n 3: t(0.975, 2 df) = 4.303
+    assert (high - 2.0) * 3**0.5 == pytest.approx(4.303, abs=5e-4)
+    assert low == pytest.approx(4.0 - high)
+    assert t_interval([1.0]) is None
+
+
+def test_a_suite_without_scipy_stops_before_training(tmp_path, monkeypatch, tiny_suite):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import scipy.stats fails
+    with pytest.raises(ResdistError, match="pip install scipy"):
+        suites.run_suite("fashion-mnist", (0, 1), tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_run_trained_on_a_gpu_names_the_gpu(monkeypatch):

@@ -23,6 +23,7 @@ from ..config import Config, check_choice, settings
 from ..machine import fingerprint, fingerprint_name
 from ..presets import preset_dict
 from .records import RecordError, RunStore, summary_fields
+from .statistics import paired_differences, require_scipy
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def run_suite(
     from ..models import teacher_name_for
 
     check_choice("suite", name, list(SUITES), "suite")
+    if len(seeds) > 1:
+        require_scipy()  # the report's intervals: fail before training, not after
     suite = SUITES[name]
     base = Config.from_dict(suite_settings(name)).override(list(overrides or [])).validate()
     student = base.model.name
@@ -229,46 +232,6 @@ def summarize(runs: list[dict[str, Any]], cfg: Config, seeds, command: str) -> d
         entry["train_time_s"] += r["train_time_s"]
     return {"config": cfg.to_dict(), "seeds": list(seeds), "command": command, "rows": rows,
             "machines": list(machines.values())}
-
-
-#: Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: 1.96).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def paired_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-seed paired differences of final top-1 between rows that share seeds (the students
-    of seed s share the teacher and the data order): for every JointRD row, JointRD - CE,
-    JointRD - feature KD and teacher - JointRD. Each comes with its mean, sample std and a 95%
-    t interval (mean +- t * std / sqrt(n); none for one seed)."""
-    rows = summary["rows"]
-    teacher = rows[0]  # the suite trains the teacher first
-    student = next((r for r in rows if r["method"] == "ce" and r is not teacher), None)
-    plain = {r["method"]: r for r in rows if r["model"] == (student or {}).get("model")}
-    out = []
-    for jrd in (r for r in rows if r["method"] == "jointrd" and "Dirac" not in r["model"]):
-        name = f"{jrd['model']} jointrd"
-        for label, a, b in ((f"{name} - plain CE", jrd, plain.get("ce")),
-                            (f"{name} - feature KD", jrd, plain.get("feature-kd")),
-                            (f"teacher - {name}", teacher, jrd)):
-            if b is None:
-                continue
-            va, vb = dict(zip(a["seeds"], a["final_top1"])), dict(zip(b["seeds"], b["final_top1"]))
-            seeds = [s for s in a["seeds"] if s in vb]
-            diffs = [va[s] - vb[s] for s in seeds]
-            if not diffs:
-                continue
-            mean = statistics.fmean(diffs)
-            row: dict[str, Any] = {"comparison": label, "seeds": seeds, "differences": diffs,
-                                   "mean": mean, "ci95": None}
-            if len(diffs) > 1:
-                std = statistics.stdev(diffs)
-                t = _T975[len(diffs) - 2] if len(diffs) - 1 <= len(_T975) else 1.96
-                half = t * std / len(diffs) ** 0.5
-                row.update(std=std, ci95=[mean - half, mean + half])
-            out.append(row)
-    return out
 
 
 def format_markdown(summary: dict[str, Any]) -> str:
