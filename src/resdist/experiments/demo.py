@@ -13,6 +13,7 @@ from ..atomic import write_text_atomic
 from ..config import Config
 from ..machine import fingerprint, fingerprint_name
 from ..presets import load_preset
+from ..tables import markdown_table
 from .suites import Row, run_config
 
 #: The packaged preset holding the demo's settings.
@@ -119,18 +120,14 @@ def format_table(rows: list[dict[str, Any]], cfg: Config, wall_s: float | None =
         "rounding)",
         *([f"Teacher: evaluated here, not trained: {teacher}"] if teacher else []),
         "",
-        "| model | method | test top-1 (%) | best epoch (%) | params | train time (s) | img/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
 
     def cell(value: float | None, fmt: str, unit: str = "") -> str:
         return "-" if value is None else format(value, fmt) + unit
 
-    for r in rows:
-        params = None if r["params"] is None else r["params"] / 1e6
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['test_top1']:.2f} "
-            f"| {cell(r['best_test_top1'], '.2f')} | {cell(params, '.3f', 'M')} "
-            f"| {cell(r['train_time_s'], '.0f')} | {cell(r['images_per_s'], '.0f')} |"
-        )
+    cells = [[r["model"], r["method"], f"{r['test_top1']:.2f}", cell(r["best_test_top1"], ".2f"),
+              cell(None if r["params"] is None else r["params"] / 1e6, ".3f", "M"),
+              cell(r["train_time_s"], ".0f"), cell(r["images_per_s"], ".0f")] for r in rows]
+    lines.append(markdown_table(["model", "method", "test top-1 (%)", "best epoch (%)", "params",
+                                 "train time (s)", "img/s"], cells))
     return "\n".join(lines)

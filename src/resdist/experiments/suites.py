@@ -12,6 +12,7 @@ the machines that contributed.
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..atomic import write_text_atomic
 from ..config import Config, check_choice, settings
 from ..machine import fingerprint, fingerprint_name
 from ..presets import preset_dict
+from ..tables import markdown_table
 from .records import RecordError, RunStore, summary_fields
 from .statistics import paired_differences, require_scipy
 
@@ -96,7 +98,7 @@ def run_config(base: Config, model: str, row: Row, teacher: str, root: Path) -> 
     """The config of one run: ``model`` trained as ``row`` says, in ``root/run_name``; students
     learn from the teacher run beside them (``root/{teacher}-ce/last.pth``). The run resumes
     what its folder already holds (an interrupted run continues, a finished one is kept)."""
-    cfg = Config.from_dict(base.to_dict()).override(list(row.overrides))
+    cfg = copy.deepcopy(base).override(list(row.overrides))
     cfg.model.name, cfg.distill.method = model, row.method
     cfg.train.out = str(root / run_name(model, row))
     cfg.train.resume = True
@@ -244,27 +246,26 @@ def format_markdown(summary: dict[str, Any]) -> str:
         f"{cfg['train']['epochs']} epochs ({cfg['optim']['schedule']}, LR {cfg['optim']['lr']}, "
         f"batch {cfg['data']['batch_size']}), seeds {summary['seeds']}.",
         "",
-        "| network | method | final top-1 (%) mean ± std | per seed | best epoch (%) | "
-        "train time (s) |",
-        "|---|---|---:|---|---:|---:|",
     ]
+    rows = []
     for r in summary["rows"]:
         per = ", ".join(f"{v:.2f}" for v in r["final_top1"])
         spread = f"± {r['final_std']:.2f}" if len(r["final_top1"]) > 1 else "(one seed)"
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['final_mean']:.2f} {spread} | "
-            f"{per} | {r['best_mean']:.2f} | {r['train_time_s_mean']:.0f} |"
-        )
+        rows.append([r["model"], r["method"], f"{r['final_mean']:.2f} {spread}", per,
+                     f"{r['best_mean']:.2f}", f"{r['train_time_s_mean']:.0f}"])
+    lines.append(markdown_table(["network", "method", "final top-1 (%) mean ± std", "per seed",
+                                 "best epoch (%)", "train time (s)"], rows))
     paired = paired_differences(summary)
     if paired:
         lines += ["", "Paired differences of final top-1 (points), per seed (same teacher and data "
-                  "order), mean and 95% t interval:", "",
-                  "| comparison | per seed | mean | 95% interval |", "|---|---|---:|---|"]
+                  "order), mean and 95% t interval:", ""]
+        rows = []
         for p in paired:
             per = ", ".join(f"{d:+.2f}" for d in p["differences"])
             ci = (f"[{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p["ci95"] else
                   "one seed: none")
-            lines.append(f"| {p['comparison']} | {per} | {p['mean']:+.2f} | {ci} |")
+            rows.append([p["comparison"], per, f"{p['mean']:+.2f}", ci])
+        lines.append(markdown_table(["comparison", "per seed", "mean", "95% interval"], rows))
     machines = summary.get("machines") or []
     if len(machines) == 1:
         m = machines[0]
