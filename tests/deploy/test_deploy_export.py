@@ -132,15 +132,15 @@ def _checkpoint(tmp_path, name="plain20", **kwargs):
 def test_export_from_checkpoint_reports(tmp_path):
     path, model = _checkpoint(tmp_path, dirac=True)
     report = export(path, "onnx", tmp_path / "out" / "m.onnx")
-    assert report["format"] == "onnx" and report["model"] == "plain20"
-    assert report["feature_adds"] == 0 == report["expected_shortcut_adds"]
-    assert report["max_rel_error"] < 1e-4
-    assert report["input_shape"] == list(SHAPE)
+    assert report.format == "onnx" and report.model == "plain20"
+    assert report.feature_adds == 0 == report.expected_shortcut_adds
+    assert report.max_rel_error < 1e-4
+    assert report.input_shape == list(SHAPE)
     assert (tmp_path / "out" / "m.onnx").is_file()
     # Dirac parameters are folded away: fewer parameters than the training form
-    assert report["parameters"] < sum(p.numel() for p in model.parameters())
+    assert report.parameters < sum(p.numel() for p in model.parameters())
     ts = export(path, "torchscript", tmp_path / "m.pt")
-    assert ts["feature_adds"] == 0 and ts["max_rel_error"] < 1e-4
+    assert ts.feature_adds == 0 and ts.max_rel_error < 1e-4
 
 
 def test_export_errors(tmp_path):

@@ -88,8 +88,8 @@ def test_contract_round_trip_checkpoint_onnx_predict(trained, tmp_path):
     report = export(trained["ckpt"], "onnx", onnx_path, opset=17)
     contract = read_contract(onnx_path)
     assert contract == load_checkpoint(trained["ckpt"]).contract
-    assert report["input_contract"] == contract.to_dict()
-    assert "(x / 255 - mean) / std" in report["expects"]
+    assert report.input_contract == contract
+    assert "(x / 255 - mean) / std" in report.expects
     by_onnx = predict(onnx_path, [trained["folder"]], topk=2)  # a folder of PNGs
     assert [r.top[0][1] for r in by_onnx] == trained["classes"]
     for a, b in zip(by_ckpt, by_onnx):
@@ -101,7 +101,7 @@ def test_baked_normalisation_gives_the_same_logits(trained, tmp_path, input_dtyp
     path = tmp_path / f"baked-{input_dtype}.onnx"
     report = export(trained["ckpt"], "onnx", path, opset=17, preprocess=True,
                     input_dtype=input_dtype)
-    assert report["inputs"][0]["dtype"] == input_dtype and report["feature_adds"] == 0
+    assert report.inputs[0]["dtype"] == input_dtype and report.feature_adds == 0
     contract = read_contract(path)
     assert contract.normalized_inside and contract.input_dtype == input_dtype
     raw = trained["raw"].numpy()

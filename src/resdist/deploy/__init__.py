@@ -17,6 +17,7 @@ ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
 from ..models.fold import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
 from .errors import DeployError, MissingDependencyError
 from .export import (
+    ExportReport,
     count_feature_adds,
     count_torchscript_feature_adds,
     export,
@@ -41,7 +42,7 @@ from .profile import (
 )
 
 __all__ = [
-    "DeployError", "GraphProfile", "MissingDependencyError", "Predictor", "analyze_onnx",
+    "DeployError", "ExportReport", "GraphProfile", "MissingDependencyError", "Predictor", "analyze_onnx",
     "calibrate_bn", "count_feature_adds", "count_torchscript_feature_adds", "export",
     "export_onnx", "export_torchscript", "fold_batchnorms", "format_table", "fuse_conv_bn",
     "measure_latency",

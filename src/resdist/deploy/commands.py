@@ -133,7 +133,7 @@ def run_export(args: argparse.Namespace) -> int:
         ckpt, args.fmt, args.out, input_shape=args.input_shape, opset=args.opset,
         verify=not args.no_verify, preprocess=args.preprocess, input_dtype=args.input_dtype,
     )
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report.to_dict(), indent=2))
     return 0
 
 

@@ -9,7 +9,6 @@ it. Exported files carry the model's input contract (:mod:`resdist.data.contract
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import io
@@ -18,7 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -38,10 +37,11 @@ from ._onnx_graph import (
     without_weights,
 )
 from .errors import DeployError, require
+from .quiet import quiet
 from .runtime import cpu_session
 
 __all__ = [
-    "CONTRACT_KEY", "DEFAULT_OPSET", "INPUT_NAME", "MAX_OPSET", "MIN_OPSET", "OUTPUT_NAME",
+    "CONTRACT_KEY", "DEFAULT_OPSET", "ExportReport", "INPUT_NAME", "MAX_OPSET", "MIN_OPSET", "OUTPUT_NAME",
     "Preprocessed", "count_feature_adds", "count_torchscript_feature_adds", "export",
     "export_onnx", "export_torchscript", "load_model_source", "onnx_opset", "read_contract",
     "verify_onnx", "verify_torchscript", "with_preprocessing",
@@ -55,6 +55,7 @@ TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript-based exporter writes up to opset 
 MIN_OPSET, MAX_OPSET = 9, 23
 CONTRACT_KEY = "input_contract"  # ONNX metadata_props key (JSON) and TorchScript extra file stem
 Exporter = Literal["auto", "dynamo", "torchscript"]
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "torch.export")
 
 
 class Preprocessed(nn.Module):
@@ -123,32 +124,12 @@ def _strip_metadata(model: Any) -> None:
         del node.metadata_props[:]
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Exporter chatter (progress lines, warnings, logged tracebacks of internal fallbacks)
-    goes nowhere; failures still raise."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.CRITICAL)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _export_dynamo(
     model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool
 ) -> Any:
     require("onnxscript")
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    with _quiet():
+    with quiet(*_EXPORTER_LOGGERS):
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic_shapes,
@@ -163,7 +144,7 @@ def _export_torchscript_based(
     onnx = require("onnx")
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with _quiet():
+    with quiet(*_EXPORTER_LOGGERS):
         torch.onnx.export(
             model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], opset_version=opset, dynamic_axes=axes,
@@ -570,32 +551,62 @@ def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def export(
-    checkpoint_or_model: Any,
-    fmt: Literal["onnx", "torchscript"],
-    out: str | os.PathLike,
-    input_shape: Sequence[int] | None = None,
-    opset: int = DEFAULT_OPSET,
-    verify: bool = True,
-    preprocess: bool = False,
-    input_dtype: str = "float32",
-    contract: InputContract | None = None,
-) -> dict[str, Any]:
-    """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
+@dataclasses.dataclass
+class ExportReport:
+    """What :func:`export` wrote, read back from the written file.
 
-    ``preprocess`` puts the contract's normalisation inside the graph
-    (:func:`with_preprocessing`), which then takes [0, 1] float32 images or, with
-    ``input_dtype="uint8"``, raw 0..255 pixels. ``contract`` defaults to the checkpoint's.
-
-    The report's figures are read back from the written file: ``path``, ``format``, ``model``,
-    ``inputs`` (name, shape, dtype), ``opset`` (ONNX), ``feature_adds`` (Adds of two feature
-    maps in the graph), ``input_contract`` (the recorded one) and ``expects`` (it in words).
-    Also: ``input_shape``,
-    ``expected_shortcut_adds`` (from ``model.count_shortcut_adds()`` when the model has it),
-    ``parameters`` (of the deployed network) and ``max_rel_error`` (ONNX Runtime or the
-    reloaded TorchScript module against the PyTorch model on random inputs at two batch sizes;
-    ``None`` with ``verify=False``).
+    Attributes:
+        path: the written file.
+        format: ``"onnx"`` or ``"torchscript"``.
+        model: the network's name.
+        input_shape: ``(C, H, W)`` of one image.
+        inputs: the graph's inputs (``name``, ``shape``, ``dtype``).
+        opset: the ONNX opset the file declares (None for TorchScript).
+        feature_adds: Adds of two feature maps in the graph (shortcuts; 0 for a plain net).
+        expected_shortcut_adds: ``model.count_shortcut_adds()`` when the model has it.
+        parameters: parameters of the deployed network.
+        max_rel_error: the exported model against PyTorch on random inputs (None unverified).
+        input_contract: the contract the file records (None if it records none).
     """
+
+    path: str
+    format: str
+    model: str
+    input_shape: list[int]
+    inputs: list[dict[str, Any]]
+    opset: int | None
+    feature_adds: int
+    expected_shortcut_adds: int | None
+    parameters: int
+    max_rel_error: float | None
+    input_contract: InputContract | None
+
+    @property
+    def expects(self) -> str | None:
+        """The recorded contract in words (None without one)."""
+        return self.input_contract.describe() if self.input_contract is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``resdist export`` prints: the fields, the contract as a dict, and
+        :attr:`expects`."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.input_contract is not None:
+            out["input_contract"] = self.input_contract.to_dict()
+        out["expects"] = self.expects
+        return out
+
+
+class _Written(NamedTuple):
+    """An exported file and the figures read back from it."""
+
+    path: Path
+    inputs: list[dict[str, Any]]
+    opset: int | None
+    feature_adds: int
+    max_rel_error: float | None
+
+
+def _check_export_request(fmt: str, input_dtype: str, preprocess: bool) -> None:
     if fmt not in ("onnx", "torchscript"):
         raise DeployError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
     if input_dtype not in ("float32", "uint8"):
@@ -603,9 +614,10 @@ def export(
     if input_dtype == "uint8" and not preprocess:
         raise DeployError("a uint8 input needs the normalisation inside the graph: add "
                           "--preprocess")
-    model, shape, name, found = load_model_source(checkpoint_or_model, input_shape,
-                                                  with_contract=True)
-    contract = contract or found
+
+
+def _check_exportable(model: nn.Module, shape: Sequence[int] | None, fmt: str,
+                      opset: int) -> None:
     if _model_device(model).type == "meta":
         raise DeployError("the model's weights are on the meta device (no data): load them first")
     if shape is None:
@@ -616,43 +628,88 @@ def export(
     if fmt == "onnx":
         require("onnx")
         _check_opset(opset)
+
+
+def _deploy_form(
+    model: nn.Module, contract: InputContract | None, preprocess: bool, input_dtype: str
+) -> tuple[nn.Module, nn.Module, InputContract | None]:
+    """The network to export, the PyTorch model it is checked against, and its contract
+    (``preprocess`` puts the normalisation inside both)."""
     deployed = to_deploy(model)
-    reference: nn.Module = model
-    if preprocess:
-        if contract is None:
-            raise DeployError("--preprocess needs the input contract (mean and std), which "
-                              "this checkpoint does not record")
-        deployed, contract = with_preprocessing(deployed, contract, input_dtype)
-        reference = Preprocessed(model, contract.mean, contract.std, input_dtype).eval()
-        reference.to(_model_device(model))  # compared where the model lives
-    if fmt == "onnx":
-        path = export_onnx(deployed, out, shape, opset=opset, deploy=False, contract=contract,
-                           input_dtype=input_dtype)
-        adds = count_feature_adds(path)
-        err = verify_onnx(path, reference, shape) if verify else None
-        inputs = _onnx_inputs(path)
-        written_opset: int | None = onnx_opset(path)
-    else:
-        path = export_torchscript(deployed, out, shape, deploy=False, contract=contract,
-                                  input_dtype=input_dtype)
-        adds = count_torchscript_feature_adds(path)
-        err = verify_torchscript(path, reference, shape, input_dtype=input_dtype) \
-            if verify else None
-        inputs = [{"name": INPUT_NAME, "shape": ["N", *shape], "dtype": input_dtype}]
-        written_opset = None
-    recorded = read_contract(path)
-    expected = model.count_shortcut_adds() if hasattr(model, "count_shortcut_adds") else None
-    return {
-        "path": str(path),
-        "format": fmt,
-        "model": name,
-        "input_shape": list(shape),
-        "inputs": inputs,
-        "opset": written_opset,
-        "feature_adds": adds,
-        "expected_shortcut_adds": expected,
-        "parameters": sum(p.numel() for p in deployed.parameters()),
-        "max_rel_error": err,
-        "input_contract": recorded.to_dict() if recorded is not None else None,
-        "expects": recorded.describe() if recorded is not None else None,
-    }
+    if not preprocess:
+        return deployed, model, contract
+    if contract is None:
+        raise DeployError("--preprocess needs the input contract (mean and std), which "
+                          "this checkpoint does not record")
+    deployed, contract = with_preprocessing(deployed, contract, input_dtype)
+    reference = Preprocessed(model, contract.mean, contract.std, input_dtype).eval()
+    reference.to(_model_device(model))  # compared where the model lives
+    return deployed, reference, contract
+
+
+def _write_onnx(deployed: nn.Module, reference: nn.Module, out: str | os.PathLike,
+                shape: Sequence[int], opset: int, contract: InputContract | None,
+                input_dtype: str, verify: bool) -> _Written:
+    path = export_onnx(deployed, out, shape, opset=opset, deploy=False, contract=contract,
+                       input_dtype=input_dtype)
+    adds = count_feature_adds(path)
+    err = verify_onnx(path, reference, shape) if verify else None
+    return _Written(path, _onnx_inputs(path), onnx_opset(path), adds, err)
+
+
+def _write_torchscript(deployed: nn.Module, reference: nn.Module, out: str | os.PathLike,
+                       shape: Sequence[int], opset: int, contract: InputContract | None,
+                       input_dtype: str, verify: bool) -> _Written:
+    path = export_torchscript(deployed, out, shape, deploy=False, contract=contract,
+                              input_dtype=input_dtype)
+    adds = count_torchscript_feature_adds(path)
+    err = verify_torchscript(path, reference, shape, input_dtype=input_dtype) \
+        if verify else None
+    inputs = [{"name": INPUT_NAME, "shape": ["N", *shape], "dtype": input_dtype}]
+    return _Written(path, inputs, None, adds, err)
+
+
+def export(
+    checkpoint_or_model: Any,
+    fmt: Literal["onnx", "torchscript"],
+    out: str | os.PathLike,
+    input_shape: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    preprocess: bool = False,
+    input_dtype: str = "float32",
+    contract: InputContract | None = None,
+) -> ExportReport:
+    """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
+
+    ``preprocess`` puts the contract's normalisation inside the graph
+    (:func:`with_preprocessing`), which then takes [0, 1] float32 images or, with
+    ``input_dtype="uint8"``, raw 0..255 pixels. ``contract`` defaults to the checkpoint's.
+
+    Returns:
+        An :class:`ExportReport` whose figures are read back from the written file;
+        ``max_rel_error`` compares ONNX Runtime or the reloaded TorchScript module with the
+        PyTorch model on random inputs at two batch sizes (None with ``verify=False``).
+    """
+    _check_export_request(fmt, input_dtype, preprocess)
+    model, shape, name, found = load_model_source(checkpoint_or_model, input_shape,
+                                                  with_contract=True)
+    _check_exportable(model, shape, fmt, opset)
+    deployed, reference, contract = _deploy_form(model, contract or found, preprocess,
+                                                 input_dtype)
+    write = _write_onnx if fmt == "onnx" else _write_torchscript
+    written = write(deployed, reference, out, shape, opset, contract, input_dtype, verify)
+    return ExportReport(
+        path=str(written.path),
+        format=fmt,
+        model=name,
+        input_shape=list(shape),
+        inputs=written.inputs,
+        opset=written.opset,
+        feature_adds=written.feature_adds,
+        expected_shortcut_adds=(model.count_shortcut_adds()
+                                if hasattr(model, "count_shortcut_adds") else None),
+        parameters=sum(p.numel() for p in deployed.parameters()),
+        max_rel_error=written.max_rel_error,
+        input_contract=read_contract(written.path),
+    )

@@ -20,9 +20,6 @@ the CPUs measured here have AVX512-VNNI.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +40,7 @@ from .export import (
     load_model_source,
     save_onnx,
 )
+from .quiet import quiet
 from .runtime import cpu_session
 
 __all__ = [
@@ -206,7 +204,7 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="resdist-quant-") as tmp:
         pre, int8 = Path(tmp) / "preprocessed.onnx", Path(tmp) / "int8.onnx"
         try:
-            with _quiet():
+            with quiet(""):  # its progress prints and INFO logging
                 quant_pre_process(os.fspath(fp32_path), os.fspath(pre))
                 ort_quant.quantize_static(
                     os.fspath(pre), os.fspath(int8), reader,
@@ -242,19 +240,6 @@ def quantize_onnx(
         },
         **counts,
     )
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the quantiser's progress prints and INFO logging."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def _save_with_metadata(src: Path, path: Path, metadata: Mapping[str, str]) -> None:
