@@ -76,18 +76,22 @@ def _add_train_parser(sub) -> None:
                    "(margin feature loss), jointrd (residual distillation through the teacher) "
                    f"(default: {_D.distill.method})")
     t.add_argument("--teacher", metavar="NAME",
-                   help="teacher model name (default: the student's ResNet, plain56 -> resnet56)")
+                   help="teacher model name: a resdist model, or timm:ARCH for a timm ResNet "
+                   "(needs resdist[timm]) (default: the student's ResNet, plain56 -> resnet56)")
     t.add_argument("--teacher-checkpoint", metavar="PATH",
                    help="resdist checkpoint of the trained teacher (methods kd, feature-kd, "
                    "jointrd)")
     t.add_argument("--teacher-weights", metavar="NAME|FILE",
-                   help="torchvision weights name (e.g. DEFAULT) or state-dict file for the teacher")
+                   help="teacher weights: a torchvision weights name (e.g. DEFAULT), a timm "
+                   "tag for a timm:ARCH teacher (e.g. a1_in1k), or a state-dict file (.pth, "
+                   ".safetensors)")
     t.add_argument("--stem", choices=STEMS, default=None,
                    help="first layers of student and teacher: imagenet (7x7 stride-2 conv and a "
                    "max-pool: /4) or cifar (one 3x3 stride-1 conv) for small images such as "
                    "32x32; a torchvision teacher state dict keeps its 7x7 stem, so with --stem "
-                   "cifar its conv1 does not fit (default: the model's own, imagenet for "
-                   "ResNet-18/34/50, cifar for the thin nets)")
+                   "cifar its conv1 does not fit; deep: ResNet-D's three 3x3 convs and a "
+                   "max-pool (default: the model's own, imagenet for ResNet-18/34/50, deep for "
+                   "ResNet-18/34/50-D, cifar for the thin nets)")
     t.add_argument("--dirac", action="store_true", default=None,
                    help="Dirac-parametrised student convs, alpha*I + beta*W (folded away at export)")
     t.add_argument("--keep-downsample-shortcuts", action="store_true", default=None,

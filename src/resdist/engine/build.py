@@ -10,7 +10,8 @@ from torch import nn
 from ..config import Config, ConfigError, DistillConfig, ModelConfig, TeacherConfig
 from ..distill import CrossEntropy, FeatureKD, HintonKD, Objective, ResidualDistiller
 from ..models import create_model, teacher_name_for
-from ..models.pretrained import WeightsError, load_torchvision_weights
+from ..models.pretrained import WeightsError, is_weights_file, load_torchvision_weights
+from ..models.timm_adapter import is_timm_name
 from .checkpoint import load_checkpoint
 
 TEACHER_METHODS = ("kd", "feature-kd", "jointrd")
@@ -39,6 +40,8 @@ def teacher_kwargs(student_kwargs: dict[str, Any]) -> dict[str, Any]:
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict]:
     """The network being trained, and the kwargs that rebuild it from a checkpoint."""
     kw = model_kwargs(cfg, num_classes, in_chans)
+    if cfg.weights and is_timm_name(cfg.name) and not is_weights_file(cfg.weights):
+        return create_model(cfg.name, **kw, pretrained=cfg.weights), kw
     model = create_model(cfg.name, **kw)
     if cfg.weights:
         load_torchvision_weights(model, cfg.name, cfg.weights)
@@ -51,8 +54,9 @@ def build_teacher(
 ) -> tuple[nn.Module, str]:
     """Build the teacher and load its weights; returns the model and where they came from.
 
-    Sources, in order: a resdist checkpoint, torchvision weights (a name such as ``DEFAULT``, or
-    a state-dict file), or none (allowed only when the teacher is co-trained). A checkpoint
+    Sources, in order: a resdist checkpoint, published weights (torchvision's by name such as
+    ``DEFAULT``; timm's by tag such as ``a1_in1k`` for a ``timm:ARCH`` teacher), a state-dict
+    file, or none (allowed only when the teacher is co-trained). A checkpoint
     must have the data's classes and input channels and, with ``needs_shortcuts`` (JointRD),
     hold a ResNet.
     """
@@ -79,6 +83,8 @@ def build_teacher(
         return ckpt.build_model(), f"checkpoint {cfg.checkpoint}"
     name = cfg.name or teacher_name_for(student_name)
     kw = teacher_kwargs(student_kwargs)
+    if cfg.weights and is_timm_name(name) and not is_weights_file(cfg.weights):
+        return create_model(name, **kw, pretrained=cfg.weights), f"timm weights {cfg.weights}"
     teacher = create_model(name, **kw)
     if cfg.weights:
         load_torchvision_weights(teacher, name, cfg.weights)  # a file path or a torchvision name

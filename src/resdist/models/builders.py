@@ -1,5 +1,7 @@
-"""Registered builders: ``resnetN`` / ``plainN`` for N in 18, 34, 50 (ImageNet width) and
-20, 32, 44, 56, 110 (thin CIFAR ResNets of He et al., depth 6n+2)."""
+"""Registered builders: ``resnetN`` / ``plainN`` for N in 18, 34, 50 (ImageNet width),
+``resnetNd`` / ``plainNd`` for the same depths in the ResNet-D layout (deep stem, average-pool
+downsampling: timm's ``resnet18d/34d/50d``), and 20, 32, 44, 56, 110 (thin CIFAR ResNets of He et
+al., depth 6n+2)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ def _imagenet_resnet(
 
         load_torchvision_weights(model, f"resnet{depth}", weights, progress=progress)
     return model
+
+
+def _resnet_d(depth: int, **kwargs: Any) -> ResNet:
+    """ResNet-D (He et al., "Bag of Tricks", 2019) with timm's parameter names, so a
+    ``timm.create_model("resnet{depth}d")`` state dict loads with ``strict=True``."""
+    block, layers = _IMAGENET_SPECS[depth]
+    kwargs.setdefault("num_classes", 1000)
+    kwargs.setdefault("stem", "deep")
+    kwargs.setdefault("avg_down", True)
+    return ResNet(block, layers, (64, 128, 256, 512), **kwargs)
 
 
 def _thin_resnet(depth: int, *, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
@@ -79,6 +91,48 @@ def plain50(**kwargs: Any) -> ResNet:
     """Plain (shortcut-free) ImageNet-width network with ResNet-50's layout.
     Keyword arguments go to :class:`ResNet` (and ``weights``/``progress`` as for ``resnet50``)."""
     return _imagenet_resnet(50, **_plain(kwargs))
+
+
+@register_model
+def resnet18d(**kwargs: Any) -> ResNet:
+    """ResNet-18-D: ResNet-18 with a deep 3x3 stem and average-pool downsampling (timm's
+    ``resnet18d`` layout and names). Keyword arguments go to :class:`ResNet`."""
+    return _resnet_d(18, **kwargs)
+
+
+@register_model
+def plain18d(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) network with ResNet-18-D's layout (the student of a ``resnet18d``
+    teacher). Keyword arguments go to :class:`ResNet`."""
+    return _resnet_d(18, **_plain(kwargs))
+
+
+@register_model
+def resnet34d(**kwargs: Any) -> ResNet:
+    """ResNet-34-D: ResNet-34 with a deep 3x3 stem and average-pool downsampling (timm's
+    ``resnet34d`` layout and names). Keyword arguments go to :class:`ResNet`."""
+    return _resnet_d(34, **kwargs)
+
+
+@register_model
+def plain34d(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) network with ResNet-34-D's layout (the student of a ``resnet34d``
+    teacher). Keyword arguments go to :class:`ResNet`."""
+    return _resnet_d(34, **_plain(kwargs))
+
+
+@register_model
+def resnet50d(**kwargs: Any) -> ResNet:
+    """ResNet-50-D: ResNet-50 with a deep 3x3 stem and average-pool downsampling (timm's
+    ``resnet50d`` layout and names). Keyword arguments go to :class:`ResNet`."""
+    return _resnet_d(50, **kwargs)
+
+
+@register_model
+def plain50d(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) network with ResNet-50-D's layout (the student of a ``resnet50d``
+    teacher). Keyword arguments go to :class:`ResNet`."""
+    return _resnet_d(50, **_plain(kwargs))
 
 
 @register_model

@@ -67,7 +67,8 @@ def fold_batchnorms(module: nn.Module) -> nn.Module:
     Pairs are found structurally, following torchvision/timm conventions: consecutive
     ``(Conv2d, BatchNorm2d)`` children of an ``nn.Sequential`` (e.g. ``downsample[0]/[1]``), and
     children named ``convX`` / ``bnX`` with the same suffix (``conv1/bn1`` .. ``conv3/bn3``) in
-    any other module. The conv is replaced by a biased conv and the BatchNorm by ``nn.Identity``;
+    any other module; a ``convX`` that is an ``nn.Sequential`` ending in a convolution (ResNet-D's
+    deep stem) folds that last convolution with ``bnX``. The conv is replaced by a biased conv and the BatchNorm by ``nn.Identity``;
     BatchNorms that follow no convolution are left as they are.
     """
     children = dict(module.named_children())
@@ -84,8 +85,12 @@ def fold_batchnorms(module: nn.Module) -> nn.Module:
                 continue
             bn_name = "bn" + name[len("conv"):]
             conv, bn = getattr(module, name), getattr(module, bn_name, None)
+            owner, last = module, name
+            if isinstance(conv, nn.Sequential) and len(conv):
+                owner, last = conv, str(len(conv) - 1)
+                conv = conv[-1]
             if bn is not None and _foldable(conv, bn):
-                setattr(module, name, fuse_conv_bn(conv, bn))
+                setattr(owner, last, fuse_conv_bn(conv, bn))
                 setattr(module, bn_name, nn.Identity())
     for child in module.children():
         fold_batchnorms(child)

@@ -1,4 +1,5 @@
-"""Loading teacher weights: torchvision's pretrained weights by name, or state-dict files."""
+"""Loading teacher weights: torchvision's pretrained weights by name, or state-dict files
+(``.pth`` read weights-only, or ``.safetensors``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source:
             parts.append(f"missing {len(missing)} keys (first: {missing[0]!r})")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} keys (first: {unexpected[0]!r})")
-        raise WeightsError(f"weights from {source} do not fit the model: {'; '.join(parts)}")
+        raise WeightsError(f"weights from {source} do not fit the model: {'; '.join(parts)}"
+                           f"{_layout_hint(own, state)}")
     for k, v in own.items():
         if tuple(state[k].shape) != tuple(v.shape):
             what = ""
@@ -49,11 +51,49 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source:
             )
 
 
+#: file endings read as weights files rather than as names of published weights
+WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors")
+
+
+def is_weights_file(weights: str) -> bool:
+    """Whether ``weights`` (a ``--teacher-weights`` value) names a file rather than published
+    weights such as ``DEFAULT`` or a timm tag: it has a path separator or a weights suffix."""
+    return os.path.sep in weights or weights.endswith(WEIGHTS_FILE_SUFFIXES)
+
+
+def _load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise WeightsError(f"{path} is a safetensors file: pip install safetensors (or "
+                           "'resdist[timm]', which brings it) to read it") from e
+    try:
+        return load_file(os.fspath(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"cannot read weights file {path}: not a safetensors file, or "
+                           "damaged") from e
+
+
+def _layout_hint(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str:
+    """What to change when the weights and the model differ in stem or downsampling layout."""
+    deep_weights, deep_model = "conv1.0.weight" in state, "conv1.0.weight" in own
+    if deep_weights and not deep_model:
+        return (" (the weights have ResNet-D's deep stem: use a resnetNd/plainNd model or "
+                "--teacher timm:ARCH)")
+    if deep_model and "conv1.weight" in state:
+        return " (the weights have a single-conv stem: use a resnetN/plainN model)"
+    return ""
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict from a ``.pth`` file: a bare state dict, or a resdist/torchvision-style
-    checkpoint holding it under ``model``, ``state_dict`` or ``model_state_dict``."""
+    """Read a state dict from a ``.safetensors`` file, or a ``.pth`` file read weights-only: a
+    bare state dict, or a resdist/torchvision/timm-style checkpoint holding it under ``model``,
+    ``state_dict`` or ``model_state_dict``."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")
+    if os.fspath(path).endswith(".safetensors"):
+        return _load_safetensors(path)
     try:
         obj = load_torch_file(path)
     except UnsafeFileError:
@@ -76,9 +116,12 @@ def load_torchvision_weights(
     """Load ``weights`` into ``model``: a file path to a state dict, or a torchvision weights
     name for ``arch`` (``"DEFAULT"``, ``"IMAGENET1K_V1"``, or ``"ResNet50_Weights.IMAGENET1K_V2"``),
     fetched through torchvision's cache/download."""
-    if os.path.sep in weights or weights.endswith((".pth", ".pt")):
+    if is_weights_file(weights):
         state = load_state_dict_file(weights)
         source = weights
+    elif arch.endswith("d") and arch.startswith("resnet"):
+        raise WeightsError(f"torchvision publishes no {arch} weights: use --teacher timm:{arch} "
+                           f"--teacher-weights TAG (timm's weights), or a state-dict file")
     else:
         import torchvision
 

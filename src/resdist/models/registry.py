@@ -1,4 +1,6 @@
-"""Model registry: ``create_model("plain56", num_classes=10, in_chans=1)``."""
+"""Model registry: ``create_model("plain56", num_classes=10, in_chans=1)``; names with the
+``timm:`` prefix (``create_model("timm:resnet50d")``) are built through timm
+(:mod:`~resdist.models.timm_adapter`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 
 from ..machine import available_memory, format_bytes
 from .errors import ModelError
+from .timm_adapter import create_timm_resnet, is_timm_name
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -47,14 +50,18 @@ def model_description(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
+    """Whether resdist builds ``name``: a registered name, or ``timm:ARCH`` (timm itself says
+    whether it knows ``ARCH`` when the model is built)."""
+    if is_timm_name(name):
+        return re.fullmatch(r"timm:[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", name) is not None
     return name in _MODELS
 
 
 _INT_KWARGS = ("num_classes", "in_chans", "stem_width")
-_BOOL_KWARGS = ("dirac", "keep_downsample_shortcuts", "shortcuts", "zero_init_residual",
+_BOOL_KWARGS = ("dirac", "keep_downsample_shortcuts", "shortcuts", "zero_init_residual", "avg_down",
                 "progress")
 #: builder arguments that fetch or load weights: left out of the size probe
-_WEIGHT_KWARGS = ("weights", "progress")
+_WEIGHT_KWARGS = ("weights", "progress", "pretrained")
 
 
 def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
@@ -92,8 +99,9 @@ def model_bytes(name: str, **kwargs: Any) -> int:
 
 
 def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    builder = _MODELS.get(name) or (lambda **kw: create_timm_resnet(name, **kw))
     try:
-        return _MODELS[name](**kwargs)
+        return builder(**kwargs)
     except TypeError as e:  # an argument the builder does not take
         raise ModelError(f"{name}: {e}") from e
 
@@ -109,7 +117,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         UnknownModelError: ``name`` is not registered (the message lists the valid names).
         ModelError: a bad argument, or a model that does not fit in memory.
     """
-    if not isinstance(name, str) or name not in _MODELS:
+    if not isinstance(name, str) or not is_model(name):
         close = difflib.get_close_matches(str(name), list(_MODELS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
@@ -128,7 +136,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def teacher_name_for(student: str) -> str:
-    """The ResNet counterpart of a plain model name (``plain56 -> resnet56``)."""
+    """The ResNet counterpart of a plain model name (``plain56 -> resnet56``,
+    ``plain50d -> resnet50d``)."""
     if student.startswith("plain"):
         return "resnet" + student[len("plain"):]
     return student

@@ -23,7 +23,7 @@ from .errors import ModelError
 
 ConvLayer = Callable[..., nn.Module]
 NormLayer = Callable[[int], nn.Module]
-Stem = Literal["imagenet", "cifar"]
+Stem = Literal["imagenet", "cifar", "deep"]
 
 
 def conv3x3(
@@ -132,8 +132,13 @@ class ResNet(nn.Module):
         widths: base width of each stage (64/128/256/512 ImageNet-width, 16/32/64 thin).
         num_classes: classifier outputs.
         in_chans: input image channels (1 for Fashion-MNIST).
-        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv, no pool).
-        stem_width: stem output channels; defaults to ``widths[0]``.
+        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool), ``"cifar"`` (3x3/1 conv, no pool) or
+            ``"deep"`` (ResNet-D's three 3x3 convs, the first of stride 2, + 3x3/2 max-pool;
+            ``conv1`` is then an ``nn.Sequential`` named as timm names it).
+        stem_width: stem output channels; defaults to ``widths[0]`` (the deep stem's inner
+            convs have half as many).
+        avg_down: projection shortcuts of stride-2 blocks average-pool 2x2 first and then apply
+            a stride-1 1x1 conv (ResNet-D) instead of a strided 1x1 conv.
         shortcuts: keep the residual shortcuts (a ResNet) or remove them (a plain CNN).
         keep_downsample_shortcuts: for a plain CNN, keep the projection shortcuts of stride-2
             blocks (the authors' released code) instead of removing everything.
@@ -156,6 +161,7 @@ class ResNet(nn.Module):
         dirac: bool = False,
         norm_layer: NormLayer | None = None,
         zero_init_residual: bool = False,
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
@@ -173,11 +179,21 @@ class ResNet(nn.Module):
         self.keep_downsample_shortcuts = keep_downsample_shortcuts
         self.dirac = dirac
         self.stem_type = stem
+        self.avg_down = avg_down
         self.inplanes = stem_width or widths[0]
 
         if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, self.inplanes, 7, stride=2, padding=3, bias=False)
+            self.conv1: nn.Module = nn.Conv2d(in_chans, self.inplanes, 7, stride=2, padding=3,
+                                              bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        elif stem == "deep":
+            inner = max(1, self.inplanes // 2)
+            self.conv1 = nn.Sequential(
+                conv3x3(in_chans, inner, 2), norm_layer(inner), nn.ReLU(inplace=True),
+                conv3x3(inner, inner), norm_layer(inner), nn.ReLU(inplace=True),
+                conv3x3(inner, self.inplanes),
+            )
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
             self.conv1 = nn.Conv2d(in_chans, self.inplanes, 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -215,9 +231,7 @@ class ResNet(nn.Module):
             has_shortcut = self.shortcuts or (self.keep_downsample_shortcuts and s != 1)
             downsample = None
             if has_shortcut and needs_projection:
-                downsample = nn.Sequential(
-                    conv1x1(self.inplanes, out, s), self._norm_layer(out)
-                )
+                downsample = self._projection(self.inplanes, out, s)
             layers.append(
                 block(
                     self.inplanes, planes, s, downsample, self._norm_layer, self._conv_layer,
@@ -226,6 +240,15 @@ class ResNet(nn.Module):
             )
             self.inplanes = out
         return nn.Sequential(*layers)
+
+    def _projection(self, inplanes: int, out: int, stride: int) -> nn.Sequential:
+        """The projection shortcut: a strided 1x1 conv and BN, or with ``avg_down`` a 2x2
+        average pool (an identity at stride 1), a 1x1 conv and BN (timm's names: 0, 1, 2)."""
+        if not self.avg_down:
+            return nn.Sequential(conv1x1(inplanes, out, stride), self._norm_layer(out))
+        pool: nn.Module = nn.Identity() if stride == 1 else nn.AvgPool2d(
+            2, stride, ceil_mode=True, count_include_pad=False)
+        return nn.Sequential(pool, conv1x1(inplanes, out), self._norm_layer(out))
 
     # --- staged contract -------------------------------------------------------------------
     @property
