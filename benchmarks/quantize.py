@@ -28,8 +28,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -45,8 +43,17 @@ from resdist.deploy import calibrate_bn, export, export_onnx, to_deploy
 from resdist.deploy.onnx_eval import evaluate_onnx
 from resdist.deploy.profile import measure_latency
 from resdist.deploy.quantize import calibration_batches, gaussian_batches, quantize_onnx
-from resdist.experiments.suites import STUDENT_ROWS, Row, run_config, run_name, suite_settings
+from resdist.experiments.suites import (
+    STUDENT_ROWS,
+    Row,
+    finished_history,
+    run_config,
+    run_name,
+    suite_settings,
+)
+from resdist.machine import environment, load_average
 from resdist.models import create_model
+from resdist.tables import markdown_table
 
 TEACHER = "resnet32"
 STUDENT = "plain32"
@@ -61,31 +68,6 @@ PARTS = ("accuracy", "imagenet")
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def environment() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
-def _finished(run_dir: Path, epochs: int) -> bool:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return False
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return bool(rows) and rows[-1].get("epoch") == epochs
 
 
 def suite_runs(root: Path, data_dir: str | None, train_missing: bool) -> list[dict[str, Any]]:
@@ -103,13 +85,12 @@ def suite_runs(root: Path, data_dir: str | None, train_missing: bool) -> list[di
         cfg = run_config(base, model, row, TEACHER, root / f"seed{SEED}")
         cfg.train.seed = SEED
         run_dir = Path(cfg.train.out)
-        if not _finished(run_dir, cfg.train.epochs):
+        history = finished_history(run_dir, cfg.train.epochs, cfg.to_dict())
+        if history is None:
             if not train_missing:
                 raise SystemExit(f"run {run_dir} is not finished; run without --no-train")
             log(f"== training {run_name(model, row)} (seed {SEED}) ==")
-            train(cfg)
-        history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-                   if x.strip()]
+            history = train(cfg).history
         label = f"{model} ({row.label})" if row.label else model
         runs.append({"label": label, "model": model, "method": row.method,
                      "variant": row.variant, "run_dir": str(run_dir), "config": cfg,
@@ -232,23 +213,20 @@ def imagenet_latency(onnx_dir: Path, quick: bool) -> dict[str, Any]:
 
 # --- report ------------------------------------------------------------------------------------
 
-def _latency_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| pair, input | threads | batch | ResNet / plain fp32 | ResNet / plain INT8 | "
-        "INT8 speed-up ResNet | INT8 speed-up plain | ms: ResNet fp32, plain fp32, ResNet INT8, "
-        "plain INT8 | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
-    ]
+def _latency_table(rows: list[dict[str, Any]]) -> str:
+    cells = []
     for r in rows:
         resnet, plain = r["pair"].split(" / ")
         ms = ", ".join(f"{r['median_ms'][f'{n} {p}']:.2f}" for p in ("fp32", "int8")
                        for n in (resnet, plain))
-        lines.append(
-            f"| {r['pair']}, {r['input']} | {r['threads']} | {r['batch']} | "
-            f"{r['ratio_fp32']:.2f} | {r['ratio_int8']:.2f} | {r['int8_speedup_resnet']:.2f} | "
-            f"{r['int8_speedup_plain']:.2f} | {ms} | {min(r['runs'].values())} |"
-        )
-    return lines
+        cells.append([f"{r['pair']}, {r['input']}", r["threads"], r["batch"],
+                      f"{r['ratio_fp32']:.2f}", f"{r['ratio_int8']:.2f}",
+                      f"{r['int8_speedup_resnet']:.2f}", f"{r['int8_speedup_plain']:.2f}", ms,
+                      min(r["runs"].values())])
+    return markdown_table(
+        ["pair, input", "threads", "batch", "ResNet / plain fp32", "ResNet / plain INT8",
+         "INT8 speed-up ResNet", "INT8 speed-up plain",
+         "ms: ResNet fp32, plain fp32, ResNet INT8, plain INT8", "runs"], cells)
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -277,19 +255,18 @@ def format_markdown(result: dict[str, Any]) -> str:
             "trained on this machine; calibration on 512 of those "
             "training images (no augmentation). Test top-1 with ONNX Runtime; the PyTorch "
             "figure of the same checkpoint is shown for reference.", "",
-            "| network | method | PyTorch top-1 (%) | fp32 ONNX top-1 (%) | INT8 top-1 (%) | "
-            "INT8 loss (points) | shortcut Adds (INT8 graph) | Q/DQ pairs (act.) | "
-            "file fp32 / INT8 |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            markdown_table(
+                ["network", "method", "PyTorch top-1 (%)", "fp32 ONNX top-1 (%)",
+                 "INT8 top-1 (%)", "INT8 loss (points)", "shortcut Adds (INT8 graph)",
+                 "Q/DQ pairs (act.)", "file fp32 / INT8"],
+                [[r["network"], r["method"], f"{r['pytorch_test_top1']:.2f}",
+                  f"{r['fp32_top1']:.2f}", f"{r['int8_top1']:.2f}",
+                  f"{r['int8_loss_points']:+.2f}", r["quantization"]["feature_adds"],
+                  r["quantization"]["activation_qdq_pairs"],
+                  f"{r['quantization']['fp32_bytes'] / 2**10:.0f} / "
+                  f"{r['quantization']['int8_bytes'] / 2**10:.0f} KiB"]
+                 for r in result["accuracy"]]),
         ]
-        for r in result["accuracy"]:
-            q = r["quantization"]
-            lines.append(
-                f"| {r['network']} | {r['method']} | {r['pytorch_test_top1']:.2f} | "
-                f"{r['fp32_top1']:.2f} | {r['int8_top1']:.2f} | {r['int8_loss_points']:+.2f} | "
-                f"{q['feature_adds']} | {q['activation_qdq_pairs']} | "
-                f"{q['fp32_bytes'] / 2**10:.0f} / {q['int8_bytes'] / 2**10:.0f} KiB |"
-            )
         lines += ["", "INT8 loss = fp32 top-1 minus INT8 top-1 (positive: INT8 is worse)."]
     lines += ["", "## Latency: ResNet / plain in fp32 and in INT8 (ONNX Runtime, CPU)", "",
               "Ratios above 1: the plain network is faster; INT8 speed-up = fp32 / INT8. "
@@ -299,7 +276,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Thin nets (trained ResNet-32 and JointRD plain-32, INT8 calibrated on "
                   f"training images); up to {t['runs_per_setting']} runs per batch size, "
                   f"stopping after {t['max_seconds_per_setting']} s once each model has 3.", "",
-                  *_latency_table(t["rows"])]
+                  _latency_table(t["rows"])]
     if "imagenet_latency" in result:
         t = result["imagenet_latency"]
         lines += ["", "ImageNet-width nets (ImageNet stem, 1000 classes), random weights with "
@@ -308,7 +285,7 @@ def format_markdown(result: dict[str, Any]) -> str:
                   f"{t['runs_per_setting']} runs per batch size, stopping after "
                   f"{t['max_seconds_per_setting']} s once each model has 3 (the runs column "
                   "gives the count; ResNet-50 at batch 32 has the fewest).", "",
-                  *_latency_table(t["rows"])]
+                  _latency_table(t["rows"])]
     lines += ["", "![accuracy and latency](quantize.png)", ""]
     return "\n".join(lines)
 
@@ -390,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in [args.only] if args.only else PARTS:
         if part == "accuracy":
             runs = suite_runs(Path(args.runs), args.data_dir, not args.no_train)
-        meta = environment()
+        meta = {**environment(), "date": dt.datetime.now().astimezone().isoformat(
+            timespec="seconds")}
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="resdist-quantize-") as tmp:
             if part == "accuracy":
@@ -402,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 result["imagenet_latency"] = imagenet_latency(Path(tmp), args.quick)
         meta.update({"command": command, "wall_seconds": round(time.perf_counter() - start, 1),
-                     "loadavg_end": [round(v, 2) for v in os.getloadavg()]})
+                     "loadavg_end": load_average()})
         result["parts"][part] = meta
     result["meta"] = {
         "quantization": "onnxruntime.quantization: quant_pre_process, then quantize_static "

@@ -107,10 +107,14 @@ def run_config(base: Config, model: str, row: Row, teacher: str, root: Path) -> 
     return cfg
 
 
-def _finished(run_dir: Path, epochs: int, config: dict[str, Any] | None = None
-              ) -> list[dict[str, Any]] | None:
+def finished_history(run_dir: Path, epochs: int, config: dict[str, Any] | None = None
+                     ) -> list[dict[str, Any]] | None:
     """The per-epoch metrics of a finished run in ``run_dir``, or ``None`` if it is not
-    finished. With ``config``: a finished run made with other settings is refused."""
+    finished.
+
+    Raises:
+        RecordError: with ``config``, the folder holds a run made with other settings.
+    """
     from ..engine.metrics import read_metrics
 
     path = run_dir / "metrics.jsonl"
@@ -190,7 +194,7 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
                               f"({cfg.teacher.checkpoint}) nor its weights ({kept}) exist; "
                               f"delete {store.record_path(seed, teacher_run)} to train it again")
         cfg.teacher.checkpoint = str(kept)
-    history = _finished(Path(cfg.train.out), cfg.train.epochs, config)
+    history = finished_history(Path(cfg.train.out), cfg.train.epochs, config)
     if history is None:
         print(f"== {what} ==", flush=True)
         history = train(cfg).history
