@@ -37,7 +37,6 @@ import copy
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -51,10 +50,11 @@ from resdist.config import OptimConfig
 from resdist.distill import CrossEntropy, ResidualDistiller
 from resdist.engine import build_optimizer
 from resdist.engine.denormals import set_flush_denormal
-from resdist.engine.trainer import amp_setup, optimizer_step
-from resdist.machine import available_cores, cpu_model, load_average
+from resdist.engine.trainer import accumulation_step, amp_setup
+from resdist.machine import environment, load_average
 from resdist.models import calibrate_bn, create_model
 from resdist.models.memory_format import to_channels_last
+from resdist.tables import markdown_table
 
 METHODS = ("ce", "jointrd", "jointrd-nofeat")
 TARGETS = {"jointrd": 2.0, "jointrd-nofeat": 1.7}
@@ -95,8 +95,8 @@ class Stepper:
         self.amp_dtype, self.scaler = amp_setup(amp, device)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        optimizer_step(self.objective, self.optimizer, self.scaler, images, labels,
-                       self.amp_dtype)
+        accumulation_step(self.objective, self.optimizer, self.scaler, [(images, labels)],
+                          self.amp_dtype)
 
 
 def _sync(device: torch.device) -> None:
@@ -162,7 +162,7 @@ def format_markdown(result: dict) -> str:
         "",
         f"    {result['command']}",
         "",
-        f"- CPU: {result['cpu']} ({result['cpu_count']} cores available); torch threads: "
+        f"- CPU: {result['cpu']} ({result['cores']} cores available); torch threads: "
         f"{', '.join(map(str, result['threads']))}",
         f"- torch {result['torch']}, Python {result['python']}"
         + (f", GPU: {result['gpu']}" if result.get("gpu") else ""),
@@ -172,23 +172,20 @@ def format_markdown(result: dict) -> str:
         f"- Median (and fastest) of up to {result['steps']} interleaved steps per objective "
         f"(fewer once a setting has run {result['time_limit_s']:.0f} s) after "
         f"{result['warmup']} warm-up steps; denormals flushed on CPU",
-        f"- Load average (1/5/15 min) at start {result['load_start']}, end {result['load_end']}; "
+        f"- Load average (1/5/15 min) at start {result.get('loadavg_start', [])}, end {result['load_end']}; "
         "other processes may have shared the CPU. Interleaving keeps slow drifts fair; on an "
         "oversubscribed machine multi-threaded steps with OpenMP's spinning wait policy hit bursts "
         "of 10-70x slowdowns (set OMP_WAIT_POLICY=PASSIVE, see the command), and the "
         "fastest-step ratio is the one least disturbed by other jobs",
         "",
-        "| device | precision | channels_last | threads | objective | step ms (median) "
-        "| step ms (fastest) | images/s (median) | / CE (median) | / CE (fastest) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(
+            ["device", "precision", "channels_last", "threads", "objective", "step ms (median)",
+             "step ms (fastest)", "images/s (median)", "/ CE (median)", "/ CE (fastest)"],
+            [[r["device"], r["precision"], "on" if r["channels_last"] else "off",
+              r["threads"] or "-", r["method"], f"{r['median_step_ms']:.1f}",
+              f"{r['min_step_ms']:.1f}", f"{r['images_per_s']:.0f}", f"{r['ratio_to_ce']:.2f}x",
+              f"{r['ratio_to_ce_min']:.2f}x"] for r in result["rows"]]),
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['device']} | {r['precision']} | {'on' if r['channels_last'] else 'off'} "
-            f"| {r['threads'] or '-'} | {r['method']} | {r['median_step_ms']:.1f} "
-            f"| {r['min_step_ms']:.1f} | {r['images_per_s']:.0f} | {r['ratio_to_ce']:.2f}x "
-            f"| {r['ratio_to_ce_min']:.2f}x |"
-        )
     lines += ["", "JointRD step / CE step against the targets (median; fastest):", ""]
     for r in result["rows"]:
         if r["method"] in TARGETS:
@@ -236,15 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(env + [shlex.join(["python", "benchmarks/train_speed.py",
                                                 *argv_used])]),
-        "cpu": cpu_model(), "cpu_count": available_cores(),
-        "threads": threads, "torch": torch.__version__,
-        "python": platform.python_version(),
+        **environment(), "threads": threads,
         "gpu": torch.cuda.get_device_name() if any(d.type == "cuda" for d in devices) else None,
         "student": args.student, "teacher": args.teacher,
         "input_shape": "x".join(map(str, INPUTS[args.input])), "batch": args.batch,
         "num_classes": 10, "steps": args.steps, "warmup": args.warmup,
         "time_limit_s": args.time_limit,
-        "load_start": load_average(), "rows": [],
+        "rows": [],
     }
     t0 = time.perf_counter()
     for device in devices:

@@ -286,36 +286,6 @@ def accumulation_step(
     return outs
 
 
-def optimizer_step(
-    objective: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    amp_dtype: torch.dtype | None = None,
-    where: str = "",
-) -> dict[str, torch.Tensor]:
-    """One training step on one batch with an immediate finiteness check (one host sync).
-
-    The trainer batches its checks (:class:`Trainer`); this form serves benchmarks and tests.
-
-    Raises:
-        TrainingError: the loss is not finite, here or (under DDP) on any other rank, so
-            that every rank stops at the same step instead of waiting on the others.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    out = forward_losses(objective, images, labels, amp_dtype)
-    loss = out["loss"]
-    finite = bool(torch.isfinite(loss))
-    if not all_true(finite, loss.device):
-        what = str(loss.item()) if not finite else "non-finite on another rank"
-        raise TrainingError(f"loss became {what}{where}")
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return out
-
-
 class Trainer:
     """Owns the optimiser, scheduler, AMP scaler, loggers and checkpoints of one run.
 
