@@ -10,7 +10,7 @@ from pathlib import Path
 import resdist
 
 PACKAGE = Path(resdist.__file__).parent
-FLOORS = {"errors": 0, "config": 0, "presets": 0, "safe_load": 0, "weights": 0, "atomic": 0, "machine": 0, "tables": 0, "data": 1, "models": 2, "distill": 3, "engine": 4,
+FLOORS = {"errors": 0, "config": 0, "presets": 0, "safe_load": 0, "weights": 0, "atomic": 0, "machine": 0, "tables": 0, "guides": 0, "data": 1, "models": 2, "distill": 3, "engine": 4,
           "deploy": 5, "experiments": 6, "cli": 6, "__main__": 6, "__init__": 6}
 
 

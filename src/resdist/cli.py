@@ -6,7 +6,7 @@
     resdist export  --checkpoint runs/x/last.pth --format onnx --out plain56.onnx [--preprocess]
     resdist predict plain56.onnx shoe.png --topk 3
     resdist profile resnet56 plain56
-    resdist presets | resdist models
+    resdist presets | resdist models | resdist docs
     resdist demo    (the main job: teacher, plain CE and JointRD on real Fashion-MNIST)
 """
 
@@ -59,7 +59,7 @@ def _add_train_parser(sub) -> None:
         "--config (YAML file) gives the settings; flags override it; --set section.key=value "
         "overrides both. The defaults shown are the built-in ones, used when no preset or "
         "config sets the key. The run directory receives config.yaml, last.pth/best.pth "
-        "(which record the input contract, see docs/deploy.md) and metrics.csv/jsonl.")
+        "(which record the input contract, see `resdist docs deploy`) and metrics.csv/jsonl.")
     src = t.add_mutually_exclusive_group()
     src.add_argument("--preset", metavar="NAME",
                      help="packaged recipe by name, e.g. cifar100/plain18-jointrd or demo "
@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resdist", description="Residual Distillation: plain CNNs trained to ResNet "
         "accuracy through a ResNet teacher, deployed without shortcuts. Each command's "
-        "--help says what it takes; the guides (method, deployment, faults) are the docs/ "
-        "folder of the source tree, which `pip install` does not copy.")
+        "--help says what it takes; `resdist docs` lists the guides (method, training, "
+        "deployment, faults, results) and `resdist docs NAME` prints one.")
     parser.add_argument("--version", action="version", version=f"resdist {__version__}",
                         help="print the version and exit")
     parser.add_argument("--debug", action="store_true",
@@ -265,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("name", nargs="?", metavar="NAME",
                     help="print this preset's YAML instead of the list")
     ps.set_defaults(func=cmd_presets)
+
+    g = sub.add_parser("docs", help="list the guides, or print one",
+                       description="List the user guides shipped with resdist, one line each, "
+                       "or print one guide's markdown.")
+    g.add_argument("name", nargs="?", metavar="NAME",
+                   help="print this guide (e.g. training, deploy) instead of the list")
+    g.set_defaults(func=cmd_docs)
 
     m = sub.add_parser("models", help="list the registered networks (for --model)",
                        description="List the model registry: one line per name with its "
@@ -399,6 +406,19 @@ def cmd_presets(args: argparse.Namespace) -> int:
     width = max(map(len, names))
     for name in names:
         print(f"{name:<{width}}  {preset_description(name)}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .guides import guide_text, guide_title, list_guides
+
+    if args.name:
+        print(guide_text(args.name), end="")
+        return 0
+    names = list_guides()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {guide_title(name)}")
     return 0
 
 

@@ -59,3 +59,17 @@ def test_presets_are_found_from_another_directory_after_install(installed, tmp_p
     assert run.returncode == 0, run.stderr
     assert "name: cifar100" in run.stdout and "100 classes" in run.stdout
     assert list(elsewhere.iterdir()) == []  # a dry run writes nothing
+
+
+def test_the_guides_are_installed_and_shown_by_resdist_docs(installed, tmp_path):
+    """``resdist --help`` points to ``resdist docs``; the guides exist after a plain install."""
+    listing = _resdist(installed, tmp_path, "docs")
+    assert listing.returncode == 0, listing.stderr
+    shipped = sorted(p.stem for p in (REPO / "docs").glob("*.md") if p.name != "README.md")
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == shipped
+    page = _resdist(installed, tmp_path, "docs", "deploy")
+    assert page.returncode == 0 and page.stdout == (REPO / "docs" / "deploy.md").read_text()
+    assert "resdist docs" in _resdist(installed, tmp_path, "--help").stdout
+    missing = _resdist(installed, tmp_path, "docs", "deplyo")
+    assert missing.returncode == 2 and "Did you mean deploy?" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
