@@ -13,10 +13,12 @@ pytest.importorskip("onnxruntime")
 
 from resdist.deploy import (  # noqa: E402
     DeployError,
+    ProfileResult,
     analyze_onnx,
     export_onnx,
     format_table,
     memory_cross_check,
+    merge_profiles,
     profile_models,
     write_profile_report,
 )
@@ -143,19 +145,18 @@ def test_profile_models_side_by_side_and_report(tmp_path):
         ["resnet20", "plain20"], input_shape=(1, 16, 16), batch_sizes=(1, 2), threads=(1,),
         runs=2, warmup=1, model_kwargs={"in_chans": 1, "width_mult": 0.5},
     )
-    res, plain = result["models"]
-    assert (res["feature_adds"], plain["feature_adds"]) == (9, 0)
-    assert res["is_resnet"] and not plain["is_resnet"]
-    assert "calibrated" in plain["weights"]
-    assert {(r["threads"], r["batch"]) for r in plain["latency"]} == {(1, 1), (1, 2)}
-    assert all(r["runs"] == 2 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
-               for r in plain["latency"])
-    (pair,) = result["pairs"]
-    assert (pair["resnet"], pair["plain"]) == ("resnet20", "plain20")
-    assert pair["peak_ratio"] == pytest.approx(1.5)
-    assert pair["bytes_moved_ratio"] > 1.5
-    assert len(pair["latency_ratio"]) == 2
-    check = plain["memory_check"]
+    res, plain = result.models
+    assert (res.feature_adds, plain.feature_adds) == (9, 0)
+    assert res.is_resnet and not plain.is_resnet
+    assert "calibrated" in plain.weights and plain.source == "registry"
+    assert {r.setting for r in plain.latency} == {(1, 1), (1, 2)}
+    assert all(r.runs == 2 and r.p10_ms <= r.median_ms <= r.p90_ms for r in plain.latency)
+    (pair,) = result.pairs
+    assert (pair.resnet, pair.plain) == ("resnet20", "plain20")
+    assert pair.peak_ratio == pytest.approx(1.5)
+    assert pair.bytes_moved_ratio > 1.5
+    assert len(pair.latency_ratio) == 2
+    check = plain.memory_check
     assert check["measured_peak_bytes"] == check["liveness_peak_bytes_torch_rules"]
 
     table = format_table(result)
@@ -164,7 +165,28 @@ def test_profile_models_side_by_side_and_report(tmp_path):
     assert "| resnet20" in md
     for ext in ("json", "png", "md"):
         assert (tmp_path / f"deploy.{ext}").stat().st_size > 0
-    assert json.loads((tmp_path / "deploy.json").read_text())["pairs"][0]["plain"] == "plain20"
+    saved = json.loads((tmp_path / "deploy.json").read_text())
+    assert saved["pairs"][0]["plain"] == "plain20" and saved["models"][1]["source"] == "registry"
+    # a saved profile renders again as it was, and is written again unchanged
+    assert ProfileResult.from_dict(saved).to_dict() == saved
+    assert write_profile_report(saved, tmp_path / "again", name="deploy") == md
+    assert json.loads((tmp_path / "again" / "deploy.json").read_text()) == saved
+    # one saved before onnx_file was recorded, too
+    for m in saved["models"]:
+        del m["onnx_file"]
+    assert ProfileResult.from_dict(saved).to_dict() == saved
+    assert format_table(saved) == table
+
+
+def test_merged_profiles_keep_every_model_and_pair(tmp_path):
+    kwargs = {"in_chans": 1, "width_mult": 0.25}
+    one = profile_models(["resnet20", "plain20"], input_shape=(1, 8, 8), latency=False,
+                         memory_check=False, model_kwargs=kwargs)
+    two = profile_models(["plain20"], input_shape=(1, 12, 12), latency=False,
+                         memory_check=False, model_kwargs=kwargs)
+    merged = merge_profiles([one, two.to_dict()])
+    assert [m.input_shape for m in merged.models] == [[1, 8, 8], [1, 8, 8], [1, 12, 12]]
+    assert len(merged.pairs) == 1 and len(merged.meta["runs_meta"]) == 2
 
 
 def test_pairing_by_name_or_last_resnet():

@@ -86,7 +86,7 @@ def quantized(trained, fmnist, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("int8")
     return {
         name: quantize_checkpoint(ckpt, out / f"{name}-int8.onnx", "fashion-mnist",
-                                  data_dir=str(fmnist), calibration_images=64)
+                                  data_dir=str(fmnist), calibration_images=64).to_dict()
         for name, ckpt in trained.items()
     }
 
@@ -300,7 +300,7 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
 
 def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
     from resdist.deploy import calibrate_bn, profile_models
-    from resdist.deploy.quantize import add_int8_latency, format_int8_table
+    from resdist.deploy.profile import ProfileResult, add_int8_latency, format_int8_table
     from resdist.models import create_model
 
     models = [(name, calibrate_bn(create_model(name, num_classes=10, in_chans=1,
@@ -310,17 +310,25 @@ def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
                             memory_check=False, onnx_dir=tmp_path)
     add_int8_latency(result, tmp_path, batch_sizes=(1, 2), threads=(1,), runs=2,
                      calibration_images=8)
-    res, plain = result["models"]
-    assert (res["int8"]["feature_adds"], plain["int8"]["feature_adds"]) == (9, 0)
+    res, plain = result.models
+    assert (res.int8.quantization.feature_adds, plain.int8.quantization.feature_adds) == (9, 0)
     for m in (res, plain):
-        assert {(r["threads"], r["batch"]) for r in m["latency"]} == {(1, 1), (1, 2)}
-        assert {(r["threads"], r["batch"]) for r in m["int8"]["latency"]} == {(1, 1), (1, 2)}
-        assert m["int8"]["calibration_images"] == 8 and "Gaussian" in m["int8"]["calibration"]
-        assert len(m["int8"]["speedup"]) == 2
-    (pair,) = result["pairs"]
-    assert len(pair["latency_ratio"]) == 2 and len(pair["latency_ratio_int8"]) == 2
+        assert {r.setting for r in m.latency} == {(1, 1), (1, 2)}
+        assert {r.setting for r in m.int8.latency} == {(1, 1), (1, 2)}
+        report = m.int8.quantization
+        assert report.calibration_images == 8 and "Gaussian" in report.calibration
+        assert len(m.int8.speedup) == 2
+    (pair,) = result.pairs
+    assert len(pair.latency_ratio) == 2 and len(pair.latency_ratio_int8) == 2
     table = format_int8_table(result)
     assert "resnet20 / plain20" in table and "t=1 b=2" in table
+    # the JSON form: the report's figures without file paths, beside latency and speed-up
+    saved = json.loads(json.dumps(result.to_dict()))
+    int8 = saved["models"][0]["int8"]
+    assert "path" not in int8 and int8["feature_adds"] == 9 and len(int8["speedup"]) == 2
+    assert len(saved["pairs"][0]["latency_ratio_int8"]) == 2
+    assert ProfileResult.from_dict(saved).to_dict() == saved
+    assert format_int8_table(ProfileResult.from_dict(saved)) == table
 
 
 def test_onnx_runtime_runs_every_conv_of_the_int8_resnet_in_int8(quantized, tmp_path):

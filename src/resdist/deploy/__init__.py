@@ -8,8 +8,11 @@
   :func:`count_feature_adds` counts the shortcut additions left in an ONNX graph and
   :func:`verify_onnx` checks it against PyTorch with ONNX Runtime.
 - :func:`analyze_onnx` computes peak live activation memory, bytes moved and MACs by a
-  liveness pass; :func:`profile_models` adds ONNX Runtime latency and ResNet/plain ratios;
-  :func:`write_profile_report` writes JSON, a PNG chart and markdown.
+  liveness pass; :func:`profile_models` adds ONNX Runtime latency and ResNet/plain ratios
+  (a :class:`ProfileResult`); :func:`write_profile_report` writes JSON, a PNG chart and
+  markdown.
+- :mod:`resdist.deploy.quantize` quantises to INT8 (ONNX Runtime's static QDQ tool);
+  :mod:`resdist.deploy.profile` times the INT8 models beside fp32.
 
 ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
 """
@@ -31,6 +34,7 @@ from .export import (
 from .predict import Predictor, predict
 from .profile import (
     GraphProfile,
+    ProfileResult,
     analyze_onnx,
     format_table,
     measure_latency,
@@ -42,11 +46,11 @@ from .profile import (
 )
 
 __all__ = [
-    "DeployError", "ExportReport", "GraphProfile", "MissingDependencyError", "Predictor", "analyze_onnx",
-    "calibrate_bn", "count_feature_adds", "count_torchscript_feature_adds", "export",
-    "export_onnx", "export_torchscript", "fold_batchnorms", "format_table", "fuse_conv_bn",
-    "measure_latency",
-    "memory_cross_check", "merge_profiles", "profile_models", "to_deploy",
-    "predict", "read_contract", "torch_activation_peak", "verify_onnx", "verify_torchscript",
-    "with_preprocessing", "write_profile_report",
+    "DeployError", "ExportReport", "GraphProfile", "MissingDependencyError", "Predictor",
+    "ProfileResult", "analyze_onnx", "calibrate_bn", "count_feature_adds",
+    "count_torchscript_feature_adds", "export", "export_onnx", "export_torchscript",
+    "fold_batchnorms", "format_table", "fuse_conv_bn", "measure_latency", "memory_cross_check",
+    "merge_profiles", "predict", "profile_models", "read_contract", "to_deploy",
+    "torch_activation_peak", "verify_onnx", "verify_torchscript", "with_preprocessing",
+    "write_profile_report",
 ]

@@ -122,12 +122,12 @@ def run_export(args: argparse.Namespace) -> int:
     if args.quantize == "int8":
         from .quantize import DEFAULT_CALIBRATION_IMAGES, quantize_checkpoint
 
-        report = quantize_checkpoint(
+        written = quantize_checkpoint(
             ckpt, args.out, args.calibration_data, data_dir=args.data_dir,
             calibration_images=args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
             input_shape=args.input_shape, opset=args.opset,
         )
-        print(json.dumps(report, indent=2))
+        print(json.dumps(written.to_dict(), indent=2))
         return 0
     report = export(
         ckpt, args.fmt, args.out, input_shape=args.input_shape, opset=args.opset,
@@ -221,7 +221,13 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_profile(args: argparse.Namespace) -> int:
     """Handler of ``resdist profile``; prints the tables and returns 0."""
-    from .profile import format_table, profile_models, write_profile_report
+    from .profile import (
+        add_int8_latency,
+        format_int8_table,
+        format_table,
+        profile_models,
+        write_profile_report,
+    )
 
     kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": args.in_chans}
     if args.stem is not None:
@@ -244,14 +250,10 @@ def run_profile(args: argparse.Namespace) -> int:
             **timing,
         )
         if args.int8:
-            from .quantize import add_int8_latency
-
             add_int8_latency(result, onnx_dir, log=log, **timing)
-    result["meta"]["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
+    result.meta["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))
     if args.int8:
-        from .quantize import format_int8_table
-
         print("\n" + format_int8_table(result))
     if args.out:
         write_profile_report(result, args.out)

@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,17 @@ from ...models.fold import calibrate_bn, to_deploy
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
 from ..export import count_feature_adds, export_onnx, load_model_source
-from .latency import LatencyRecord, measure_latency
+from .latency import latency_ratios, measure_latency, ratio
 from .liveness import analyze_onnx
 from .memory import memory_cross_check
+from .records import (
+    BatchMemory,
+    FusedAddFigures,
+    ModelProfile,
+    PairComparison,
+    ProfileResult,
+    as_profile,
+)
 
 
 @dataclass
@@ -59,81 +67,9 @@ class _Source:
     name: str
     arch: str
     model: nn.Module
-    source: str  # "module", "registry" or "checkpoint PATH"
+    source: str  # "module", "registry" or "checkpoint"
     input_shape: Sequence[int] | None
-
-
-@dataclass
-class FusedAddFigures:
-    """Memory figures of an executor that fuses the shortcut Add into the convolution."""
-
-    peak_activation_bytes_per_image: int
-    bytes_moved_per_image: int
-
-
-@dataclass
-class BatchMemory:
-    """Liveness figures of one model at one batch size."""
-
-    batch: int
-    peak_activation_bytes: int
-    bytes_moved: int
-
-
-@dataclass
-class ModelProfile:
-    """Everything measured for one model (bytes and MACs per image unless named otherwise)."""
-
-    name: str
-    arch: str
-    source: str
-    weights: str
-    input_shape: list[int]
-    onnx_file: str  # the exported fp32 graph, under the run's onnx_dir
-    is_resnet: bool
-    parameters: int
-    macs_per_image: int
-    feature_adds: int
-    expected_shortcut_adds: int | None
-    peak_activation_bytes_per_image: int
-    bytes_moved_per_image: int
-    bytes_read_per_image: int
-    bytes_written_per_image: int
-    peak_step: str
-    fused_add: FusedAddFigures
-    memory: list[BatchMemory]
-    latency: list[LatencyRecord] = field(default_factory=list)
-    memory_check: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form (latency records without the model name; no ``memory_check`` key
-        when the cross-check was not asked for)."""
-        d = asdict(self)
-        d["latency"] = [r.as_dict() for r in self.latency]
-        if self.memory_check is None:
-            del d["memory_check"]
-        return d
-
-
-@dataclass
-class LatencyRatio:
-    threads: int
-    batch: int
-    ratio: float | None
-
-
-@dataclass
-class PairComparison:
-    """ResNet / plain ratios of one pair (above 1: the plain network is cheaper)."""
-
-    plain: str
-    resnet: str
-    peak_ratio: float | None
-    bytes_moved_ratio: float | None
-    macs_ratio: float | None
-    peak_ratio_fused_add: float | None
-    bytes_moved_ratio_fused_add: float | None
-    latency_ratio: list[LatencyRatio]
+    checkpoint: str | None = None
 
 
 def _is_checkpoint_path(spec: Any) -> bool:
@@ -158,8 +94,8 @@ def _resolve_model(
                        input_shape)
     if _is_checkpoint_path(spec):
         model, shape, arch = load_model_source(spec)
-        return _Source(f"{arch} ({Path(spec).name})", arch, model, f"checkpoint {spec}",
-                       shape or input_shape)
+        return _Source(f"{arch} ({Path(spec).name})", arch, model, "checkpoint",
+                       shape or input_shape, checkpoint=str(spec))
     raise UnknownModelError(
         f"{spec!r} is neither a registered model nor a checkpoint file. "
         f"Valid names: {', '.join(list_models())}"
@@ -183,26 +119,19 @@ def _pair_models(models: Sequence[tuple[str, bool]]) -> list[tuple[int, int]]:
     return pairs
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if not a or not b else a / b
-
-
 def _compare(plain: ModelProfile, res: ModelProfile) -> PairComparison:
-    lat_plain = {(r.threads, r.batch): r.median_ms for r in plain.latency}
-    lat_res = {(r.threads, r.batch): r.median_ms for r in res.latency}
     return PairComparison(
         plain=plain.name,
         resnet=res.name,
-        peak_ratio=_ratio(res.peak_activation_bytes_per_image,
-                          plain.peak_activation_bytes_per_image),
-        bytes_moved_ratio=_ratio(res.bytes_moved_per_image, plain.bytes_moved_per_image),
-        macs_ratio=_ratio(res.macs_per_image, plain.macs_per_image),
-        peak_ratio_fused_add=_ratio(res.fused_add.peak_activation_bytes_per_image,
-                                    plain.fused_add.peak_activation_bytes_per_image),
-        bytes_moved_ratio_fused_add=_ratio(res.fused_add.bytes_moved_per_image,
-                                           plain.fused_add.bytes_moved_per_image),
-        latency_ratio=[LatencyRatio(k[0], k[1], _ratio(lat_res[k], lat_plain[k]))
-                       for k in lat_plain if k in lat_res],
+        peak_ratio=ratio(res.peak_activation_bytes_per_image,
+                         plain.peak_activation_bytes_per_image),
+        bytes_moved_ratio=ratio(res.bytes_moved_per_image, plain.bytes_moved_per_image),
+        macs_ratio=ratio(res.macs_per_image, plain.macs_per_image),
+        peak_ratio_fused_add=ratio(res.fused_add.peak_activation_bytes_per_image,
+                                   plain.fused_add.peak_activation_bytes_per_image),
+        bytes_moved_ratio_fused_add=ratio(res.fused_add.bytes_moved_per_image,
+                                          plain.fused_add.bytes_moved_per_image),
+        latency_ratio=latency_ratios(res.latency, plain.latency),
     )
 
 
@@ -249,6 +178,7 @@ def _profile_one(
         peak_step=one.peak_step,
         fused_add=FusedAddFigures(fused.peak_activation_bytes, fused.bytes_moved),
         memory=[BatchMemory(g.batch_size, g.peak_activation_bytes, g.bytes_moved) for g in mem],
+        checkpoint=src.checkpoint,
     )
     if s.memory_check:
         record.memory_check = memory_cross_check(deployed, shape, proto, 1, deploy=False)
@@ -276,7 +206,7 @@ def _meta(s: ProfileSettings) -> dict[str, Any]:
 
 def _profile(
     models: Sequence[Any], s: ProfileSettings, onnx_dir: Path, log: Callable[[str], None]
-) -> dict[str, Any]:
+) -> ProfileResult:
     meta = _meta(s)
     records: list[ModelProfile] = []
     paths: dict[str, Path] = {}
@@ -301,11 +231,7 @@ def _profile(
     if load := load_average():
         meta["loadavg_end"] = load
     pairs = _pair_models([(r.arch, r.is_resnet) for r in records])
-    return {
-        "meta": meta,
-        "models": [r.as_dict() for r in records],
-        "pairs": [asdict(_compare(records[i], records[j])) for i, j in pairs],
-    }
+    return ProfileResult(meta, records, [_compare(records[i], records[j]) for i, j in pairs])
 
 
 def profile_models(
@@ -326,7 +252,7 @@ def profile_models(
     onnx_dir: str | os.PathLike | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> ProfileResult:
     """Profile several models side by side: memory, bytes moved, MACs, ORT latency, ratios.
 
     Args:
@@ -346,9 +272,9 @@ def profile_models(
     Registry models are built here; given modules are not modified.
 
     Returns:
-        ``{"meta": ..., "models": [...], "pairs": [...]}`` (the JSON form of
-        :class:`ModelProfile` and :class:`PairComparison` records); every ratio is
-        ResNet / plain, so a value above 1 is what the plain network saves.
+        A :class:`ProfileResult`: ``meta``, a :class:`ModelProfile` per model and a
+        :class:`PairComparison` per pair; every ratio is ResNet / plain, so a value above 1 is
+        what the plain network saves. ``to_dict()`` is its JSON form.
     """
     if not models:
         raise DeployError("profile_models needs at least one model")
@@ -370,19 +296,18 @@ def profile_models(
         return _profile(models, settings, onnx_dir, log or (lambda _msg: None))
 
 
-def merge_profiles(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One result from several :func:`profile_models` runs (e.g. CIFAR and ImageNet shapes).
+def merge_profiles(results: Sequence[ProfileResult | Mapping[str, Any]]) -> ProfileResult:
+    """One result from several :func:`profile_models` runs (e.g. CIFAR and ImageNet shapes),
+    given as results or their JSON form.
 
-    ``meta`` is taken from the first run, with each run's ``loadavg``/``date`` kept under
-    ``runs``."""
+    ``meta`` is taken from the first run, with each run's ``date`` and load averages kept under
+    ``runs_meta``."""
     if not results:
         raise DeployError("merge_profiles needs at least one result")
-    meta = dict(results[0]["meta"])
+    profiles = [as_profile(r) for r in results]
+    meta = dict(profiles[0].meta)
     meta["runs_meta"] = [
-        {k: r["meta"].get(k) for k in ("date", "loadavg_start", "loadavg_end")} for r in results
+        {k: p.meta.get(k) for k in ("date", "loadavg_start", "loadavg_end")} for p in profiles
     ]
-    return {
-        "meta": meta,
-        "models": [m for r in results for m in r["models"]],
-        "pairs": [p for r in results for p in r["pairs"]],
-    }
+    return ProfileResult(meta, [m for p in profiles for m in p.models],
+                         [c for p in profiles for c in p.pairs])

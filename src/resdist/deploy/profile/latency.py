@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,6 +12,9 @@ import numpy as np
 
 from ...machine import available_cores
 from ..errors import require
+
+Setting = tuple[int, int]
+"""``(threads, batch)``: one latency setting."""
 
 
 @dataclass
@@ -29,11 +32,50 @@ class LatencyRecord:
     per_image_ms: float
     runs: int
 
+    @property
+    def setting(self) -> Setting:
+        """``(threads, batch)``."""
+        return self.threads, self.batch
+
     def as_dict(self) -> dict[str, Any]:
         """The record without its model name (as stored under that model's entry)."""
         d = asdict(self)
         del d["model"]
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], model: str) -> LatencyRecord:
+        """The record back from :meth:`as_dict`, with its model's name."""
+        return cls(model=model, **d)
+
+
+@dataclass
+class LatencyRatio:
+    """Ratio of two median latencies at one setting (None where either median is 0)."""
+
+    threads: int
+    batch: int
+    ratio: float | None
+
+    @property
+    def setting(self) -> Setting:
+        """``(threads, batch)``."""
+        return self.threads, self.batch
+
+
+def latency_ratios(
+    numerator: Iterable[LatencyRecord], denominator: Iterable[LatencyRecord]
+) -> list[LatencyRatio]:
+    """Median of ``numerator`` / median of ``denominator`` at every setting both measured, in
+    the denominator's order."""
+    top = {r.setting: r.median_ms for r in numerator}
+    return [LatencyRatio(r.threads, r.batch, ratio(top[r.setting], r.median_ms))
+            for r in denominator if r.setting in top]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``, or None where either is 0 or None."""
+    return None if not a or not b else a / b
 
 
 def _session(path: Any, threads: int, spin: bool) -> Any:

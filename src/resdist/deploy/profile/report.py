@@ -1,5 +1,6 @@
 """Reports of :func:`~resdist.deploy.profile.profile_models` results: markdown tables, a PNG
-chart and JSON. They read the JSON form, so a saved ``profile.json`` renders again as it was."""
+chart and JSON. They take a :class:`~.records.ProfileResult` or its JSON form, so a saved
+``profile.json`` renders again as it was."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from ...atomic import write_text_atomic
 from ...tables import markdown_table
 from ..errors import require
+from .records import ProfileResult, as_profile
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -38,59 +40,50 @@ def _fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
-def _settings(result: Mapping[str, Any]) -> list[tuple[int, int]]:
-    seen: list[tuple[int, int]] = []
-    for m in result["models"]:
-        for r in m["latency"]:
-            key = (r["threads"], r["batch"])
-            if key not in seen:
-                seen.append(key)
-    return sorted(seen)
-
-
-def format_table(result: Mapping[str, Any]) -> str:
+def format_table(result: ProfileResult | Mapping[str, Any]) -> str:
     """Markdown tables (aligned, readable on a console): memory/compute per model, latency
-    per model and setting, and the ResNet/plain ratios of each pair."""
+    per model and setting, and the ResNet/plain ratios of each pair.
+
+    Args:
+        result: a profile, or its JSON form (a saved ``profile.json``).
+    """
+    profile = as_profile(result)
     mem_rows = []
-    for m in result["models"]:
-        adds = str(m["feature_adds"])
-        if m.get("expected_shortcut_adds") not in (None, m["feature_adds"]):
-            adds += f" (expected {m['expected_shortcut_adds']})"
+    for m in profile.models:
+        adds = str(m.feature_adds)
+        if m.expected_shortcut_adds not in (None, m.feature_adds):
+            adds += f" (expected {m.expected_shortcut_adds})"
         mem_rows.append([
-            m["name"], "x".join(map(str, m["input_shape"])), _fmt_count(m["parameters"]),
-            _fmt_count(m["macs_per_image"]), adds,
-            _fmt_bytes(m["peak_activation_bytes_per_image"]),
-            _fmt_bytes(m["bytes_moved_per_image"]),
+            m.name, "x".join(map(str, m.input_shape)), _fmt_count(m.parameters),
+            _fmt_count(m.macs_per_image), adds, _fmt_bytes(m.peak_activation_bytes_per_image),
+            _fmt_bytes(m.bytes_moved_per_image),
         ])
     parts = [markdown_table(
         ["model", "input", "params", "MACs/img", "feature Adds", "peak act./img",
          "bytes moved/img"], mem_rows,
     )]
-    settings = _settings(result)
+    settings = profile.settings()
     if settings:
         lat_rows = []
-        for m in result["models"]:
-            by = {(r["threads"], r["batch"]): r for r in m["latency"]}
-            row = [m["name"]]
-            for k in settings:
-                r = by.get(k)
-                row.append("-" if r is None else
-                           f"{r['median_ms']:.2f} [{r['p10_ms']:.2f}-{r['p90_ms']:.2f}] n={r['runs']}")
-            lat_rows.append(row)
+        for m in profile.models:
+            by = {r.setting: r for r in m.latency}
+            lat_rows.append([m.name, *(
+                f"{by[k].median_ms:.2f} [{by[k].p10_ms:.2f}-{by[k].p90_ms:.2f}] n={by[k].runs}"
+                if k in by else "-" for k in settings)])
         parts.append(markdown_table(
             ["ORT latency, ms per batch: median [p10-p90]"] + [f"t={t} b={b}" for t, b in settings],
             lat_rows,
         ))
-    if result.get("pairs"):
+    if profile.pairs:
         pair_rows = []
-        for p in result["pairs"]:
-            by = {(r["threads"], r["batch"]): r["ratio"] for r in p["latency_ratio"]}
+        for p in profile.pairs:
+            by_setting = {r.setting: r.ratio for r in p.latency_ratio}
             pair_rows.append([
-                f"{p['resnet']} / {p['plain']}", _fmt_ratio(p.get("macs_ratio")),
-                _fmt_ratio(p["peak_ratio"]), _fmt_ratio(p["bytes_moved_ratio"]),
-                f"{_fmt_ratio(p.get('peak_ratio_fused_add'))} / "
-                f"{_fmt_ratio(p.get('bytes_moved_ratio_fused_add'))}",
-                *(_fmt_ratio(by.get(k)) for k in settings),
+                f"{p.resnet} / {p.plain}", _fmt_ratio(p.macs_ratio), _fmt_ratio(p.peak_ratio),
+                _fmt_ratio(p.bytes_moved_ratio),
+                f"{_fmt_ratio(p.peak_ratio_fused_add)} / "
+                f"{_fmt_ratio(p.bytes_moved_ratio_fused_add)}",
+                *(_fmt_ratio(by_setting.get(k)) for k in settings),
             ])
         parts.append(markdown_table(
             ["ResNet / plain", "MACs", "peak act.", "bytes moved", "peak / bytes, Conv+Add fused"]
@@ -99,24 +92,26 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def _plot(result: Mapping[str, Any], path: Path) -> None:
+def _plot(profile: ProfileResult, path: Path) -> None:
     matplotlib = require("matplotlib")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    models = result["models"]
-    names = [m["name"] for m in models]
-    colors = ["tab:red" if m["is_resnet"] else "tab:blue" for m in models]
-    n_panels = 3 if result.get("pairs") and _settings(result) else 2
+    models = profile.models
+    names = [m.name for m in models]
+    colors = ["tab:red" if m.is_resnet else "tab:blue" for m in models]
+    settings = profile.settings()
+    n_panels = 3 if profile.pairs and settings else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.8))
     for ax, key, title in (
         (axes[0], "peak_activation_bytes_per_image", "Peak live activations per image (MiB)"),
         (axes[1], "bytes_moved_per_image", "Feature-map bytes moved per image (MiB)"),
     ):
-        vals = [m[key] / 2**20 for m in models]
+        figures = [getattr(m, key) for m in models]
+        vals = [v / 2**20 for v in figures]
         bars = ax.bar(range(len(models)), vals, color=colors)
-        ax.bar_label(bars, labels=[_fmt_bytes(m[key]) for m in models], fontsize=6,
+        ax.bar_label(bars, labels=[_fmt_bytes(v) for v in figures], fontsize=6,
                      rotation=90, padding=2)
         ax.set_xticks(range(len(models)), names, rotation=60, ha="right", fontsize=8)
         ax.set_yscale("log")
@@ -127,22 +122,21 @@ def _plot(result: Mapping[str, Any], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     if n_panels == 3:
         ax = axes[2]
-        settings = _settings(result)
-        pairs = result["pairs"]
+        pairs = profile.pairs
         width = 0.8 / max(len(settings), 1)
         all_vals: list[float] = []
         for k, (t, b) in enumerate(settings):
             vals = []
             for p in pairs:
-                by = {(r["threads"], r["batch"]): r["ratio"] for r in p["latency_ratio"]}
-                vals.append(by.get((t, b)) or np.nan)
+                by_setting = {r.setting: r.ratio for r in p.latency_ratio}
+                vals.append(by_setting.get((t, b)) or np.nan)
             ax.bar(np.arange(len(pairs)) + k * width - 0.4 + width / 2, vals, width,
                    label=f"threads={t}, batch={b}")
             all_vals += [v for v in vals if np.isfinite(v)]
         ax.axhline(1.0, color="k", lw=0.8)
         if all_vals:
             ax.set_ylim(min(0.9, min(all_vals) - 0.05), max(all_vals) + 0.15)
-        ax.set_xticks(range(len(pairs)), [p["plain"] for p in pairs], rotation=60, ha="right",
+        ax.set_xticks(range(len(pairs)), [p.plain for p in pairs], rotation=60, ha="right",
                       fontsize=8)
         ax.set_title("ORT latency ratio ResNet / plain", fontsize=10)
         ax.legend(fontsize=6, ncol=2, loc="upper left")
@@ -155,15 +149,24 @@ def _plot(result: Mapping[str, Any], path: Path) -> None:
 
 
 def write_profile_report(
-    result: Mapping[str, Any], out_dir: str | os.PathLike, name: str = "profile"
+    result: ProfileResult | Mapping[str, Any], out_dir: str | os.PathLike, name: str = "profile"
 ) -> str:
     """Write ``<name>.json``, ``<name>.png`` and ``<name>.md`` under ``out_dir``; returns the
-    markdown (tables plus the command, machine and versions recorded in ``result["meta"]``)."""
+    markdown (tables plus the command, machine and versions recorded in ``meta``).
+
+    Args:
+        result: a profile, or its JSON form (a saved ``profile.json``, which is written again
+            as it was).
+        out_dir: the folder (created if missing).
+        name: the files' stem.
+    """
+    profile = as_profile(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
-    _plot(result, out / f"{name}.png")
-    meta = result.get("meta", {})
+    write_text_atomic(out / f"{name}.json",
+                      json.dumps(profile.to_dict(), indent=2, default=str) + "\n")
+    _plot(profile, out / f"{name}.png")
+    meta = profile.meta
     lines = [f"# Deploy profile: ResNet vs plain ({meta.get('date', '')})", ""]
     if meta.get("command"):
         lines += ["Produced by:", "", f"    {meta['command']}", ""]
@@ -176,7 +179,7 @@ def write_profile_report(
         f"- Memory: {meta.get('memory_convention', '')}",
         f"- Ratios: {meta.get('ratios', '')}",
     ]
-    weights = sorted({m["weights"] for m in result["models"]})
+    weights = sorted({m.weights for m in profile.models})
     lines.append(f"- Weights: {'; '.join(weights)}")
     if "loadavg_start" in meta:
         lines.append(f"- Load average (1/5/15 min) at start {meta['loadavg_start']}, "
@@ -185,15 +188,15 @@ def write_profile_report(
         lines.append(f"- Note: {meta['note']}")
     if meta.get("highlights"):
         lines += ["", "Highlights:", "", *(f"- {h}" for h in meta["highlights"])]
-    lines += ["", format_table(result), "", f"![chart]({name}.png)", ""]
-    checks = [m for m in result["models"] if m.get("memory_check")]
+    lines += ["", format_table(profile), "", f"![chart]({name}.png)", ""]
+    checks = [m for m in profile.models if m.memory_check]
     if checks:
         lines += ["Cross-check of the liveness figure against PyTorch's own allocations "
                   "(torch.fx + dispatch tracking, batch 1; PyTorch's `+` is not in place):", ""]
         rows = []
         for m in checks:
-            c = m["memory_check"]
-            rows.append([m["name"], _fmt_bytes(c.get("liveness_peak_bytes")),
+            c = m.memory_check
+            rows.append([m.name, _fmt_bytes(c.get("liveness_peak_bytes")),
                          _fmt_bytes(c.get("liveness_peak_bytes_torch_rules")),
                          _fmt_bytes(c.get("measured_peak_bytes")), c.get("reason") or ""])
         lines += [markdown_table(["model", "liveness (ours)", "liveness (torch rules)",

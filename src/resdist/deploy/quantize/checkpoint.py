@@ -1,0 +1,143 @@
+"""The whole INT8 path from a checkpoint: fold, export to fp32 ONNX, quantise on the training
+images of the checkpoint's run, and check the INT8 model against the fp32 one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...data.contract import InputContract
+from ...models.fold import to_deploy
+from ..errors import DeployError
+from ..export import CONTRACT_KEY, DEFAULT_OPSET, export_onnx, load_model_source
+from ..runtime import cpu_session
+from .calibration import DEFAULT_CALIBRATION_IMAGES, calibration_batches
+from .static import DATA_METADATA_KEY, QuantizeReport, quantize_onnx
+
+
+@dataclass
+class Int8Export:
+    """What :func:`quantize_checkpoint` wrote.
+
+    Attributes:
+        quantization: the quantiser's report (``fp32_path`` None: the fp32 export was a
+            temporary file).
+        model: the network's name.
+        input_shape: ``(C, H, W)`` of one image.
+        opset: the ONNX opset of the fp32 export the INT8 model was made from.
+        calibration_agreement: fraction of the calibration images whose INT8 top-1 class is
+            the fp32 one.
+        input_contract: the contract the INT8 file records (None if it records none).
+    """
+
+    quantization: QuantizeReport
+    model: str
+    input_shape: list[int]
+    opset: int
+    calibration_agreement: float
+    input_contract: InputContract | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``resdist export --quantize int8`` prints: the quantiser's report, then
+        ``model``, ``input_shape``, ``format`` (``"onnx-int8"``), ``opset``,
+        ``calibration_agreement`` and ``input_contract``."""
+        contract = self.input_contract
+        return {**self.quantization.as_dict(), "model": self.model,
+                "input_shape": self.input_shape, "format": "onnx-int8", "opset": self.opset,
+                "calibration_agreement": self.calibration_agreement,
+                "input_contract": contract.to_dict() if contract is not None else None}
+
+
+def _calibration_data(ckpt: Any, calibration_data: Any, data_dir: str | None) -> Any:
+    """The :class:`~resdist.config.DataConfig` to calibrate on: the named data set, with the
+    run's settings when the checkpoint's run trained on it (None: that data set)."""
+    from ...config import DataConfig
+
+    run_data = ckpt.run_config().data if ckpt is not None and ckpt.config else None
+    if calibration_data is None:
+        if run_data is None:
+            raise DeployError("INT8 quantisation needs calibration data: name the data set "
+                              "(--calibration-data) whose training images set the scales")
+        calibration_data = run_data.name
+    if isinstance(calibration_data, str):
+        data_cfg = DataConfig(name=calibration_data)
+        if run_data is not None and run_data.name == calibration_data:
+            data_cfg = run_data
+    else:
+        data_cfg = calibration_data
+    return replace(data_cfg, data_dir=data_dir) if data_dir is not None else data_cfg
+
+
+def _agreement(fp32: Path, int8: Path, batches: Sequence[np.ndarray]) -> float:
+    """Fraction of images whose INT8 top-1 class equals the fp32 one."""
+    sessions = [cpu_session(p) for p in (fp32, int8)]
+    name = sessions[0].get_inputs()[0].name
+    same = total = 0
+    for x in batches:
+        a, b = (s.run(None, {name: x})[0].argmax(1) for s in sessions)
+        same += int((a == b).sum())
+        total += len(x)
+    return same / max(total, 1)
+
+
+def quantize_checkpoint(
+    checkpoint_or_model: Any,
+    out: str | os.PathLike,
+    calibration_data: Any = None,
+    *,
+    data_dir: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    input_shape: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    per_channel: bool = True,
+    seed: int = 0,
+) -> Int8Export:
+    """Fold, export to fp32 ONNX and quantise to INT8, calibrating on real training images.
+
+    ``calibration_data`` names the data set (or is a :class:`~resdist.config.DataConfig`);
+    None means the one a checkpoint's run trained on. When a checkpoint trained on that data
+    set is given, its data settings (``limit_train``, ``val_split``, image size, folder) are
+    used, so the calibration images are training images of that run. The INT8 file records the
+    checkpoint's input contract (``input_contract``) and the data set (``resdist.data``), like
+    an fp32 export.
+
+    Returns:
+        An :class:`Int8Export`: the quantiser's report, the model, its input shape and the
+        fp32 top-1 agreement of the INT8 model on the calibration images.
+    """
+    ckpt = None
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        from ...engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_or_model)
+    model, shape, name, contract = load_model_source(
+        ckpt if ckpt is not None else checkpoint_or_model, input_shape, with_contract=True)
+    data_cfg = _calibration_data(ckpt, calibration_data, data_dir)
+    batches = calibration_batches(data_cfg, calibration_images, seed=seed)
+    if shape is None:
+        shape = tuple(batches[0].shape[1:])
+    if tuple(batches[0].shape[1:]) != tuple(shape):
+        raise DeployError(
+            f"calibration images of {data_cfg.name} have shape {tuple(batches[0].shape[1:])}, "
+            f"the model takes {tuple(shape)}"
+        )
+    metadata = {DATA_METADATA_KEY: data_cfg.name}
+    if contract is not None:
+        metadata[CONTRACT_KEY] = contract.to_json()
+    with tempfile.TemporaryDirectory(prefix="resdist-export-") as tmp:
+        fp32 = export_onnx(to_deploy(model), Path(tmp) / "fp32.onnx", shape, opset=opset,
+                           deploy=False)
+        report = quantize_onnx(
+            fp32, out, batches, per_channel=per_channel, metadata=metadata,
+            calibration_source=f"{data_cfg.name} training split, no augmentation, seed {seed}",
+        )
+        agreement = _agreement(fp32, Path(out), batches)
+    return Int8Export(quantization=replace(report, fp32_path=None), model=name,
+                      input_shape=list(shape), opset=opset, calibration_agreement=agreement,
+                      input_contract=contract)
