@@ -306,10 +306,9 @@ def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
     models = [(name, calibrate_bn(create_model(name, num_classes=10, in_chans=1,
                                                width_mult=0.25), 1, (1, 16, 16), 8))
               for name in ("resnet20", "plain20")]
-    result = profile_models(models, input_shape=(1, 16, 16), latency=False,
-                            memory_check=False, onnx_dir=tmp_path)
-    add_int8_latency(result, tmp_path, batch_sizes=(1, 2), threads=(1,), runs=2,
-                     calibration_images=8)
+    result = profile_models(models, input_shape=(1, 16, 16), batch_sizes=(1, 2), threads=(1,),
+                            runs=2, latency=False, memory_check=False, onnx_dir=tmp_path)
+    add_int8_latency(result, tmp_path, calibration_images=8)
     res, plain = result.models
     assert (res.int8.quantization.feature_adds, plain.int8.quantization.feature_adds) == (9, 0)
     for m in (res, plain):
@@ -329,6 +328,8 @@ def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
     assert len(saved["pairs"][0]["latency_ratio_int8"]) == 2
     assert ProfileResult.from_dict(saved).to_dict() == saved
     assert format_int8_table(ProfileResult.from_dict(saved)) == table
+    with pytest.raises(DeployError, match="measured in this process"):
+        add_int8_latency(ProfileResult.from_dict(saved), tmp_path)
 
 
 def test_onnx_runtime_runs_every_conv_of_the_int8_resnet_in_int8(quantized, tmp_path):

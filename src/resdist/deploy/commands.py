@@ -250,7 +250,7 @@ def run_profile(args: argparse.Namespace) -> int:
             **timing,
         )
         if args.int8:
-            add_int8_latency(result, onnx_dir, log=log, **timing)
+            add_int8_latency(result, onnx_dir, log=log)
     result.meta["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))
     if args.int8:

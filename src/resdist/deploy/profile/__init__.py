@@ -11,7 +11,7 @@ chart and a markdown table.
 """
 
 from ...machine import available_cores, cpu_model, environment, load_average
-from .compare import ProfileSettings, merge_profiles, profile_models
+from .compare import merge_profiles, profile_models
 from .int8 import add_int8_latency, format_int8_table
 from .latency import LatencyRatio, LatencyRecord, latency_ratios, measure_latency
 from .liveness import GraphProfile, analyze_onnx
@@ -23,6 +23,7 @@ from .records import (
     ModelProfile,
     PairComparison,
     ProfileResult,
+    ProfileSettings,
 )
 from .report import format_table, write_profile_report
 

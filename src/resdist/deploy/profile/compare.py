@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from ...models.fold import calibrate_bn, to_deploy
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
 from ..export import count_feature_adds, export_onnx, load_model_source
-from .latency import latency_ratios, measure_latency, ratio
+from .latency import latency_ratios, ratio
 from .liveness import analyze_onnx
 from .memory import memory_cross_check
 from .records import (
@@ -36,28 +36,9 @@ from .records import (
     ModelProfile,
     PairComparison,
     ProfileResult,
+    ProfileSettings,
     as_profile,
 )
-
-
-@dataclass
-class ProfileSettings:
-    """How :func:`profile_models` measures (its keyword arguments, see there)."""
-
-    input_shape: tuple[int, ...] = (3, 32, 32)
-    batch_sizes: Sequence[int] = (1, 8, 32)
-    threads: Sequence[int | None] = (1, None)
-    runs: int | Mapping[int, int] = 20
-    warmup: int = 2
-    min_runs: int = 3
-    max_seconds: float | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    calibrate: bool | None = None
-    calibration_batches: int = 2
-    calibration_batch_size: int = 16
-    memory_check: bool = True
-    latency: bool = True
-    seed: int = 0
 
 
 @dataclass
@@ -223,15 +204,12 @@ def _profile(
             f"{record.feature_adds} feature Adds)")
     if s.latency:
         by_name = {r.name: r for r in records}
-        for lat in measure_latency(
-            paths, shapes, s.batch_sizes, s.threads, s.runs, s.warmup, s.min_runs,
-            s.max_seconds, seed=s.seed, log=log,
-        ):
+        for lat in s.time(paths, shapes, log):
             by_name[lat.model].latency.append(lat)
     if load := load_average():
         meta["loadavg_end"] = load
     pairs = _pair_models([(r.arch, r.is_resnet) for r in records])
-    return ProfileResult(meta, records, [_compare(records[i], records[j]) for i, j in pairs])
+    return ProfileResult(meta, records, [_compare(records[i], records[j]) for i, j in pairs], s)
 
 
 def profile_models(

@@ -4,14 +4,14 @@ fp32 and INT8 in one interleaved run, and report the speed-ups and ResNet / plai
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from ...tables import markdown_table
 from ..errors import DeployError
 from ..quantize import calibration_for, quantize_onnx
-from .latency import latency_ratios, measure_latency
+from .latency import latency_ratios
 from .records import Int8Profile, ModelProfile, ProfileResult
 
 INT8_SUFFIX = " [int8]"
@@ -37,14 +37,7 @@ def add_int8_latency(
     result: ProfileResult,
     onnx_dir: str | os.PathLike,
     *,
-    batch_sizes: Sequence[int] = (1, 8, 32),
-    threads: Sequence[int | None] = (1, None),
-    runs: int | Mapping[int, int] = 20,
-    warmup: int = 2,
-    min_runs: int = 3,
-    max_seconds: float | None = None,
     calibration_images: int = 64,
-    seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> ProfileResult:
     """Quantise every model of a :func:`~resdist.deploy.profile_models` result (run with
@@ -52,25 +45,29 @@ def add_int8_latency(
 
     Checkpoints calibrate on their run's training images, other models on Gaussian images
     (:func:`~resdist.deploy.quantize.calibration_for`). All fp32 and INT8 sessions are timed in
-    one interleaved run (:func:`~resdist.deploy.measure_latency`). Fills each model's
-    ``latency`` (fp32) and ``int8`` (:class:`Int8Profile`) and each pair's ``latency_ratio`` and
-    ``latency_ratio_int8`` (ResNet / plain); records how in ``meta["int8"]``.
+    one interleaved run (:func:`~resdist.deploy.measure_latency`) at the profile's settings
+    (batch sizes, threads, runs, seed). Fills each model's ``latency`` (fp32) and ``int8``
+    (:class:`Int8Profile`) and each pair's ``latency_ratio`` and ``latency_ratio_int8``
+    (ResNet / plain); records how in ``meta["int8"]``.
 
     Returns:
         ``result``, filled in.
     """
+    settings = result.settings
+    if settings is None:
+        raise DeployError("INT8 latency needs a profile measured in this process, with its "
+                          "exported graphs (profile_models(..., onnx_dir=DIR))")
     onnx_dir = Path(onnx_dir)
     paths: dict[str, Path] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for model in result.models:
-        model.int8, int8 = _quantize(model, onnx_dir, calibration_images, seed)
+        model.int8, int8 = _quantize(model, onnx_dir, calibration_images, settings.seed)
         paths[model.name], paths[model.name + INT8_SUFFIX] = onnx_dir / model.onnx_file, int8
         shapes[model.name] = shapes[model.name + INT8_SUFFIX] = tuple(model.input_shape)
         if log:
             log(f"{model.name}: quantised to INT8 ({model.int8.quantization.calibration}), "
                 f"{model.int8.quantization.feature_adds} feature Adds")
-    for record in measure_latency(paths, shapes, batch_sizes, threads, runs, warmup, min_runs,
-                                  max_seconds, seed=seed, log=log):
+    for record in settings.time(paths, shapes, log):
         if record.model.endswith(INT8_SUFFIX):
             result.model(record.model[: -len(INT8_SUFFIX)]).int8.latency.append(record)
         else:

@@ -1,5 +1,6 @@
-"""The typed records of a profile and their JSON form: one :class:`ModelProfile` per model, one
-:class:`PairComparison` per ResNet/plain pair, gathered in a :class:`ProfileResult`.
+"""The typed records of a profile and their JSON form: how it measures
+(:class:`ProfileSettings`), one :class:`ModelProfile` per model, one :class:`PairComparison` per
+ResNet/plain pair, gathered in a :class:`ProfileResult`.
 
 ``to_dict`` writes the JSON form (``profile.json``) and ``from_dict`` reads it back, so a saved
 profile renders again as it was; an optional part that was not measured (``memory_check``,
@@ -8,12 +9,39 @@ profile renders again as it was; an optional part that was not measured (``memor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..quantize import QuantizeReport
-from .latency import LatencyRatio, LatencyRecord, Setting
+from .latency import LatencyRatio, LatencyRecord, Setting, measure_latency
+
+
+@dataclass
+class ProfileSettings:
+    """How :func:`profile_models` measures (its keyword arguments, see there)."""
+
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    batch_sizes: Sequence[int] = (1, 8, 32)
+    threads: Sequence[int | None] = (1, None)
+    runs: int | Mapping[int, int] = 20
+    warmup: int = 2
+    min_runs: int = 3
+    max_seconds: float | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    calibrate: bool | None = None
+    calibration_batches: int = 2
+    calibration_batch_size: int = 16
+    memory_check: bool = True
+    latency: bool = True
+    seed: int = 0
+
+    def time(self, onnx_paths: Mapping[str, Any], input_shapes: Mapping[str, Sequence[int]],
+             log: Callable[[str], None] | None = None) -> list[LatencyRecord]:
+        """:func:`~.latency.measure_latency` of the given models at these settings."""
+        return measure_latency(onnx_paths, input_shapes, self.batch_sizes, self.threads,
+                               self.runs, self.warmup, self.min_runs, self.max_seconds,
+                               seed=self.seed, log=log)
 
 
 @dataclass
@@ -152,11 +180,13 @@ class PairComparison:
 
 @dataclass
 class ProfileResult:
-    """A profile: the run's settings, machine and versions (``meta``), the models, the pairs."""
+    """A profile: the run's settings, machine and versions (``meta``), the models, the pairs,
+    and how it measured (``settings``; None when read from JSON or merged, ``meta`` says it)."""
 
     meta: dict[str, Any]
     models: list[ModelProfile]
     pairs: list[PairComparison]
+    settings: ProfileSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``profile.json``)."""
@@ -173,7 +203,7 @@ class ProfileResult:
         """The model called ``name``."""
         return next(m for m in self.models if m.name == name)
 
-    def settings(self) -> list[Setting]:
+    def latency_settings(self) -> list[Setting]:
         """Every ``(threads, batch)`` at which some model's fp32 latency was measured, sorted."""
         return sorted({r.setting for m in self.models for r in m.latency})
 

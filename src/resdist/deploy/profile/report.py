@@ -62,7 +62,7 @@ def format_table(result: ProfileResult | Mapping[str, Any]) -> str:
         ["model", "input", "params", "MACs/img", "feature Adds", "peak act./img",
          "bytes moved/img"], mem_rows,
     )]
-    settings = profile.settings()
+    settings = profile.latency_settings()
     if settings:
         lat_rows = []
         for m in profile.models:
@@ -101,7 +101,7 @@ def _plot(profile: ProfileResult, path: Path) -> None:
     models = profile.models
     names = [m.name for m in models]
     colors = ["tab:red" if m.is_resnet else "tab:blue" for m in models]
-    settings = profile.settings()
+    settings = profile.latency_settings()
     n_panels = 3 if profile.pairs and settings else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.8))
     for ax, key, title in (
