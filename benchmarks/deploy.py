@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seconds=1 if quick else 45, calibration_batch_size=8, log=log,
         **({**common, "batch_sizes": (1, 8)} if quick else common),
     )
-    result = merge_profiles([thin, imagenet])
+    result = merge_profiles([thin, imagenet]).to_dict()
     meta = result["meta"]
     meta["command"] = shlex.join(["python", "benchmarks/deploy.py", *(argv or sys.argv[1:])])
     meta["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "thin nets: num_classes 10, CIFAR stem; ImageNet-width nets: num_classes 1000, "
         "ImageNet stem",
         "rounds per setting: up to the run count, or until the time limit once every model "
-        f"has 3 runs (thin {thin['meta']['runs']}, limit {thin['meta']['max_seconds']} s; "
-        f"ImageNet {imagenet['meta']['runs']}, limit {imagenet['meta']['max_seconds']} s)",
+        f"has 3 runs (thin {thin.meta['runs']}, limit {thin.meta['max_seconds']} s; "
+        f"ImageNet {imagenet.meta['runs']}, limit {imagenet.meta['max_seconds']} s)",
         "the machine may have been shared with other jobs (see the load averages); ratios "
         "are measured side by side, interleaved run by run, to be robust to that",
     ]

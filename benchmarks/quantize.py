@@ -125,7 +125,7 @@ def accuracy(runs: list[dict[str, Any]], onnx_dir: Path) -> list[dict[str, Any]]
             "fp32_top1": m32["top1"], "int8_top1": m8["top1"],
             "int8_loss_points": m32["top1"] - m8["top1"],
             "fp32_top5": m32["top5"], "int8_top5": m8["top5"], "test_images": m32["samples"],
-            "fp32_max_rel_error_vs_pytorch": exported["max_rel_error"],
+            "fp32_max_rel_error_vs_pytorch": exported.max_rel_error,
             "quantization": {k: v for k, v in report.as_dict().items()
                              if k not in ("path", "fp32_path")},
             "fp32_onnx": str(fp32), "int8_onnx": str(int8),
