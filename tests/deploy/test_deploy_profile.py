@@ -225,3 +225,26 @@ def test_profile_keeps_the_trainers_choice():
         assert flushes() and flushing_denormals()
     finally:
         set_flush_denormal(False)
+
+
+def test_profile_takes_a_state_dict_teacher_as_name_equals_file(tmp_path, capsys):
+    """A torchvision/timm teacher that exists only as a state dict is profiled against its plain
+    student with ``NAME=FILE``; a file that does not fit is one line."""
+    import torchvision
+
+    from resdist.cli import main
+
+    weights = tmp_path / "teacher.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    out = tmp_path / "prof"
+    code = main(["profile", f"resnet18={weights}", "plain18", "--no-latency", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "profile.json").read_text())
+    first = result["models"][0]
+    assert first["source"] == f"weights {weights}" and first["weights"] == f"state dict {weights}"
+    assert first["feature_adds"] == 8 and result["models"][1]["feature_adds"] == 0
+    assert result["pairs"], "the state-dict teacher pairs with its plain student"
+    capsys.readouterr()
+    assert main(["profile", f"resnet34={weights}", "--no-latency"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not fit the model" in err[0]

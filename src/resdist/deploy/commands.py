@@ -52,7 +52,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Fold BatchNorm and Dirac kernels into the convolutions, export the "
         "network with its input contract (input shape, channels, mean/std, class names) in "
         "the file's metadata, check the exported graph against PyTorch and print a JSON "
-        "report read back from the written file. See docs/deploy.md.",
+        "report read back from the written file. See `resdist docs deploy`.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="resdist checkpoint (.pth) or run folder holding last.pth")
@@ -190,7 +190,9 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
         "registry models get BatchNorm statistics calibrated on Gaussian inputs first.",
     )
     p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="registry name (resnet56, plain56, resnet50, ...) or checkpoint path")
+                   help="registry name (resnet56, plain56, resnet50, timm:resnet50d, ...), "
+                   "NAME=FILE for a registry model with a state dict's weights (a torchvision "
+                   "or timm teacher: resnet50=teacher.pth), or a checkpoint path")
     p.add_argument("--input-size", type=_positive_int, default=32, metavar="N",
                    help="input height and width (default: %(default)s)")
     p.add_argument("--in-chans", type=_positive_int, default=3, metavar="C",

@@ -24,6 +24,7 @@ from ...engine.denormals import flush_denormal
 from ...machine import available_cores, environment, load_average
 from ...models import UnknownModelError, create_model, is_model, list_models, teacher_name_for
 from ...models.fold import calibrate_bn, to_deploy
+from ...models.pretrained import load_torchvision_weights
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
 from ..export import count_feature_adds, export_onnx, load_model_source
@@ -48,7 +49,7 @@ class _Source:
     name: str
     arch: str
     model: nn.Module
-    source: str  # "module", "registry" or "checkpoint"
+    source: str  # "module", "registry", "checkpoint" or "weights" (a state-dict file)
     input_shape: Sequence[int] | None
     checkpoint: str | None = None
 
@@ -73,12 +74,19 @@ def _resolve_model(
     if isinstance(spec, str) and is_model(spec):
         return _Source(spec, spec, create_model(spec, **dict(model_kwargs)), "registry",
                        input_shape)
+    name, eq, weights = spec.partition("=") if isinstance(spec, str) else ("", "", "")
+    if eq and is_model(name):
+        model = create_model(name, **dict(model_kwargs))
+        load_torchvision_weights(model, name, weights)
+        return _Source(f"{name} ({Path(weights).name})", name, model, "weights", input_shape,
+                       checkpoint=weights)
     if _is_checkpoint_path(spec):
         model, shape, arch = load_model_source(spec)
         return _Source(f"{arch} ({Path(spec).name})", arch, model, "checkpoint",
                        shape or input_shape, checkpoint=str(spec))
     raise UnknownModelError(
-        f"{spec!r} is neither a registered model nor a checkpoint file. "
+        f"{spec!r} is neither a registered model, NAME=WEIGHTS (a registered model with a "
+        f"state-dict file's weights) nor a checkpoint file. "
         f"Valid names: {', '.join(list_models())}"
     )
 
@@ -130,7 +138,8 @@ def _profile_one(
         weights = (f"random init, BN statistics calibrated on {s.calibration_batches}x"
                    f"{s.calibration_batch_size} Gaussian images")
     else:
-        weights = "as given" if src.source == "module" else "trained (checkpoint)"
+        weights = {"module": "as given", "weights": f"state dict {src.checkpoint}"}.get(
+            src.source, "trained (checkpoint)")
     deployed = to_deploy(model)
     path = export_onnx(deployed, onnx_dir / f"{index:02d}.onnx", shape, deploy=False)
     proto = load_onnx(path)

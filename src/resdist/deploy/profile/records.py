@@ -91,8 +91,9 @@ class Int8Profile:
 class ModelProfile:
     """Everything measured for one model (bytes and MACs per image unless named otherwise).
 
-    ``source`` is ``"registry"``, ``"module"`` or ``"checkpoint"`` (then ``checkpoint`` is its
-    file; the JSON form writes ``"checkpoint PATH"``). ``onnx_file`` is the exported fp32 graph
+    ``source`` is ``"registry"``, ``"module"``, ``"checkpoint"`` or ``"weights"`` (a registered
+    model with a state-dict file's weights; for these two ``checkpoint`` is the file and the
+    JSON form writes ``"checkpoint PATH"`` / ``"weights PATH"``). ``onnx_file`` is the exported fp32 graph
     under the run's ``onnx_dir`` (None in profiles saved before it was recorded).
     """
 
