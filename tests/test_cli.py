@@ -99,6 +99,9 @@ def test_models_lists_the_registry(capsys):
     assert [ln.split()[0] for ln in lines] == list_models()
     resnet50 = next(ln for ln in lines if ln.startswith("resnet50 "))
     assert "25.56 M params" in resnet50 and "ResNet-50" in resnet50
+    from resdist.models import parameter_count
+
+    assert parameter_count("resnet50") == 25_557_032  # torchvision's ResNet-50, on no memory
     assert main(["models", "plain*"]) == 0
     assert all(ln.startswith("plain") for ln in capsys.readouterr().out.splitlines())
     assert main(["models", "vgg*"]) == 2

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from resdist.cli.deploy import add_export_parser, add_profile_parser  # noqa: E402
 from resdist.data.contract import contract_for_data  # noqa: E402
 from resdist.deploy import MissingDependencyError, export  # noqa: E402
-from resdist.deploy.commands import add_export_parser, add_profile_parser  # noqa: E402
 from resdist.engine.checkpoint import Checkpoint  # noqa: E402
 from resdist.models import create_model  # noqa: E402
 

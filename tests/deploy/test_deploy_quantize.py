@@ -332,6 +332,26 @@ def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
         add_int8_latency(ProfileResult.from_dict(saved), tmp_path)
 
 
+def test_profile_models_int8_in_one_call_and_its_report(tmp_path):
+    """``profile_models(..., int8=True)`` (what ``resdist profile --int8`` calls) quantises and
+    times both precisions; the written report adds profile_int8.md."""
+    from resdist.deploy import calibrate_bn, profile_models, write_profile_report
+    from resdist.deploy.profile import format_int8_table
+    from resdist.models import create_model
+
+    net = calibrate_bn(create_model("plain20", num_classes=10, in_chans=1, width_mult=0.25), 1,
+                       (1, 16, 16), 8)
+    result = profile_models([("plain20", net)], input_shape=(1, 16, 16), batch_sizes=(1,),
+                            threads=(1,), runs=2, memory_check=False, int8=True)
+    (m,) = result.models
+    assert m.int8 is not None and {r.setting for r in m.int8.latency} == {(1, 1)}
+    assert {r.setting for r in m.latency} == {(1, 1)} and "int8" in result.meta
+    write_profile_report(result, tmp_path / "out")
+    assert (tmp_path / "out" / "profile_int8.md").read_text() == format_int8_table(result) + "\n"
+    with pytest.raises(DeployError, match="needs latency"):
+        profile_models([("plain20", net)], input_shape=(1, 16, 16), latency=False, int8=True)
+
+
 def test_onnx_runtime_runs_every_conv_of_the_int8_resnet_in_int8(quantized, tmp_path):
     """uint8 activations: the shortcut Adds become QLinearAdd and no Conv falls back to fp32."""
     from collections import Counter

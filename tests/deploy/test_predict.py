@@ -315,3 +315,41 @@ def test_eval_of_a_trusted_torchscript_export_equals_eval_of_its_checkpoint(trai
     ref = evaluate_checkpoint(trained["ckpt"], device="cpu")
     assert "(TorchScript fp32) on synthetic test" in line
     assert f"top-1 {ref.top1:.2f}%" in line and f"({ref.samples} images)" in line
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace/save are deprecated
+def test_evaluate_file_scores_every_kind_of_file_alike(trained, tmp_path):
+    """The library call behind ``resdist eval``: checkpoint, run folder, ONNX, trusted
+    TorchScript and a plain state dict give one score; a TorchScript file needs trust and an
+    export has no validation split."""
+    from resdist.deploy import DeployError, evaluate_file
+    from resdist.engine.checkpoint import load_checkpoint
+    from resdist.safe_load import TorchScriptFileError
+
+    ckpt = trained["ckpt"]
+    onnx_path, ts_path, sd_path = tmp_path / "m.onnx", tmp_path / "m.pt", tmp_path / "sd.pth"
+    export(ckpt, "onnx", onnx_path, opset=17)
+    export(ckpt, "torchscript", ts_path)
+    torch.save(load_checkpoint(ckpt).build_model().state_dict(), sd_path)
+    ref = evaluate_file(ckpt, device="cpu")
+    assert ref.model_name == "plain20" and ref.samples > 0
+    samples = ["data.synthetic_samples=96"]  # an export records the data set, not its size
+    scores = [evaluate_file(ckpt.parent, device="cpu"), evaluate_file(onnx_path, overrides=samples),
+              evaluate_file(ts_path, trust_torchscript=True, overrides=samples)]
+    assert scores[1].model_name == "m.onnx (ONNX fp32)"
+    assert scores[2].model_name == "m.pt (TorchScript fp32)"
+    for score in scores:
+        assert score.samples == ref.samples and score.top1 == pytest.approx(ref.top1)
+        assert score.loss == pytest.approx(ref.loss, rel=1e-4, abs=1e-5)
+    by_state_dict = evaluate_file(
+        sd_path, model="plain20", data="synthetic", device="cpu",
+        overrides=[f"{k}={v}" for k, v in (("data.synthetic_samples", 96),
+                                           ("data.synthetic_size", 16),
+                                           ("data.synthetic_channels", 1),
+                                           ("data.synthetic_classes", 4),
+                                           ("model.width_mult", 0.25))])
+    assert by_state_dict.samples == ref.samples and by_state_dict.top1 == pytest.approx(ref.top1)
+    with pytest.raises(TorchScriptFileError, match="--trust-torchscript"):
+        evaluate_file(ts_path)
+    with pytest.raises(DeployError, match="test split only"):
+        evaluate_file(onnx_path, split="val")

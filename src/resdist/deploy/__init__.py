@@ -6,7 +6,8 @@
   its input contract (:func:`read_contract` reads it back; :func:`with_preprocessing` bakes the
   normalisation in); :func:`predict` classifies image files as the contract says;
   :func:`count_feature_adds` counts the shortcut additions left in an ONNX graph and
-  :func:`verify_onnx` checks it against PyTorch with ONNX Runtime.
+  :func:`verify_onnx` checks it against PyTorch with ONNX Runtime; :func:`evaluate_file`
+  scores any checkpoint, export or state dict on a data set (``resdist eval``).
 - :func:`analyze_onnx` computes peak live activation memory, bytes moved and MACs by a
   liveness pass; :func:`profile_models` adds ONNX Runtime latency and ResNet/plain ratios
   (a :class:`ProfileResult`); :func:`write_profile_report` writes JSON, a PNG chart and
@@ -19,6 +20,7 @@ ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
 
 from ..models.fold import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
 from .errors import DeployError, MissingDependencyError
+from .evaluate import evaluate_file
 from .export import (
     ExportReport,
     count_feature_adds,
@@ -48,7 +50,7 @@ from .profile import (
 __all__ = [
     "DeployError", "ExportReport", "GraphProfile", "MissingDependencyError", "Predictor",
     "ProfileResult", "analyze_onnx", "calibrate_bn", "count_feature_adds",
-    "count_torchscript_feature_adds", "export", "export_onnx", "export_torchscript",
+    "count_torchscript_feature_adds", "evaluate_file", "export", "export_onnx", "export_torchscript",
     "fold_batchnorms", "format_table", "fuse_conv_bn", "measure_latency", "memory_cross_check",
     "merge_profiles", "predict", "profile_models", "read_contract", "to_deploy",
     "torch_activation_peak", "verify_onnx", "verify_torchscript", "with_preprocessing",

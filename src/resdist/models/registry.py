@@ -98,6 +98,15 @@ def model_bytes(name: str, **kwargs: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def parameter_count(name: str, **kwargs: Any) -> int:
+    """Number of parameters ``create_model(name, **kwargs)`` would have, counted on PyTorch's
+    ``meta`` device (nothing is allocated or initialised)."""
+    probe_kwargs = {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}
+    with torch.device("meta"):
+        probe = _build(name, probe_kwargs)
+    return sum(p.numel() for p in probe.parameters())
+
+
 def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     builder = _MODELS.get(name) or (lambda **kw: create_timm_resnet(name, **kw))
     try:

@@ -28,6 +28,7 @@ from ...models.pretrained import load_torchvision_weights
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
 from ..export import count_feature_adds, export_onnx, load_model_source
+from .int8 import add_int8_latency
 from .latency import latency_ratios, ratio
 from .liveness import analyze_onnx
 from .memory import memory_cross_check
@@ -236,6 +237,7 @@ def profile_models(
     calibration_batch_size: int = 16,
     memory_check: bool = True,
     latency: bool = True,
+    int8: bool = False,
     onnx_dir: str | os.PathLike | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
@@ -251,6 +253,9 @@ def profile_models(
             (:func:`calibrate_bn`); ``None`` does it for registry models (random weights) only.
         memory_check: add :func:`memory_cross_check` at batch 1 for each model.
         latency: ``False`` skips timing (memory/MAC figures only).
+        int8: also quantise every model to INT8 and time fp32 and INT8 side by side in one
+            interleaved run (:func:`~resdist.deploy.profile.add_int8_latency`); needs
+            ``latency``.
         onnx_dir: keep the exported graphs there (default: a temporary folder).
         log: called with progress lines.
 
@@ -265,6 +270,9 @@ def profile_models(
     """
     if not models:
         raise DeployError("profile_models needs at least one model")
+    if int8 and not latency:
+        raise DeployError("INT8 profiling times the quantised models; it needs latency=True "
+                          "(drop --no-latency)")
     require("onnx")
     if latency:
         require("onnxruntime")
@@ -273,14 +281,17 @@ def profile_models(
         warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
         model_kwargs=dict(model_kwargs or {}), calibrate=calibrate,
         calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
-        memory_check=memory_check, latency=latency, seed=seed,
+        memory_check=memory_check, latency=latency and not int8, seed=seed,
     )
     with flush_denormal(True), contextlib.ExitStack() as stack:
         if onnx_dir is None:
             onnx_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="resdist-profile-"))
         onnx_dir = Path(onnx_dir)
         onnx_dir.mkdir(parents=True, exist_ok=True)
-        return _profile(models, settings, onnx_dir, log or (lambda _msg: None))
+        result = _profile(models, settings, onnx_dir, log or (lambda _msg: None))
+        if int8:  # fp32 and INT8 are timed together there, interleaved
+            add_int8_latency(result, onnx_dir, log=log)
+        return result
 
 
 def merge_profiles(results: Sequence[ProfileResult | Mapping[str, Any]]) -> ProfileResult:

@@ -15,6 +15,7 @@ import numpy as np
 from ...atomic import write_text_atomic
 from ...tables import markdown_table
 from ..errors import require
+from .int8 import format_int8_table
 from .records import ProfileResult, as_profile
 
 
@@ -151,8 +152,9 @@ def _plot(profile: ProfileResult, path: Path) -> None:
 def write_profile_report(
     result: ProfileResult | Mapping[str, Any], out_dir: str | os.PathLike, name: str = "profile"
 ) -> str:
-    """Write ``<name>.json``, ``<name>.png`` and ``<name>.md`` under ``out_dir``; returns the
-    markdown (tables plus the command, machine and versions recorded in ``meta``).
+    """Write ``<name>.json``, ``<name>.png`` and ``<name>.md`` (and ``<name>_int8.md`` when the
+    models were timed in INT8 too) under ``out_dir``; returns the markdown (tables plus the
+    command, machine and versions recorded in ``meta``).
 
     Args:
         result: a profile, or its JSON form (a saved ``profile.json``, which is written again
@@ -203,4 +205,6 @@ def write_profile_report(
                           "PyTorch measured", "note"], rows), ""]
     md = "\n".join(lines)
     write_text_atomic(out / f"{name}.md", md)
+    if any(m.int8 for m in profile.models):
+        write_text_atomic(out / f"{name}_int8.md", format_int8_table(profile) + "\n")
     return md

@@ -1,11 +1,6 @@
-"""``resdist export``, ``resdist predict`` and ``resdist profile``: argparse glue over
-:mod:`resdist.deploy`.
-
-``cli.py`` adds the sub-commands with :func:`add_export_parser`, :func:`add_predict_parser` and
-:func:`add_profile_parser`; each sets ``func`` to a handler taking the parsed ``args`` and
-returning an exit code. User errors are raised as ``ValueError`` subclasses with a one-line
-message for the CLI to print.
-"""
+"""``resdist export``, ``resdist predict`` and ``resdist profile``: argparse over
+:mod:`resdist.deploy`. Each handler takes the parsed ``args``, calls one library function and
+prints what it returns."""
 
 from __future__ import annotations
 
@@ -13,38 +8,27 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
 from ..config import STEMS
-from .errors import DeployError
+from ..deploy.errors import DeployError
+from .args import positive_int, threads
 
-__all__ = ["add_export_parser", "add_predict_parser", "add_profile_parser", "run_export",
-           "run_onnx_eval", "run_predict", "run_profile"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+__all__ = ["add_export_parser", "add_parsers", "add_predict_parser", "add_profile_parser",
+           "run_export", "run_predict", "run_profile"]
 
 
-def _threads(text: str) -> int:
-    """Thread count: a positive integer, or ``all`` / ``0`` for every available core."""
-    if text.lower() in ("all", "0"):
-        return 0
-    return _positive_int(text)
+def add_parsers(sub) -> None:
+    """Add ``export``, ``predict`` and ``profile``."""
+    add_export_parser(sub)
+    add_predict_parser(sub)
+    add_profile_parser(sub)
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``resdist export --checkpoint PATH --format {onnx,torchscript} --out FILE``."""
-    from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from ..deploy.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
     p = subparsers.add_parser(
         "export",
@@ -59,9 +43,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", dest="fmt",
                    help="output format (default: onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
-    p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
+    p.add_argument("--input-shape", type=positive_int, nargs=3, metavar=("C", "H", "W"),
                    help="input shape (default: the one stored in the checkpoint)")
-    p.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET, metavar="N",
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}: 18 and above from the "
                    "torch.export-based exporter, lower from the TorchScript-based one "
                    "(default: %(default)s)")
@@ -84,7 +68,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "one the checkpoint's run trained on, with its folder and settings)")
     q.add_argument("--data-dir", metavar="DIR",
                    help="folder of the calibration data set (default: its standard location)")
-    q.add_argument("--calibration-images", type=_positive_int, default=None, metavar="N",
+    q.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
                    help="training images to calibrate on (default: 512)")
     p.set_defaults(func=run_export)
     return p
@@ -113,14 +97,14 @@ def _check_quantize_args(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``resdist export``; prints the report as JSON and returns 0."""
-    from .export import export
+    from ..deploy.export import export
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise DeployError(f"checkpoint not found: {ckpt}")
     _check_quantize_args(args)
     if args.quantize == "int8":
-        from .quantize import DEFAULT_CALIBRATION_IMAGES, quantize_checkpoint
+        from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_checkpoint
 
         written = quantize_checkpoint(
             ckpt, args.out, args.calibration_data, data_dir=args.data_dir,
@@ -152,7 +136,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "--trust-torchscript")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (PNG, JPEG, ...) or folders searched recursively")
-    p.add_argument("--topk", type=_positive_int, default=5, metavar="K",
+    p.add_argument("--topk", type=positive_int, default=5, metavar="K",
                    help="classes shown per image (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON list of {file, top: [{class, index, probability}]}")
@@ -165,7 +149,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``resdist predict``; prints one block (or JSON) per image and returns 0."""
-    from .predict import predict
+    from ..deploy.predict import predict
 
     results = predict(args.model, args.images, topk=args.topk,
                       trust_torchscript=args.trust_torchscript)
@@ -193,20 +177,20 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="registry name (resnet56, plain56, resnet50, timm:resnet50d, ...), "
                    "NAME=FILE for a registry model with a state dict's weights (a torchvision "
                    "or timm teacher: resnet50=teacher.pth), or a checkpoint path")
-    p.add_argument("--input-size", type=_positive_int, default=32, metavar="N",
+    p.add_argument("--input-size", type=positive_int, default=32, metavar="N",
                    help="input height and width (default: %(default)s)")
-    p.add_argument("--in-chans", type=_positive_int, default=3, metavar="C",
+    p.add_argument("--in-chans", type=positive_int, default=3, metavar="C",
                    help="input channels (default: %(default)s)")
-    p.add_argument("--num-classes", type=_positive_int, default=10, metavar="K",
+    p.add_argument("--num-classes", type=positive_int, default=10, metavar="K",
                    help="classifier outputs for registry models (default: %(default)s)")
     p.add_argument("--stem", choices=STEMS, default=None,
                    help="stem of registry models (default: the model's own: imagenet for "
                    "ResNet-18/34/50, cifar for the thin CIFAR nets)")
-    p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 8, 32],
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8, 32],
                    metavar="B", help="batch sizes to time (default: 1 8 32)")
-    p.add_argument("--threads", type=_threads, nargs="+", default=[1, 0], metavar="T",
+    p.add_argument("--threads", type=threads, nargs="+", default=[1, 0], metavar="T",
                    help="ORT intra-op thread counts; 'all' or 0 for every core (default: 1 all)")
-    p.add_argument("--runs", type=_positive_int, default=20, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=20, metavar="N",
                    help="timed runs per model and setting (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=None, metavar="S",
                    help="stop a setting's runs after S seconds once each model has 3 runs")
@@ -223,8 +207,7 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_profile(args: argparse.Namespace) -> int:
     """Handler of ``resdist profile``; prints the tables and returns 0."""
-    from .profile import (
-        add_int8_latency,
+    from ..deploy.profile import (
         format_int8_table,
         format_table,
         profile_models,
@@ -238,55 +221,20 @@ def run_profile(args: argparse.Namespace) -> int:
         raise DeployError(f"--max-seconds must be positive, got {args.max_seconds}")
     if args.int8 and args.no_latency:
         raise DeployError("--int8 times the quantised models; drop --no-latency")
-    timing = {"batch_sizes": args.batch_sizes, "threads": [t or None for t in args.threads],
-              "runs": args.runs, "max_seconds": args.max_seconds}
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="resdist-profile-") as onnx_dir:
-        result = profile_models(
-            args.models,
-            input_shape=(args.in_chans, args.input_size, args.input_size),
-            model_kwargs=kwargs,
-            latency=not args.no_latency and not args.int8,
-            onnx_dir=onnx_dir,
-            log=log,
-            **timing,
-        )
-        if args.int8:
-            add_int8_latency(result, onnx_dir, log=log)
+    result = profile_models(
+        args.models, input_shape=(args.in_chans, args.input_size, args.input_size),
+        model_kwargs=kwargs, batch_sizes=args.batch_sizes,
+        threads=[t or None for t in args.threads], runs=args.runs, max_seconds=args.max_seconds,
+        latency=not args.no_latency, int8=args.int8,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     result.meta["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))
     if args.int8:
         print("\n" + format_int8_table(result))
     if args.out:
         write_profile_report(result, args.out)
-        written = "profile.png and profile.md"
-        if args.int8:
-            write_text_atomic(Path(args.out) / "profile_int8.md", format_int8_table(result) + "\n")
-            written = "profile.png, profile.md and profile_int8.md"
+        written = "profile.png, profile.md and profile_int8.md" if args.int8 else \
+            "profile.png and profile.md"
         print(f"\nwrote {Path(args.out) / 'profile.json'}, {written}")
-    return 0
-
-
-def run_onnx_eval(args: argparse.Namespace) -> int:
-    """``resdist eval --checkpoint MODEL.onnx`` (ONNX Runtime) or ``MODEL.pt`` (TorchScript,
-    with ``--trust-torchscript``) on the data set's test split."""
-    from ..safe_load import is_torchscript
-    from .onnx_eval import evaluate_onnx_file, evaluate_torchscript_file
-
-    if getattr(args, "split", "test") != "test":
-        raise DeployError("an exported model is evaluated on the test split only; --split val "
-                          "needs the run's checkpoint (its config holds the validation split)")
-    common = dict(data_dir=args.data_dir, download=args.download, batch_size=args.batch_size,
-                  limit_test=getattr(args, "limit_test", None),
-                  overrides=getattr(args, "set", None) or ())
-    if is_torchscript(args.checkpoint):
-        m = evaluate_torchscript_file(args.checkpoint, args.data,
-                                      trust=getattr(args, "trust_torchscript", False), **common)
-        kind = "TorchScript"
-    else:
-        m = evaluate_onnx_file(args.checkpoint, args.data, **common)
-        kind = "ONNX"
-    print(f"{Path(args.checkpoint).name} ({kind} {m['precision']}) on {m['data']} test "
-          f"({m['samples']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  "
-          f"loss {m['loss']:.4f}")
     return 0

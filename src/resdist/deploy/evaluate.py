@@ -1,0 +1,78 @@
+"""Score any model file resdist makes or takes: ``resdist eval`` as one library call.
+
+:func:`evaluate_file` looks at what the file is (a resdist checkpoint or run folder, an ONNX
+export in fp32 or INT8, a TorchScript export, or a plain state dict of a registry network) and
+scores it on the test split (or a checkpoint's validation split) of its data set, prepared as
+the file's input contract says unless ``data``/``overrides`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..engine.evaluation import CheckpointScore, evaluate_checkpoint
+from ..safe_load import is_torchscript
+from .errors import DeployError
+from .onnx_eval import evaluate_onnx_file, evaluate_torchscript_file, model_file_kind
+
+__all__ = ["evaluate_file"]
+
+
+def evaluate_file(
+    path: str | os.PathLike,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    batch_size: int | None = None,
+    limit_test: int | None = None,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    device: str = "auto",
+    model: str | None = None,
+    trust_torchscript: bool = False,
+) -> CheckpointScore:
+    """Top-1/top-5 and loss of the model in ``path`` on a data set.
+
+    Args:
+        path: a resdist checkpoint (or its run folder), an ``.onnx`` export (fp32 or INT8, run
+            with ONNX Runtime on the CPU), a TorchScript export (only with
+            ``trust_torchscript``: loading it runs the code it carries), or, with ``model``, a
+            plain state dict of that registry network.
+        data, data_dir, download: the data set (default: the one the file records).
+        batch_size, limit_test: evaluation batch size and the number of test images.
+        overrides: ``section.key=value`` settings, as ``--set`` takes them.
+        split: ``"test"``, or ``"val"`` for a checkpoint whose run held out a validation split.
+        device: for checkpoints and state dicts: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        model: the registry name of the network a plain state dict belongs to.
+
+    Returns:
+        A :class:`~resdist.engine.evaluation.CheckpointScore`; ``line()`` is what
+        ``resdist eval`` prints. For an export its ``model_name`` names the file, its format
+        and its precision.
+
+    Raises:
+        DeployError: ``split="val"`` for an export, or data that does not fit the file.
+        TorchScriptFileError: a TorchScript file without ``trust_torchscript``.
+        ConfigError, CheckpointError: as :func:`~resdist.engine.evaluation.evaluate_checkpoint`.
+    """
+    torchscript = is_torchscript(path)
+    if not (torchscript or model_file_kind(path) == "onnx"):
+        return evaluate_checkpoint(
+            path, data=data, data_dir=data_dir, download=download, batch_size=batch_size,
+            limit_test=limit_test, overrides=overrides, split=split, device=device, model=model)
+    if split != "test":
+        raise DeployError("an exported model is evaluated on the test split only; --split val "
+                          "needs the run's checkpoint (its config holds the validation split)")
+    common = dict(data_dir=data_dir, download=download or None, batch_size=batch_size,
+                  limit_test=limit_test, overrides=overrides)
+    if torchscript:
+        m = evaluate_torchscript_file(path, data, trust=trust_torchscript, **common)
+        kind = "TorchScript"
+    else:
+        m = evaluate_onnx_file(path, data, **common)
+        kind = "ONNX"
+    return CheckpointScore(f"{Path(path).name} ({kind} {m['precision']})", m["data"], "test",
+                           m["top1"], m["top5"], m["loss"], int(m["samples"]))
