@@ -92,8 +92,7 @@ def test_inductor_compiled_step_bf16_channels_last(tmp_path):
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     objective = CrossEntropy(net).to(memory_format=torch.channels_last)
     torch._dynamo.reset()
-    trainer = Trainer(cfg, objective, net, data, torch.device("cpu"), DistInfo(), {},
-                      (1, 8, 8))
+    trainer = Trainer(cfg, objective, data, torch.device("cpu"), DistInfo(), {})
     row = trainer.fit().final
     torch._dynamo.reset()
     assert _finite(row)

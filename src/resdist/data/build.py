@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -76,6 +77,30 @@ def default_workers() -> int:
     return max(1, min(4, available_cores()))
 
 
+def _read_arrays(
+    cfg: DataConfig,
+) -> tuple[ArrayDataset, ArrayDataset, Sequence[float], Sequence[float], int]:
+    """``(train, test, mean, std, classes)`` of an in-memory data set (not ImageFolder)."""
+    if cfg.name == "fashion-mnist":
+        train, test = read_fashion_mnist(cfg.data_dir, download=cfg.download)
+        mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+        num_classes = 10
+    elif cfg.name in ("cifar10", "cifar100"):
+        num_classes = 10 if cfg.name == "cifar10" else 100
+        train, test = read_cifar(cfg.data_dir, num_classes=num_classes, download=cfg.download)
+        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if num_classes == 10 else (CIFAR100_MEAN,
+                                                                           CIFAR100_STD)
+    else:  # synthetic
+        train, test = make_synthetic(
+            samples=cfg.synthetic_samples, classes=cfg.synthetic_classes,
+            size=cfg.synthetic_size, channels=cfg.synthetic_channels, seed=DATA_SEED,
+        )
+        mean = (SYNTHETIC_MEAN,) * cfg.synthetic_channels
+        std = (SYNTHETIC_STD,) * cfg.synthetic_channels
+        num_classes = cfg.synthetic_classes
+    return train, test, mean, std, num_classes
+
+
 def build_data(
     cfg: DataConfig,
     *,
@@ -111,24 +136,7 @@ def build_data(
     if cfg.name == "imagefolder":
         return _build_imagefolder(cfg, device, seed, rank, world_size, shard_eval)
 
-    if cfg.name == "fashion-mnist":
-        train, test = read_fashion_mnist(cfg.data_dir, download=cfg.download)
-        mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
-        num_classes = 10
-    elif cfg.name in ("cifar10", "cifar100"):
-        num_classes = 10 if cfg.name == "cifar10" else 100
-        train, test = read_cifar(cfg.data_dir, num_classes=num_classes, download=cfg.download)
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if num_classes == 10 else (CIFAR100_MEAN,
-                                                                           CIFAR100_STD)
-    else:  # synthetic
-        train, test = make_synthetic(
-            samples=cfg.synthetic_samples, classes=cfg.synthetic_classes,
-            size=cfg.synthetic_size, channels=cfg.synthetic_channels, seed=DATA_SEED,
-        )
-        mean = (SYNTHETIC_MEAN,) * cfg.synthetic_channels
-        std = (SYNTHETIC_STD,) * cfg.synthetic_channels
-        num_classes = cfg.synthetic_classes
-
+    train, test, mean, std, num_classes = _read_arrays(cfg)
     train, test = train.head(cfg.limit_train), test.head(cfg.limit_test)
     for split, part in (("training", train), ("test", test)):
         if len(part) == 0:

@@ -189,7 +189,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
     if cfg.train.sync_bn and info.enabled:
         objective = convert_sync_batchnorm(objective)
         model = objective.student
-    trainer = Trainer(cfg, objective, model, data, device, info, kw, input_shape)
+    trainer = Trainer(cfg, objective, data, device, info, kw)
     for note in (channels_last_note(kept_nchw), small_features_note(model, input_shape)):
         if note:
             trainer.say(note)
@@ -292,14 +292,17 @@ class Trainer:
     ``objective`` (already on ``device``) is what a step calls; it is wrapped in
     DistributedDataParallel when ``info`` says the job is distributed (parameters the objective
     freezes, such as a frozen teacher's, are not synchronised) and in :func:`torch.compile` when
-    ``train.compile`` is set. ``model`` (the student) is what is evaluated and checkpointed.
+    ``train.compile`` is set. Its ``student`` is what is evaluated and checkpointed (built by
+    the registry with ``model_kwargs``, which the checkpoint records); the input shape is the
+    data's.
     """
 
-    def __init__(self, cfg: Config, objective: nn.Module, model: nn.Module, data, device,
-                 info: DistInfo, model_kwargs: dict, input_shape: tuple[int, int, int]) -> None:
-        self.cfg, self.objective, self.model, self.data = cfg, objective, model, data
+    def __init__(self, cfg: Config, objective: nn.Module, data, device, info: DistInfo,
+                 model_kwargs: dict) -> None:
+        self.cfg, self.objective, self.model, self.data = cfg, objective, objective.student, data
         self.device, self.info = device, info
-        self.model_kwargs, self.input_shape = model_kwargs, input_shape
+        self.model_kwargs = model_kwargs
+        self.input_shape = (data.in_chans, data.image_size, data.image_size)
         self.input_contract = contract_from_bundle(data)  # what the model expects
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
@@ -341,7 +344,7 @@ class Trainer:
             self._resume()
         if info.is_main:  # only once the checkpoint (if any) has been found to fit
             cfg.to_yaml(self.run_dir / "config.yaml")
-        self.num_params = sum(p.numel() for p in model.parameters())
+        self.num_params = sum(p.numel() for p in self.model.parameters())
 
     # ------------------------------------------------------------------------------------
     def report_teacher(self, teacher: nn.Module, name: str, source: str) -> None:
