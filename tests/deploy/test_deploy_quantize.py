@@ -260,7 +260,7 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     base = ["export", "--checkpoint", ckpt, "--out", str(tmp_path / "x.onnx")]
     err = _one_line_error(base + ["--quantize", "int8", "--calibration-data", "mnist-digits"],
                           capsys)
-    assert "unknown data set 'mnist-digits'" in err
+    assert "unknown data set --calibration-data='mnist-digits'" in err
     err = _one_line_error(base + ["--format", "torchscript", "--quantize", "int8",
                                   "--calibration-data", "fashion-mnist"], capsys)
     assert "--format onnx" in err

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import STEMS
+from ..config import DATASETS, STEMS, check_choice
 from ..deploy.errors import DeployError
 from .args import positive_int, threads
 
@@ -88,11 +88,9 @@ def _check_quantize_args(args: argparse.Namespace) -> None:
     if args.preprocess or args.input_dtype != "float32":
         raise DeployError("--quantize int8 takes normalised float inputs; drop --preprocess / "
                           "--input-dtype (bake the normalisation into an fp32 export instead)")
-    from ..data.locations import DATASET_NAMES
-
-    if args.calibration_data is not None and args.calibration_data not in DATASET_NAMES:
-        raise DeployError(f"unknown data set {args.calibration_data!r} for --calibration-data; "
-                          f"choose one of {', '.join(DATASET_NAMES)}")
+    if args.calibration_data is not None:
+        check_choice("--calibration-data", args.calibration_data, DATASETS, "data set",
+                     DeployError)
 
 
 def run_export(args: argparse.Namespace) -> int:

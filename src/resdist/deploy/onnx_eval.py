@@ -239,9 +239,8 @@ def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_di
                batch_size, limit_test, overrides: Sequence[str]) -> tuple[Any, Any]:
     """``(bundle, data config)`` of the test split an exported file is scored on: ``data`` (a
     name or DataConfig), else the data set its contract names, shaped like the contract."""
-    from ..config import DataConfig
+    from ..config import DATASETS, DataConfig, check_choice
     from ..data import build_data
-    from ..data.locations import DATASET_NAMES
 
     if data is None:
         data = contract.dataset if contract is not None else None
@@ -250,8 +249,7 @@ def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_di
                 f"{path.name} does not say which data set it was trained on; pass --data NAME"
             )
     cfg = DataConfig(name=data) if isinstance(data, str) else data
-    if cfg.name not in DATASET_NAMES:
-        raise DeployError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    check_choice("data.name", cfg.name, DATASETS, "data set", DeployError)
     if isinstance(data, str) and contract is not None:
         cfg = _data_like_contract(cfg, contract)
     cfg = _override_data(cfg, overrides)

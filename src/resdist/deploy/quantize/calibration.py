@@ -34,17 +34,12 @@ def calibration_batches(
         batch_size: images per calibration batch.
         seed: the draw's seed.
     """
-    from ...config import DataConfig
+    from ...config import DATASETS, DataConfig, check_choice
     from ...data import build_data
-    from ...data.locations import DATASET_NAMES
 
     if isinstance(data, str):
         data = DataConfig(name=data)
-    if data.name not in DATASET_NAMES:
-        raise DeployError(
-            f"unknown data set {data.name!r} for calibration; choose one of "
-            f"{', '.join(DATASET_NAMES)}"
-        )
+    check_choice("data.name", data.name, DATASETS, "data set for calibration", DeployError)
     if num_images < 1 or batch_size < 1:
         raise DeployError(
             f"calibration needs at least one image and batch size >= 1, got {num_images} and "
