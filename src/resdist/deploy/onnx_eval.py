@@ -241,6 +241,7 @@ def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_di
     name or DataConfig), else the data set its contract names, shaped like the contract."""
     from ..config import DATASETS, DataConfig, check_choice
     from ..data import build_data
+    from ..engine.evaluation import apply_eval_args
 
     if data is None:
         data = contract.dataset if contract is not None else None
@@ -254,15 +255,9 @@ def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_di
         cfg = _data_like_contract(cfg, contract)
     cfg = _override_data(cfg, overrides)
     # the training loader is built but unused here: batch 1 so that any training split fits
-    cfg = replace(cfg, val_split=0.0, augment=False, batch_size=1)
-    if data_dir is not None:
-        cfg.data_dir = data_dir
-    if download is not None:
-        cfg.download = download
-    if batch_size is not None:
-        cfg.eval_batch_size = batch_size
-    if limit_test is not None:
-        cfg.limit_test = limit_test
+    cfg = apply_eval_args(replace(cfg, val_split=0.0, augment=False, batch_size=1),
+                          data_dir=data_dir, download=download, batch_size=batch_size,
+                          limit_test=limit_test)
     return build_data(cfg, device="cpu"), cfg
 
 

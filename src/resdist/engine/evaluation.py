@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..config import ConfigError, DataConfig
 from .checkpoint import load_checkpoint
 from .metrics import evaluate
 
@@ -26,6 +26,23 @@ class CheckpointScore:
     def line(self) -> str:
         return (f"{self.model_name} on {self.data_name} {self.split} ({self.samples} images): "
                 f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  loss {self.loss:.4f}")
+
+
+def apply_eval_args(data: DataConfig, *, data_dir: str | None = None,
+                    download: bool | None = None, batch_size: int | None = None,
+                    limit_test: int | None = None) -> DataConfig:
+    """Set the data options every evaluation takes (``--data-dir``, ``--download``,
+    ``--batch-size``, ``--limit-test``) on ``data``, leaving those not given as they are;
+    returns ``data``."""
+    if data_dir:
+        data.data_dir = data_dir
+    if download:
+        data.download = True
+    if batch_size is not None:
+        data.eval_batch_size = batch_size
+    if limit_test is not None:
+        data.limit_test = limit_test
+    return data
 
 
 def evaluate_checkpoint(
@@ -63,15 +80,11 @@ def evaluate_checkpoint(
                                     limit_test=limit_test, overrides=overrides, device=device)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.run_config()
-    cfg.data.limit_test = limit_test  # the full test set, whatever the training run scored
     if data:
         cfg.data.name = data
-    if data_dir:
-        cfg.data.data_dir = data_dir
-    if download:
-        cfg.data.download = True
-    if batch_size is not None:
-        cfg.data.eval_batch_size = batch_size
+    cfg.data.limit_test = None  # the full test set, whatever the training run scored
+    apply_eval_args(cfg.data, data_dir=data_dir, download=download, batch_size=batch_size,
+                    limit_test=limit_test)
     cfg.override(list(overrides))
     if split == "test":
         cfg.data.val_split = 0.0
@@ -102,11 +115,9 @@ def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_siz
     if not data:
         raise ConfigError(f"a state dict records no data set: pass --data NAME to score {path}")
     cfg = Config()
-    cfg.data.name, cfg.model.name = data, name
-    cfg.data.data_dir, cfg.data.download = data_dir, bool(download)
-    cfg.data.limit_test, cfg.data.batch_size = limit_test, 1
-    if batch_size is not None:
-        cfg.data.eval_batch_size = batch_size
+    cfg.data.name, cfg.model.name, cfg.data.batch_size = data, name, 1
+    apply_eval_args(cfg.data, data_dir=data_dir, download=download, batch_size=batch_size,
+                    limit_test=limit_test)
     cfg.override(list(overrides))
     cfg.validate()
     dev = resolve_device(device, DistInfo())
