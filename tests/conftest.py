@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,14 @@ def pytest_configure(config):
     # one intra-op thread per test process: with pytest-xdist workers sharing a few cores,
     # oversubscribed small-tensor ops run many times slower
     torch.set_num_threads(1)
+    # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU makes ATen behave as on an AVX2-only machine,
+    # but inductor still reads the CPU and writes AVX-512 kernels; that mix (which no real
+    # machine has) turns the compiled bf16 step's loss non-finite. Vectorise inductor's kernels
+    # at 256 bits too, as it does by itself on an AVX2-only CPU.
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.simdlen = 256
 
 
 @pytest.fixture
