@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,8 @@ PER_RANK_BATCH = 16
 # Dirac plain net: a 4-channel plain net without Dirac init amplifies float noise so much that
 # the same one-process run with 1 vs 2 threads already differs by 1e-1 after 4 steps.
 ATOL, RTOL = 1e-5, 1e-4
+# printed by a worker after its last collective, just before it destroys its process group
+WORKER_DONE = "resdist-test-worker-done"
 
 
 def _spec(out: Path, **sets) -> dict:
@@ -81,7 +84,20 @@ def _spawn(args: list[str], timeout: float = 240) -> None:
         for p in procs:
             p.kill()
     for r, (p, log) in enumerate(zip(procs, logs)):
+        if _aborted_in_teardown(p.returncode, log):
+            continue
         assert p.returncode == 0, f"rank {r} failed:\n{log[-4000:]}"
+
+
+def _aborted_in_teardown(returncode: int, log: str) -> bool:
+    """A rank that finished its work (it printed WORKER_DONE after its last collective) and
+    was then aborted by gloo while tearing the group down ("terminate called without an active
+    exception", SIGABRT). Seen once in about a dozen runs of these tests on a loaded 2-core
+    machine (torch 2.14.1), never on demand; gloo's SIGABRT at teardown is discussed upstream
+    (pytorch/pytorch#179291). Each test checks the work's results itself, so such a rank counts
+    as finished; any other failure, or an abort before the work was done, still fails."""
+    return (returncode == -signal.SIGABRT and WORKER_DONE in log
+            and "terminate called without an active exception" in log)
 
 
 def _launch(specs: list[dict], timeout: float = 240) -> None:
@@ -219,6 +235,7 @@ try:
                 raise RuntimeError("download failed")
 except RuntimeError:
     pass
+print("resdist-test-worker-done", flush=True)
 dist.destroy_process_group()
 """
 
@@ -249,6 +266,7 @@ out = accumulation_step(objective, opt, scaler, [(torch.ones(2, 3), torch.zeros(
 stop = any_rank_true(~torch.isfinite(out[0]["loss"].detach()))  # the trainer's check
 pathlib.Path(sys.argv[1] + f".rank{rank}").write_text(str(stop))
 dist.barrier()  # leave together: a gloo rank torn down mid-exchange can abort at exit
+print("resdist-test-worker-done", flush=True)
 dist.destroy_process_group()
 """
 
@@ -286,6 +304,7 @@ trainer.Trainer.fit = keep
 trainer.train(Config.from_dict(json.loads(sys.argv[1])))
 torch.save({"broadcast_buffers": seen, "state": captured}, sys.argv[2] + f".rank{rank}")
 dist.barrier()
+print("resdist-test-worker-done", flush=True)
 dist.destroy_process_group()
 """
 
@@ -343,4 +362,5 @@ if __name__ == "__main__":  # a worker: rank and world from the environment, as 
     dist.init_process_group("gloo")
     for spec in json.loads(sys.argv[1]):
         train(Config.from_dict(spec))
+    print(WORKER_DONE, flush=True)
     dist.destroy_process_group()
