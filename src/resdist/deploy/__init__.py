@@ -50,9 +50,9 @@ from .profile import (
 __all__ = [
     "DeployError", "ExportReport", "GraphProfile", "MissingDependencyError", "Predictor",
     "ProfileResult", "analyze_onnx", "calibrate_bn", "count_feature_adds",
-    "count_torchscript_feature_adds", "evaluate_file", "export", "export_onnx", "export_torchscript",
-    "fold_batchnorms", "format_table", "fuse_conv_bn", "measure_latency", "memory_cross_check",
-    "merge_profiles", "predict", "profile_models", "read_contract", "to_deploy",
-    "torch_activation_peak", "verify_onnx", "verify_torchscript", "with_preprocessing",
-    "write_profile_report",
+    "count_torchscript_feature_adds", "evaluate_file", "export", "export_onnx",
+    "export_torchscript", "fold_batchnorms", "format_table", "fuse_conv_bn", "measure_latency",
+    "memory_cross_check", "merge_profiles", "predict", "profile_models", "read_contract",
+    "to_deploy", "torch_activation_peak", "verify_onnx", "verify_torchscript",
+    "with_preprocessing", "write_profile_report",
 ]

@@ -181,16 +181,16 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
         data = build_data(cfg.data, device=device, seed=cfg.train.seed, rank=info.rank,
                           world_size=info.world_size, shard_eval=info.enabled)
         input_shape = (data.in_chans, data.image_size, data.image_size)
-        model, kw, teacher, source, objective = build_all(
+        _, kw, teacher, source, objective = build_all(
             cfg, data.num_classes, data.in_chans, input_shape
         )
     objective.to(device)
     kept_nchw = to_channels_last(objective) if cfg.train.channels_last else []
     if cfg.train.sync_bn and info.enabled:
         objective = convert_sync_batchnorm(objective)
-        model = objective.student
-    trainer = Trainer(cfg, objective, data, device, info, kw)
-    for note in (channels_last_note(kept_nchw), small_features_note(model, input_shape)):
+    trainer = Trainer(cfg, objective, data, device, info, kw)  # its model: objective.student
+    for note in (channels_last_note(kept_nchw),
+                 small_features_note(trainer.model, trainer.input_shape)):
         if note:
             trainer.say(note)
     if teacher is not None:

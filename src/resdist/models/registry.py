@@ -88,12 +88,18 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
         raise ModelError(f"{name}: stem must be a string, got {stem!r}")
 
 
+def _meta_probe(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``create_model(name, **kwargs)``'s network on PyTorch's ``meta`` device: shapes only,
+    nothing allocated, initialised or loaded."""
+    probe_kwargs = {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}
+    with torch.device("meta"):
+        return _build(name, probe_kwargs)
+
+
 def model_bytes(name: str, **kwargs: Any) -> int:
     """Bytes of the parameters and buffers ``create_model(name, **kwargs)`` would allocate,
     counted on PyTorch's ``meta`` device (nothing is allocated)."""
-    probe_kwargs = {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}
-    with torch.device("meta"):
-        probe = _build(name, probe_kwargs)
+    probe = _meta_probe(name, kwargs)
     tensors = [*probe.parameters(), *probe.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -101,10 +107,7 @@ def model_bytes(name: str, **kwargs: Any) -> int:
 def parameter_count(name: str, **kwargs: Any) -> int:
     """Number of parameters ``create_model(name, **kwargs)`` would have, counted on PyTorch's
     ``meta`` device (nothing is allocated or initialised)."""
-    probe_kwargs = {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}
-    with torch.device("meta"):
-        probe = _build(name, probe_kwargs)
-    return sum(p.numel() for p in probe.parameters())
+    return sum(p.numel() for p in _meta_probe(name, kwargs).parameters())
 
 
 def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
