@@ -248,6 +248,7 @@ def export(
     quantize: str | None = None,
     calibration: Any = None,
     check_images: Any = None,
+    data_name: str | None = None,
 ) -> ExportReport:
     """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
 
@@ -272,7 +273,7 @@ def export(
     deployed, reference, contract = _deploy_form(model, contract or found, preprocess,
                                                  input_dtype)
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
-                    verify, opset, quantize == "int8", calibration, check_images)
+                    verify, opset, quantize == "int8", calibration, check_images, data_name)
     written = form.write(job)
     return ExportReport(
         path=str(written.path),
