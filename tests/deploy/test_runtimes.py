@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -234,3 +235,38 @@ def test_profile_times_resnet_and_plain_on_the_runtime(runtime, tmp_path, capsys
                  for m in saved["memory"] if m["precision"] == "fp32"}
         portable = "memory plan of the portable-kernel program"
         assert plans[("resnet20", portable)] > plans[("plain20", portable)]
+
+
+def _snippet(runtime_heading: str) -> str:
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    section = text.split(f"### {runtime_heading} without resdist", 1)[1].split("\n#", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return code
+
+
+@pytest.mark.parametrize(("fmt", "heading"), [("openvino", "OpenVINO"),
+                                              ("executorch", "ExecuTorch"),
+                                              ("tflite", "LiteRT")])
+def test_docs_runtime_example_prints_what_predict_prints(fmt, heading, folder_run, tmp_path,
+                                                          capsys):
+    """The docs' dozen lines in the runtime's own API follow the contract: same class as
+    resdist predict, on an ImageFolder model at 20x20 and a picture of another size."""
+    need(fmt)
+    import subprocess
+
+    from PIL import Image
+
+    suffix = get_format(fmt).suffixes[0]
+    export(folder_run["ckpt"], fmt, tmp_path / f"plain56{suffix}", verify=False)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)).save(
+        tmp_path / "shoe.png")
+    proc = subprocess.run([sys.executable, "-c", _snippet(heading)], cwd=tmp_path,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["predict", str(tmp_path / f"plain56{suffix}"), str(tmp_path / "shoe.png"),
+                 "--topk", "1", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
+    assert proc.stdout.strip().splitlines()[-1] == best

@@ -345,5 +345,8 @@ def merge_profiles(results: Sequence[ProfileResult | Mapping[str, Any]]) -> Prof
     meta["runs_meta"] = [
         {k: p.meta.get(k) for k in ("date", "loadavg_start", "loadavg_end")} for p in profiles
     ]
+    timed = [p.runtimes for p in profiles if p.runtimes is not None]
+    runtimes = RuntimeProfile([r for t in timed for r in t.latency],
+                              [m for t in timed for m in t.memory]) if timed else None
     return ProfileResult(meta, [m for p in profiles for m in p.models],
-                         [c for p in profiles for c in p.pairs])
+                         [c for p in profiles for c in p.pairs], runtimes=runtimes)
