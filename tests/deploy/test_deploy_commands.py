@@ -69,7 +69,7 @@ def test_export_command_user_errors(tmp_path):
         run("export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx"))
     assert "not a resdist checkpoint" in one_line(err)
     with pytest.raises(SystemExit):  # argparse rejects the format itself
-        parse("export", "--checkpoint", str(bad), "--format", "tflite", "--out", "m")
+        parse("export", "--checkpoint", str(bad), "--format", "coreml", "--out", "m")
 
 
 def test_missing_onnx_names_the_extra(monkeypatch, tmp_path):

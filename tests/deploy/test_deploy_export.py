@@ -146,7 +146,7 @@ def test_export_from_checkpoint_reports(tmp_path):
 def test_export_errors(tmp_path):
     model = create_model("plain20", **SMALL)
     with pytest.raises(DeployError, match="format"):
-        export(model, "tflite", tmp_path / "m", SHAPE)
+        export(model, "coreml", tmp_path / "m", SHAPE)
     with pytest.raises(DeployError, match="input_shape"):
         export(model, "onnx", tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="checkpoint not found"):

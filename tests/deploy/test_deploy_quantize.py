@@ -263,7 +263,7 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     assert "unknown data set --calibration-data='mnist-digits'" in err
     err = _one_line_error(base + ["--format", "torchscript", "--quantize", "int8",
                                   "--calibration-data", "fashion-mnist"], capsys)
-    assert "--format onnx" in err
+    assert "TorchScript export stays fp32" in err
     err = _one_line_error(base + ["--calibration-data", "fashion-mnist"], capsys)
     assert "only used with --quantize" in err
     assert not (tmp_path / "x.onnx").exists()
