@@ -212,29 +212,43 @@ def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, tmp_path, cap
     assert "pip install 'resdist[executorch]'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("runtime", ["openvino", "litert", "executorch"])
-def test_profile_times_resnet_and_plain_on_the_runtime(runtime, tmp_path, capsys):
-    fmt = {"litert": "tflite"}.get(runtime, runtime)
-    need(fmt)
+@pytest.mark.parametrize(("runtime", "int8"), [("onnxruntime", True), ("openvino", True),
+                                               ("litert", False), ("executorch", False)])
+def test_profile_times_resnet_and_plain_on_the_runtime(runtime, int8, tmp_path):
+    """ResNet and plain side by side on the runtime at every setting (INT8 too where the
+    quantiser is quick; the other runtimes' INT8 export is tested above); the report and its
+    JSON carry them (thin quarter-width nets at 16x16 keep it quick)."""
+    if runtime != "onnxruntime":
+        need({"litert": "tflite"}.get(runtime, runtime))
+    from resdist.deploy import profile_models, write_profile_report
+    from resdist.models import create_model
+
+    models = [(name, create_model(name, num_classes=4, width_mult=0.25))
+              for name in ("resnet20", "plain20")]
+    result = profile_models(models, input_shape=(3, 16, 16), batch_sizes=(1, 2), threads=(1,),
+                            runs=2, warmup=1, memory_check=False, int8=int8,
+                            runtimes=[runtime], onnx_dir=tmp_path / "onnx")
     out = tmp_path / "prof"
-    assert main(["profile", "resnet20", "plain20", "--input-size", "16", "--batch-sizes", "1",
-                 "2", "--threads", "1", "--runs", "2", "--runtime", runtime, "--int8",
-                 "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "resnet20 / plain20" in text
+    text = write_profile_report(result, out)
+    assert "resnet20 / plain20" in (out / "profile_runtimes.md").read_text() and text
     saved = json.loads((out / "profile.json").read_text())["runtimes"]
     got = {(r["runtime"], r["model"], r["precision"], r["batch"]) for r in saved["latency"]}
-    for model in ("resnet20", "plain20"):
-        for precision in ("fp32", "int8"):
-            for batch in (1, 2):
-                assert (runtime, model, precision, batch) in got
-    assert all(r["median_ms"] > 0 for r in saved["latency"])
-    assert (out / "profile_runtimes.md").is_file()
+    precisions = ("fp32", "int8") if int8 else ("fp32",)
+    assert got == {(runtime, m, p, b) for m in ("resnet20", "plain20")
+                   for p in precisions for b in (1, 2)}
+    assert all(r["median_ms"] > 0 and r["runs"] == 2 for r in saved["latency"])
     if runtime == "executorch":  # its own memory plan: the portable plan shows the shortcut
         plans = {(m["model"], m["covers"].split(":")[0]): m["planned_bytes"]
                  for m in saved["memory"] if m["precision"] == "fp32"}
         portable = "memory plan of the portable-kernel program"
         assert plans[("resnet20", portable)] > plans[("plain20", portable)]
+
+
+def test_profile_runtime_flag_names_a_missing_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["profile", "resnet20", "plain20", "--runtime", "openvino"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'resdist[openvino]'" in err
 
 
 def _snippet(runtime_heading: str) -> str:
