@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def check_range(
     ``None`` passes when ``optional`` (it then means "all" or "default")."""
     if value is None and optional:
         return
-    ok = value is not None and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (high is None or (value < high if high_open else value <= high))
     if ok:
