@@ -318,6 +318,9 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:
+        if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
+            raise ConfigError(f"config file {path} is not a regular file (a pipe or a device); "
+                              "pass a YAML file")
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.contract import InputContract
+from ..safe_load import special_file
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError, require
 from .runtime import cpu_session
@@ -48,6 +49,9 @@ def model_file_kind(path: str | os.PathLike) -> Literal["checkpoint", "onnx"]:
     path = Path(path)
     if not path.exists() and path.suffix.lower() == ".onnx":
         raise DeployError(f"ONNX file not found: {path}")
+    if special_file(path):  # reading a FIFO blocks, /dev/zero never ends
+        raise DeployError(f"{path} is not a regular file (a pipe or a device); pass a "
+                          "checkpoint (.pth), its run folder or an ONNX file")
     if path.is_dir() or not path.exists():
         return "checkpoint"
     if zipfile.is_zipfile(path):

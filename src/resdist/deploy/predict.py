@@ -24,7 +24,7 @@ import torch
 
 from ..data.contract import InputContract
 from ..data.images import open_image
-from ..safe_load import is_torchscript, load_torchscript
+from ..safe_load import is_torchscript, load_torchscript, special_file
 from .errors import DeployError, require
 from .runtime import cpu_session
 
@@ -60,7 +60,8 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             found.append(p)
         elif p.exists():
-            raise DeployError(f"{p}: not a regular file or folder (a pipe or device?)")
+            raise DeployError(f"{p}: not a regular file or folder (a pipe or a device); pass "
+                              "image files or folders of them")
         else:
             raise DeployError(f"{p}: no such file or folder")
     if not found:
@@ -130,6 +131,9 @@ class Predictor:
         path = Path(path)
         if not path.exists():
             raise DeployError(f"model not found: {path}")
+        if special_file(path):  # reading a FIFO blocks, /dev/zero never ends
+            raise DeployError(f"{path} is not a regular file (a pipe or a device); pass a "
+                              "checkpoint (.pth), its run folder or an ONNX file")
         if path.suffix.lower() == ".onnx":
             return cls._from_onnx(path)
         if is_torchscript(path):

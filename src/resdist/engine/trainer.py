@@ -47,6 +47,7 @@ from ..atomic import write_text_atomic
 from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
+from ..data.errors import DataError
 from ..errors import ResdistError
 from ..models.memory_format import channels_last_note, to_channels_last
 from .build import build_all
@@ -555,14 +556,18 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             try:
                 row.update(self.train_epoch(epoch))
+                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
+                    row.update(self._evaluate())
             except TrainingError as e:
                 hint = " or train without --amp fp16" if self.amp_dtype is torch.float16 else ""
                 raise TrainingError(f"{e}; {self._kept(epoch)}; lower the learning rate (--lr)"
                                     f"{hint} and train again (--overwrite or a new --out)"
                                     ) from None
+            except DataError as e:  # an image removed, made unreadable or damaged meanwhile
+                again = "continue with --resume" if epoch else "train again"
+                raise DataError(f"{e}; {self._kept(epoch)}; {again} (the data is scanned "
+                                "again)") from e
             train_time += row["epoch_time_s"]
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
-                row.update(self._evaluate())
             is_best = row.get(best_key, -1) > best
             best = max(best, row.get(best_key, -1))
             history.append(row)
