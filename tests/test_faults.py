@@ -480,7 +480,8 @@ def test_interrupt(tmp_path, capsys, monkeypatch):
         return real(self, epoch)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", ctrl_c)
-    assert fails(_train(run, epochs=2), capsys, code=130) == "interrupted"
+    line = fails(_train(run, epochs=2), capsys, code=130)
+    assert line == f"interrupted; {run / 'last.pth'} is kept; continue with --resume"
     assert load_checkpoint(run / "last.pth").epoch == 1
     assert not (run / ".lock").exists()
 

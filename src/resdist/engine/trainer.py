@@ -163,6 +163,16 @@ def train(cfg: Config) -> RunResult:
         raise RunDirError(refusal)
     try:
         return _train(cfg, info, device)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through the CLI: say what is kept
+        out = Path(cfg.train.out)
+        if lock is not None and lock.fresh:
+            discard_unstarted_run(out)
+        if e.args or not info.is_main:
+            raise
+        kept = ((out / "last.pth").exists() and
+                f"{out / 'last.pth'} is kept; continue with --resume")
+        raise type(e)(kept or "it stopped before its first checkpoint and nothing was kept; "
+                      "train again") from None
     except BaseException:
         if lock is not None and lock.fresh:  # nothing worth keeping was written
             discard_unstarted_run(Path(cfg.train.out))
