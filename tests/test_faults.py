@@ -339,7 +339,8 @@ def test_crash_and_resume(tmp_path, capsys, monkeypatch):
         real(self, row)
 
     monkeypatch.setattr(MetricsLogger, "log", killed)
-    assert fails(_train(run, epochs=3), capsys, code=130) == "interrupted"
+    line = fails(_train(run, epochs=3), capsys, code=130)
+    assert line == f"interrupted; {run / 'last.pth'} is kept; continue with --resume"
     monkeypatch.undo()
     (run / f".last.pth.{uuid.uuid4().hex[:8]}.tmp").write_bytes(b"torn")
     ok(_train(run, "--resume", epochs=3), capsys)
