@@ -71,9 +71,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`atomic_path`)."""
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`), in UTF-8 whatever the
+    locale (under ``LANG=C`` Python's default would be ASCII); a path Python could not decode
+    is written back as the bytes it came from."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_failure(e: BaseException) -> str | None:

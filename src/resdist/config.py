@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def check_range(
     ``None`` passes when ``optional`` (it then means "all" or "default")."""
     if value is None and optional:
         return
-    ok = value is not None and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (high is None or (value < high if high_open else value <= high))
     if ok:
@@ -317,6 +318,9 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:
+        if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
+            raise ConfigError(f"config file {path} is not a regular file (a pipe or a device); "
+                              "pass a YAML file")
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:

@@ -28,6 +28,12 @@ class TorchScriptFileError(UnsafeFileError):
     code it carries, so resdist does not load it unless told to trust it."""
 
 
+def special_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists but is neither a regular file nor a folder: a pipe, socket or
+    device, whose reading may block for ever (a FIFO) or never end (``/dev/zero``)."""
+    return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
+
+
 def is_torchscript(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a TorchScript archive: a zip file with a ``code/`` folder (a
     ``torch.save`` checkpoint has none). Reads the zip's directory only; runs nothing."""

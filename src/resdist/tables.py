@@ -18,8 +18,7 @@ def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str
         The table's lines joined by newlines, without a trailing newline.
     """
     cells = [[str(c) for c in headers], *([str(c) for c in row] for row in rows)]
-    if any(len(row) != len(cells[0]) for row in cells):
-        raise ValueError("every row of a table needs as many cells as it has headers")
+    assert all(len(row) == len(cells[0]) for row in cells), "a row's cells do not fit the headers"
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
 
     def line(row: list[str]) -> str:

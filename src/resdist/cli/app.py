@@ -4,9 +4,12 @@ becomes one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from ..errors import ResdistError
 from . import catalogue, deploy, evaluate, experiments, train
@@ -36,17 +39,55 @@ def _os_error_line(e: OSError) -> str:
     return f"{e.strerror or e}:{where}; check that the path exists and that you may use it"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt`` so that every ``finally`` and
+    cleanup runs (temporary files removed, the run folder's lock released) before the exit."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only, and only
+    where nobody else handles SIGTERM)."""
+    mine = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    if mine:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if mine:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _printable_output() -> None:
+    """Under ``LANG=C`` (an ASCII terminal) a non-ASCII file or class name is printed with
+    backslash escapes instead of ending the command in ``UnicodeEncodeError``."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user error is one line on stderr and exit status 2 (``--debug`` or
-    ``RESDIST_DEBUG=1`` re-raises it with its traceback)."""
+    ``RESDIST_DEBUG=1`` re-raises it with its traceback). Ctrl-C and SIGTERM stop it cleanly:
+    one line that says what is kept, exit status 130 or 143."""
+    _printable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("RESDIST_DEBUG", "") not in ("", "0")
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{how}; {e}" if str(e) else how, file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
         return 0

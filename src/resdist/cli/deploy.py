@@ -101,6 +101,15 @@ def _check_quantize_args(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``resdist export``; prints the report as JSON and returns 0."""
+    existed = Path(args.out).is_file()
+    try:
+        return _run_export(args)
+    except KeyboardInterrupt as e:  # every file is written atomically: nothing half-written
+        kept = "the previous file is kept" if existed else "no file was written"
+        raise type(e)(f"{args.out}: {kept}; export again") from None
+
+
+def _run_export(args: argparse.Namespace) -> int:
     from ..deploy.export import export
 
     ckpt = Path(args.checkpoint)

@@ -79,8 +79,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "--results", args.results, *(f"--set {o}" for o in args.set),
         *(["--data-dir", args.data_dir] if args.data_dir else []),
     ])
-    summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
-                        command)
+    try:
+        summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
+                            command)
+    except KeyboardInterrupt as e:
+        raise type(e)(f"the finished runs and their records in {args.results} are kept; run "
+                      "the same command again to go on (an unfinished run continues from its "
+                      "last checkpoint)") from None
     print(format_markdown(summary))
     print(f"saved {SUITES[args.suite].report}.json/.md/.png under {args.results}; run records "
           f"under {args.results}/runs/{args.suite}")

@@ -65,6 +65,21 @@ COLOR_MODES = ("L", "RGB", "")
 MAX_SIDE = 16384
 
 
+def class_name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit to be a class name in a contract (``None`` if nothing): not
+    valid UTF-8 (a file name's undecodable bytes), control or formatting characters (a newline,
+    a bidi override), or more than :data:`MAX_NAME` characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+        return "holds control or formatting characters"
+    if len(name) > MAX_NAME:
+        return f"is longer than {MAX_NAME} characters"
+    return None
+
+
 def _seq(key: str, value: Any) -> list[Any]:
     if not isinstance(value, list | tuple):
         raise DataError(f"input contract: {key} must be a list, got {type(value).__name__}")
@@ -130,11 +145,10 @@ class InputContract:
         names = _seq("class_names", self.class_names)
         if not all(isinstance(n, str) for n in names):
             raise DataError("input contract: class_names must be a list of strings")
-        odd = next((n for n in names if len(n) > MAX_NAME or any(
-            unicodedata.category(ch) in ("Cc", "Cf") for ch in n)), None)
+        odd = next((n for n in names if class_name_problem(n)), None)
         if odd is not None:
-            raise DataError(f"input contract: class name {odd[:40]!r} holds control or "
-                            f"formatting characters, or is longer than {MAX_NAME}")
+            raise DataError(f"input contract: class name {odd[:40]!r} "
+                            f"{class_name_problem(odd)}")
         self.class_names = list(names)
         self.resize = _whole("resize", self.resize, MAX_SIDE)
         if self.resize < max(h, w):

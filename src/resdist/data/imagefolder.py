@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
+from .contract import class_name_problem
 from .errors import DataError
 from .images import bomb_reason, pil_loader
 from .locations import default_data_dir, show
@@ -22,15 +24,47 @@ def folder_links(class_dir: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def find_classes(root: Path) -> tuple[list[str], dict[str, int]]:
+    """The class folders of an ImageFolder split, sorted, hidden ones (``.name``) left out, and
+    their indices; a folder name that cannot be a class name is a :class:`DataError`."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{show(root)}: no class folders inside; put each class's images in a "
+                        "folder of its own (train/cat/1.jpg, train/dog/2.jpg, ...)")
+    for name in classes:
+        problem = class_name_problem(name)
+        if problem:
+            shown = repr(os.fsencode(name))[1:] if "not valid UTF-8" in problem else repr(name)
+            raise DataError(f"{show(root)}: the class folder name {shown[:60]} {problem}; rename "
+                            "the folder (class names go into checkpoints and exported models)")
+    return classes, {name: i for i, name in enumerate(classes)}
+
+
+def _visible_image(class_root: str, path: str) -> bool:
+    """An image file (by suffix) that is not hidden and not inside a hidden folder."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    parts = Path(os.path.relpath(path, class_root)).parts
+    return not any(p.startswith(".") for p in parts) and path.lower().endswith(IMG_EXTENSIONS)
+
+
 def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     class _Folder(ImageFolder):
-        """``ImageFolder`` that refuses links to folders inside a class folder: followed, a link
-        such as ``cat/up -> ..`` would bring every other class's images in as cats."""
+        """``ImageFolder`` that leaves hidden files and folders out (``.DS_Store``, macOS's
+        ``._*`` twins, ``.ipynb_checkpoints``), refuses class folder names that cannot be class
+        names and links to folders inside a class folder (followed, a link such as
+        ``cat/up -> ..`` would bring every other class's images in as cats), and names an
+        empty class folder."""
+
+        def find_classes(self, directory):
+            return find_classes(Path(directory))
 
         @staticmethod
-        def make_dataset(directory, class_to_idx, *args, **kwargs):
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
+                         allow_empty=False):
             for name in sorted(class_to_idx):
                 links = folder_links(Path(directory) / name)
                 if links:
@@ -39,7 +73,17 @@ def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
                         + (f" (and {len(links) - 1} more links)" if len(links) > 1 else "")
                         + "; resdist does not follow links to folders inside a class folder "
                         "(they can mix classes or loop); copy or link the images themselves")
-            return ImageFolder.make_dataset(directory, class_to_idx, *args, **kwargs)
+            samples = ImageFolder.make_dataset(directory, class_to_idx, None,
+                                               partial(_visible_image, directory), True)
+            found = {t for _, t in samples}
+            empty = sorted(name for name, i in class_to_idx.items() if i not in found)
+            if empty:
+                raise DataError(
+                    f"{show(Path(directory) / empty[0])}: a class folder without image files "
+                    f"({', '.join(IMG_EXTENSIONS)})"
+                    + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
+                    + "; add images or remove the folder")
+            return samples
 
     if not root.is_dir():
         raise DataError(f"{show(root)}: no such folder")
@@ -53,7 +97,8 @@ def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
 def bad_images(paths: list[str]) -> list[tuple[str, str]]:
     """The files among ``paths`` that cannot be images: ``(path, reason)`` for each file that
     is empty, unreadable or that PIL cannot identify or verify. Cheap: a size check and PIL's
-    header parse and ``verify()``, no decoding of the pixels."""
+    header parse and ``verify()``, no decoding of the pixels, except for a JPEG file that does
+    not end in JPEG's end marker (``verify()`` passes a JPEG cut short): it is decoded."""
     from PIL import Image
 
     bad = []
@@ -63,7 +108,11 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
                 bad.append((path, "empty file (0 bytes)"))
                 continue
             with Image.open(path) as im:
+                kind = im.format
                 im.verify()
+            if kind == "JPEG" and not _ends_with_jpeg_marker(path):
+                with Image.open(path) as im:
+                    im.load()  # a file cut short fails here
         except Image.DecompressionBombError as e:
             bad.append((path, bomb_reason(e)))
         except OSError as e:  # PIL.UnidentifiedImageError is an OSError too
@@ -71,6 +120,13 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
         except Exception as e:  # verify() raises several types for corrupt data
             bad.append((path, f"corrupt image ({type(e).__name__})"))
     return bad
+
+
+def _ends_with_jpeg_marker(path: str) -> bool:
+    """Whether the file ends in JPEG's end-of-image marker (``FF D9``, zero padding allowed)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+        return f.read().rstrip(b"\0").endswith(b"\xff\xd9")
 
 
 def _check_images(dataset, root: Path, skip: bool) -> None:

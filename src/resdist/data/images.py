@@ -22,23 +22,30 @@ HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def open_image(path: str | os.PathLike, mode: str):  # -> PIL.Image.Image
-    """The image at ``path`` decoded and converted to ``mode`` ("L" or "RGB"), 8 bits a channel.
+    """The image at ``path`` decoded and converted to ``mode`` ("L" or "RGB"), 8 bits a channel,
+    turned upright as its EXIF orientation says (as image viewers show it). Of an animated
+    image (GIF, APNG, WebP) the first frame is read; an alpha channel is dropped.
 
     Raises:
         DataError: not an image, unreadable, a floating-point image, or beyond Pillow's
             decompression-bomb pixel limit (the message names the file).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                img = _to_8bit(img, path)
+                img = _to_8bit(ImageOps.exif_transpose(img), path)
                 return img.convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: {bomb_reason(e)}") from e
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: the file is gone (removed or renamed while resdist was "
+                        "reading the data?)") from e
+    except PermissionError as e:
+        raise DataError(f"{path}: permission denied; make the file readable") from e
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image") from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged data

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.contract import InputContract
+from ..safe_load import special_file
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError
 from .formats import FORMATS, format_of
@@ -34,6 +35,9 @@ def model_file_kind(path: str | os.PathLike) -> str:
     (:func:`resdist.deploy.formats.format_of`). A missing file with an export's suffix, or a
     ``.onnx`` file that is not ONNX, raises :class:`DeployError`."""
     path = Path(path)
+    if special_file(path):  # reading a FIFO blocks, /dev/zero never ends
+        raise DeployError(f"{path} is not a regular file (a pipe or a device); pass a "
+                          "checkpoint (.pth), its run folder or an exported model file")
     fmt = format_of(path)
     if fmt is None:
         return "checkpoint"

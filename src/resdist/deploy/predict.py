@@ -25,6 +25,7 @@ import torch
 
 from ..data.contract import InputContract
 from ..data.images import open_image
+from ..safe_load import special_file
 from .errors import DeployError
 from .formats import format_of
 from .formats.common import CONTRACT_KEY
@@ -61,7 +62,8 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             found.append(p)
         elif p.exists():
-            raise DeployError(f"{p}: not a regular file or folder (a pipe or device?)")
+            raise DeployError(f"{p}: not a regular file or folder (a pipe or a device); pass "
+                              "image files or folders of them")
         else:
             raise DeployError(f"{p}: no such file or folder")
     if not found:
@@ -116,6 +118,9 @@ class Predictor:
         path = Path(path)
         if not path.exists():
             raise DeployError(f"model not found: {path}")
+        if special_file(path):  # reading a FIFO blocks, /dev/zero never ends
+            raise DeployError(f"{path} is not a regular file (a pipe or a device); pass a "
+                              "checkpoint (.pth), its run folder or an exported model file")
         fmt = format_of(path)
         if fmt is None:
             return cls._from_checkpoint(path)

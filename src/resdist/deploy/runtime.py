@@ -8,6 +8,23 @@ from typing import Any
 from .errors import DeployError, require
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_bytes(path: str) -> bytes:
+    """The bytes of the ONNX file at ``path``, for a path ONNX Runtime cannot take."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DeployError(f"cannot read {path}: {e.strerror}") from e
+
+
 def cpu_session(model: str | os.PathLike | bytes, threads: int | None = None) -> Any:
     """An ONNX Runtime ``InferenceSession`` on the CPU provider, its log quiet (errors only).
 
@@ -22,6 +39,10 @@ def cpu_session(model: str | os.PathLike | bytes, threads: int | None = None) ->
     if threads:
         so.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else os.fspath(model)
+    if isinstance(source, str) and not _utf8(source):
+        # a non-ASCII path under LANG=C without Python's UTF-8 mode: ONNX Runtime takes only
+        # UTF-8 paths, so it gets the file's bytes (a model with external data cannot load)
+        source = _read_bytes(source)
     try:
         return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as e:

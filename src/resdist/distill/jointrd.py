@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..config import check_distill_settings
 from ..models.contract import check_staged_pair, last_bn_of
 from .losses import Connector, bn_margins, hinton_kd_loss, margin_feature_loss
-from .objectives import TeacherObjective
+from .objectives import TeacherObjective, check_kd_settings
 from .schedule import decay_factor
 
 
@@ -62,6 +62,7 @@ class ResidualDistiller(TeacherObjective):
     ) -> None:
         check_staged_pair(teacher, student, input_shape)
         check_distill_settings(dc, decay_fraction, feature_weight, path_loss)
+        check_kd_settings(kd_alpha, kd_temperature, prefix="kd_")
         super().__init__(teacher, student, train_teacher)
         self.num_stages = student.num_stages
         self.dc, self.decay_fraction = dc, decay_fraction

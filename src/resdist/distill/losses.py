@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import DistillError
+
 
 def bn_margins(bn: nn.BatchNorm2d, min_prob: float = 1e-3, eps: float = 1e-6) -> Tensor:
     """Per-channel margins from the teacher's last BatchNorm (docs/method.md section 3).
@@ -17,7 +19,9 @@ def bn_margins(bn: nn.BatchNorm2d, min_prob: float = 1e-3, eps: float = 1e-6) ->
     ``-3 |gamma|`` where ``P(X < 0) < min_prob``. Returns a detached tensor of shape ``(C,)``.
     """
     if bn.weight is None or bn.bias is None:
-        raise ValueError("margin distillation needs an affine BatchNorm (gamma and beta)")
+        raise DistillError(
+            "margin distillation needs the teacher's last BatchNorm to be affine (its gamma and "
+            "beta give the margins); build the teacher with affine BatchNorms (the default)")
     with torch.no_grad():
         s = bn.weight.detach().abs().double().clamp_min(eps)
         m = bn.bias.detach().double()
@@ -42,9 +46,10 @@ def margin_feature_loss(student: Tensor, teacher: Tensor, margin: Tensor) -> Ten
         margin: ``(C,)`` per-channel margins from :func:`bn_margins`.
     """
     if student.shape != teacher.shape:
-        raise ValueError(
+        raise DistillError(
             f"student feature {tuple(student.shape)} and teacher feature "
-            f"{tuple(teacher.shape)} differ in shape"
+            f"{tuple(teacher.shape)} differ in shape; the connector must map the student's "
+            "stage to the teacher's channels and both networks must downsample alike"
         )
     student, teacher = student.float(), teacher.detach().float()
     target = torch.maximum(teacher, margin.float().view(1, -1, 1, 1))

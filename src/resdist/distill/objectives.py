@@ -14,9 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import check_range
 from ..models.contract import check_staged, last_bn_of
 from ..models.fold import to_deploy
+from .errors import DistillError
 from .losses import Connector, bn_margins, hinton_kd_loss, margin_feature_loss
+
+
+def check_kd_settings(alpha: float, temperature: float, prefix: str = "") -> None:
+    """Hinton KD's weight ``alpha`` in [0, 1] and ``temperature`` > 0, else :class:`DistillError`
+    naming ``prefix + "alpha"`` / ``prefix + "temperature"``."""
+    check_range(f"{prefix}alpha", alpha, 0.0, 1.0, error=DistillError)
+    check_range(f"{prefix}temperature", temperature, 0.0, low_open=True, error=DistillError)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -26,11 +35,17 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def _check_module(role: str, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise DistillError(f"the {role} must be a torch.nn.Module, got {type(model).__name__}")
+
+
 class Objective(nn.Module):
     """Base class: holds ``student`` and the run progress."""
 
     def __init__(self, student: nn.Module) -> None:
         super().__init__()
+        _check_module("student", student)
         self.student = student
         self.epoch = 0.0
         self.total_epochs = 1
@@ -55,6 +70,7 @@ class TeacherObjective(Objective):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, train_teacher: bool = False) -> None:
         super().__init__(student)
+        _check_module("teacher", teacher)
         self.teacher = teacher
         self.train_teacher = train_teacher
         self.teacher_folded: nn.Module | None = None
@@ -96,6 +112,7 @@ class HintonKD(TeacherObjective):
     def __init__(
         self, teacher: nn.Module, student: nn.Module, alpha: float = 0.9, temperature: float = 4.0
     ) -> None:
+        check_kd_settings(alpha, temperature)
         super().__init__(teacher, student)
         self.alpha, self.temperature = alpha, temperature
 
@@ -113,6 +130,7 @@ class FeatureKD(TeacherObjective):
     def __init__(self, teacher: nn.Module, student: nn.Module, feature_weight: float = 1e-3) -> None:
         check_staged(teacher, "teacher")
         check_staged(student, "student")
+        check_range("feature_weight", feature_weight, 0.0, error=DistillError)
         super().__init__(teacher, student)
         self.feature_weight = feature_weight
         s_ch = student.stage_channels[-1]

@@ -47,7 +47,7 @@ from ..errors import ResdistError
 from ..models import create_model, is_model
 from ..models.errors import ModelError
 from ..models.registry import check_model_kwargs
-from ..safe_load import UnsafeFileError, load_torch_file
+from ..safe_load import UnsafeFileError, load_torch_file, special_file
 
 __all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "load_weights",
            "model_from_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
@@ -192,6 +192,9 @@ class Checkpoint:
         path = Path(path)
         if path.is_dir():
             path = path / "last.pth"
+        if special_file(path):
+            raise CheckpointError(f"{path} is not a regular file (a pipe or a device); pass a "
+                                  "checkpoint file (.pth) or its run folder")
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..config import OptimConfig
+from ..config import SCHEDULES, OptimConfig, check_choice
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -41,7 +41,12 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
 
 
 def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[float], float]:
-    """Multiplier of the base LR as a function of (fractional) epoch."""
+    """Multiplier of the base LR as a function of (fractional) epoch.
+
+    Raises:
+        ConfigError: ``cfg.schedule`` is not one of the schedules resdist knows.
+    """
+    check_choice("optim.schedule", cfg.schedule, SCHEDULES, "schedule")
 
     def base(e: float) -> float:
         if cfg.schedule == "constant":
@@ -52,12 +57,10 @@ def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[float], float]:
             return cfg.gamma ** math.floor(e / max(cfg.step_size, 1))
         if cfg.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(e / epochs, 1.0)))
-        if cfg.schedule == "onecycle":  # linear warm-up over 30% from lr/25, then cosine to ~0
-            p = min(e / epochs, 1.0)
-            if p < 0.3:
-                return 0.04 + 0.96 * p / 0.3
-            return 0.5 * (1.0 + math.cos(math.pi * (p - 0.3) / 0.7)) + 1e-4
-        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+        p = min(e / epochs, 1.0)  # onecycle: linear warm-up over 30% from lr/25, then cosine to ~0
+        if p < 0.3:
+            return 0.04 + 0.96 * p / 0.3
+        return 0.5 * (1.0 + math.cos(math.pi * (p - 0.3) / 0.7)) + 1e-4
 
     def factor(e: float) -> float:
         warm = min(1.0, (e + 1e-9) / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else 1.0

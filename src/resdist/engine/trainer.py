@@ -47,6 +47,7 @@ from ..atomic import write_text_atomic
 from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
+from ..data.errors import DataError
 from ..errors import ResdistError
 from ..models.memory_format import channels_last_note, to_channels_last
 from .build import build_all
@@ -162,6 +163,16 @@ def train(cfg: Config) -> RunResult:
         raise RunDirError(refusal)
     try:
         return _train(cfg, info, device)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through the CLI: say what is kept
+        out = Path(cfg.train.out)
+        if lock is not None and lock.fresh:
+            discard_unstarted_run(out)
+        if e.args or not info.is_main:
+            raise
+        kept = ((out / "last.pth").exists() and
+                f"{out / 'last.pth'} is kept; continue with --resume")
+        raise type(e)(kept or "it stopped before its first checkpoint and nothing was kept; "
+                      "train again") from None
     except BaseException:
         if lock is not None and lock.fresh:  # nothing worth keeping was written
             discard_unstarted_run(Path(cfg.train.out))
@@ -555,14 +566,18 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             try:
                 row.update(self.train_epoch(epoch))
+                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
+                    row.update(self._evaluate())
             except TrainingError as e:
                 hint = " or train without --amp fp16" if self.amp_dtype is torch.float16 else ""
                 raise TrainingError(f"{e}; {self._kept(epoch)}; lower the learning rate (--lr)"
                                     f"{hint} and train again (--overwrite or a new --out)"
                                     ) from None
+            except DataError as e:  # an image removed, made unreadable or damaged meanwhile
+                again = "continue with --resume" if epoch else "train again"
+                raise DataError(f"{e}; {self._kept(epoch)}; {again} (the data is scanned "
+                                "again)") from e
             train_time += row["epoch_time_s"]
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == self.epochs:
-                row.update(self._evaluate())
             is_best = row.get(best_key, -1) > best
             best = max(best, row.get(best_key, -1))
             history.append(row)

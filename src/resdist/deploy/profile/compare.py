@@ -65,6 +65,12 @@ def _is_checkpoint_path(spec: Any) -> bool:
     )
 
 
+def _file_name(path: str | os.PathLike) -> str:
+    """A file's name as text for labels and plots: bytes that are not UTF-8 (or that Python,
+    under ``LANG=C``, could not decode) become U+FFFD instead of breaking the plot's font."""
+    return os.fsencode(Path(path).name).decode("utf-8", errors="replace")
+
+
 def _resolve_model(
     spec: Any, index: int, input_shape: Sequence[int] | None, model_kwargs: Mapping[str, Any]
 ) -> _Source:
@@ -81,11 +87,11 @@ def _resolve_model(
     if eq and is_model(name):
         model = create_model(name, **dict(model_kwargs))
         load_torchvision_weights(model, name, weights)
-        return _Source(f"{name} ({Path(weights).name})", name, model, "weights", input_shape,
+        return _Source(f"{name} ({_file_name(weights)})", name, model, "weights", input_shape,
                        checkpoint=weights)
     if _is_checkpoint_path(spec):
         model, shape, arch = load_model_source(spec)
-        return _Source(f"{arch} ({Path(spec).name})", arch, model, "checkpoint",
+        return _Source(f"{arch} ({_file_name(spec)})", arch, model, "checkpoint",
                        shape or input_shape, checkpoint=str(spec))
     raise UnknownModelError(
         f"{spec!r} is neither a registered model, NAME=WEIGHTS (a registered model with a "
