@@ -148,7 +148,8 @@ def test_dry_run_prints_config_and_model_summary_and_writes_nothing(tmp_path, ca
 @pytest.mark.parametrize("extra, words", [
     ([], "no teacher given: the run would stop"),
     (["--set", "teacher.train=true"], "through teacher resnet20 (co-trained from random weights)"),
-    (["--teacher-weights", "t.pth"], "through teacher resnet20 (t.pth)"),
+    (["--teacher-weights", "t.pth"], "the run would stop here: teacher weights file t.pth not "
+                                      "found"),
 ])
 def test_dry_run_says_where_the_teacher_comes_from(capsys, extra, words):
     assert main(["train", "--data", "synthetic", "--model", "plain20", "--method", "kd",

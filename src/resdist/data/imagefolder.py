@@ -97,6 +97,33 @@ def _check_images(dataset, root: Path, skip: bool) -> None:
                         "bad files")
 
 
+def imagefolder_root(
+    data_dir: str | Path | None, splits: tuple[str, ...] = ("train", "val")
+) -> Path:
+    """The folder holding an ImageFolder's ``splits`` (``data_dir``, or the default location),
+    checked to have them.
+
+    Raises:
+        DataError: a split folder is missing; the message names ``--data-dir`` and, when the
+            folder given is itself a split (``mydata/train``), the folder above it.
+    """
+    if data_dir is None:
+        candidates = default_data_dir("imagefolder")
+        root = next((c for c in candidates if c.is_dir()), candidates[0])
+    else:
+        root = Path(data_dir)
+    missing = [show(root / s) for s in splits if not (root / s).is_dir()]
+    if not missing:
+        return root
+    parent = root.absolute().parent
+    if root.name in ("train", "val") and all((parent / s).is_dir() for s in splits):
+        fix = f"--data-dir {show(parent)} (the folder above {root.name}/, which holds them)"
+    else:
+        fix = "--data-dir (data.data_dir) the folder that holds them"
+    raise DataError(f"ImageFolder data needs {' and '.join(s + '/' for s in splits)} class "
+                    f"folders under {show(root)}; missing: {', '.join(missing)}; pass {fix}")
+
+
 def read_imagefolder(
     data_dir: str | Path | None = None,
     *,
@@ -125,18 +152,7 @@ def read_imagefolder(
     prep = prep or FolderPreprocessing(image_size, augment=augment, hflip=hflip)
     if prep.image_size < 1:
         raise DataError(f"data.image_size must be >= 1, got {prep.image_size}")
-    if data_dir is None:
-        candidates = default_data_dir("imagefolder")
-        root = next((c for c in candidates if c.is_dir()), candidates[0])
-    else:
-        root = Path(data_dir)
-    missing = [show(root / s) for s in ("train", "val") if not (root / s).is_dir()]
-    if missing:
-        raise DataError(
-            f"ImageFolder data needs train/ and val/ class folders under {show(root)}; missing: "
-            + ", ".join(missing)
-            + ". Pass the folder that holds them with --data-dir (data.data_dir)."
-        )
+    root = imagefolder_root(data_dir)
     train = _image_folder(root / "train", prep.train_transform())
     val = _image_folder(root / "val", prep.eval_transform())
     for split, dataset in (("train", train), ("val", val)):
