@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import Subset
@@ -15,7 +15,12 @@ from .arrays import ArrayDataset
 from .cifar import read_cifar
 from .errors import DataError
 from .fashion_mnist import read_fashion_mnist
-from .imagefolder import folder_statistics, read_imagefolder, with_eval_transform
+from .imagefolder import (
+    folder_statistics,
+    image_size_note,
+    read_imagefolder,
+    with_eval_transform,
+)
 from .loaders import BatchLoader, InMemoryLoader, TorchLoader, check_rank
 from .memory import check_fits
 from .split import evenly_spaced, holdout_indices
@@ -55,6 +60,8 @@ class DataBundle:
         mean, std: the per-channel normalisation applied to the images, in [0, 1] pixel units.
         resize, interpolation: how evaluation images are resized (ImageFolder; None: they are
             used at their own size).
+        notes: one-line warnings about the data (ImageFolder images smaller than the network
+            input, ...) that ``train`` prints.
     """
 
     train: BatchLoader
@@ -69,6 +76,7 @@ class DataBundle:
     std: tuple[float, ...] = ()
     resize: int | None = None  # ImageFolder: the shorter side before the centre crop
     interpolation: str = "bilinear"
+    notes: list[str] = field(default_factory=list)  # warnings for the user (train prints them)
 
 
 def default_workers() -> int:
@@ -224,4 +232,5 @@ def _build_imagefolder(
         train=train, val=val, test=test_loader, num_classes=len(train_all.classes), in_chans=3,
         image_size=cfg.image_size, class_names=list(train_all.classes), name=cfg.name,
         mean=prep.mean, std=prep.std, resize=prep.eval_resize, interpolation=prep.interpolation,
+        notes=[n for n in [image_size_note([p for p, _ in train_all.samples], prep)] if n],
     )

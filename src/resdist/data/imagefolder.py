@@ -196,3 +196,41 @@ def folder_statistics(dataset, prep: FolderPreprocessing, max_images: int = 2000
     mean = total / pixels
     std = (squares / pixels - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def image_size_note(paths: list[str], prep: FolderPreprocessing, samples: int = 32) -> str:
+    """A one-line warning when the images at ``paths`` (up to ``samples`` evenly spaced ones,
+    only their headers read) are smaller than the network input ``prep.image_size`` (they are
+    upscaled: slow, and no detail is gained), or all of one size that the evaluation resize
+    enlarges before its crop; else ``""``."""
+    from PIL import Image
+
+    n = len(paths)
+    picks = sorted({int(i * n / min(n, samples)) for i in range(min(n, samples))})
+    sizes = []
+    for i in picks:
+        try:
+            with Image.open(paths[i]) as im:
+                sizes.append(im.size)
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the image check
+            continue
+    if not sizes:
+        return ""
+    shorter = sorted(min(w, h) for w, h in sizes)
+    typical = shorter[len(shorter) // 2]
+    w, h = sizes[0]
+    seen = (f"{w}x{h} (all {len(sizes)} sampled)" if len(set(sizes)) == 1 else
+            f"about {typical} px on the shorter side (median of {len(sizes)} sampled)")
+    size = prep.image_size
+    if typical < size:
+        return (f"warning: the training images are {seen}, smaller than the network input "
+                f"data.image_size={size}: every image is upscaled (slow, and no detail is "
+                f"gained); to train at their size pass --set data.image_size={typical} --set "
+                "data.crop_pct=1.0")
+    if len(set(sizes)) == 1 and typical < prep.eval_resize:
+        return (f"warning: the training images are {seen}; data.image_size={size} with "
+                f"data.crop_pct={prep.crop_pct:g} enlarges them to {prep.eval_resize} before the "
+                f"centre crop; for images already at the network's size pass --set "
+                "data.crop_pct=1.0")
+    return ""
+

@@ -189,7 +189,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
     if cfg.train.sync_bn and info.enabled:
         objective = convert_sync_batchnorm(objective)
     trainer = Trainer(cfg, objective, data, device, info, kw)  # its model: objective.student
-    for note in (channels_last_note(kept_nchw),
+    for note in (*data.notes, channels_last_note(kept_nchw),
                  small_features_note(trainer.model, trainer.input_shape)):
         if note:
             trainer.say(note)
