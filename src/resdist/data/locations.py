@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..config import DATASETS, check_choice
@@ -31,3 +32,17 @@ def default_data_dir(name: str) -> list[Path]:
 def show(path: Path) -> str:
     """A path as messages print it: absolute, so a relative default is unambiguous."""
     return str(path.absolute())
+
+
+def absolute_data_dir(name: str, data_dir: str | os.PathLike | None) -> str | None:
+    """Where data set ``name`` is read from, as an absolute path, for recording in a run: the
+    given folder, else the first default location that exists (else the one a download
+    fills). None for the synthetic set, which has no folder."""
+    if name == "synthetic":
+        return None
+    if data_dir is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    candidates = default_data_dir(name)
+    found = next((c for c in candidates if c.is_dir()), candidates[-1])
+    return show(found)
+
