@@ -37,7 +37,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Score the file and print one line."""
+    """Score the file; print the score and the preprocessing applied."""
     from ..deploy.evaluate import evaluate_file
 
     score = evaluate_file(
@@ -46,4 +46,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split, device=args.device, model=args.model,
         trust_torchscript=args.trust_torchscript)
     print(score.line())
+    if score.preprocessing:
+        print(score.preprocessing)
     return 0

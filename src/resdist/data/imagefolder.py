@@ -167,6 +167,23 @@ def read_imagefolder(
     return train, val
 
 
+def read_imagefolder_split(
+    data_dir: str | Path | None, split: str, prep: FolderPreprocessing,
+    *, skip_bad_images: bool = False,
+):  # -> ImageFolder
+    """One split folder (``data_dir/split``, e.g. ``val``) with the evaluation transform, its
+    files checked as :func:`read_imagefolder` checks them; the other split need not exist.
+
+    Raises:
+        DataError: the folder is missing (naming ``--data-dir``), holds no class folder, or an
+            image file is bad (unless skipped).
+    """
+    root = imagefolder_root(data_dir, splits=(split,))
+    dataset = _image_folder(root / split, prep.eval_transform())
+    _check_images(dataset, root / split, skip_bad_images)
+    return dataset
+
+
 def with_eval_transform(dataset, prep: FolderPreprocessing, normalize: bool = True):
     """A shallow copy of ``dataset`` (same file list, no rescan) with the evaluation transform,
     for a validation split carved out of the training folder (or, without ``normalize``, for

@@ -81,6 +81,7 @@ class MetricsLogger:
         self.csv = self.run_dir / "metrics.csv"
         self.steps = self.run_dir / STEPS_FILE
         self.log_path = self.run_dir / LOG_FILE
+        self._pending: list[str] | None = []
         self.writer = None
         if tensorboard:
             try:
@@ -113,9 +114,19 @@ class MetricsLogger:
                     self.writer.add_scalar(f"step/{k}", v, int(row["step"]))
 
     def note(self, line: str) -> None:
-        """Append one console line to ``train.log``."""
+        """Append one console line to ``train.log`` (kept in memory until :meth:`open_log`,
+        so that a run refused before it starts leaves the folder as it was)."""
+        if self._pending is not None:
+            self._pending.append(line)
+            return
         with self.log_path.open("a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")
+
+    def open_log(self) -> None:
+        """Start writing ``train.log``: the lines noted so far, then each line as it comes."""
+        pending, self._pending = self._pending or [], None
+        for line in pending:
+            self.note(line)
 
     def _write_csv(self, rows: list[dict[str, Any]]) -> None:
         keys: list[str] = []

@@ -309,7 +309,8 @@ class Trainer:
         self.device, self.info = device, info
         self.model_kwargs = model_kwargs
         self.input_shape = (data.in_chans, data.image_size, data.image_size)
-        self.input_contract = contract_from_bundle(data)  # what the model expects
+        # what the model expects, and where its images live (absolute, see train())
+        self.input_contract = contract_from_bundle(data, data_dir=cfg.data.data_dir)
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
         self.logger: MetricsLogger | None = None
@@ -597,6 +598,8 @@ class Trainer:
     def fit(self) -> RunResult:
         cfg = self.cfg
         best_key = "val_top1" if self.data.val is not None else "test_top1"
+        if self.logger is not None:
+            self.logger.open_log()
         history = self.logger.read() if self.logger else []
         best = max((r.get(best_key, -1) for r in history), default=-1.0)
         train_time = sum(r.get("epoch_time_s", 0.0) for r in history)
