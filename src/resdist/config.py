@@ -108,7 +108,8 @@ class DataConfig:
     resize: int | None = None
     interpolation: str = "bilinear"  # bilinear | bicubic | nearest
     normalization: str = "imagenet"  # imagenet | dataset (mean/std of the training folder)
-    mean: list[float] | None = None  # explicit per-channel mean/std, [0, 1] units (overrides)
+    mean: list[float] | None = None  # explicit per-channel mean/std, [0, 1] units (overrides;
+    # any data set: how an input contract's statistics are applied)
     std: list[float] | None = None
     train_crop: str = "random-resized"  # random-resized | pad-crop (small images)
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized

@@ -20,13 +20,14 @@ import torch
 from torch.utils.data import Subset
 
 from ..config import DATASETS, Config, ConfigError, DataConfig, check_choice
-from .contract import InputContract
+from .contract import InputContract, contract_for_data
 from .errors import DataError
 from .loaders import BatchLoader, TorchLoader
 from .split import evenly_spaced
 from .transforms import FolderPreprocessing
 
-__all__ = ["EvalData", "contract_preprocessing", "data_config_for", "eval_data"]
+__all__ = ["EvalData", "contract_for_settings", "contract_preprocessing", "data_config_for",
+           "eval_data"]
 
 #: the fixed image geometry of the data sets resdist does not resize: (C, H)
 NATIVE = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32)}
@@ -57,6 +58,11 @@ class EvalData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the batches' images."""
+        return images_shape(self.data)
+
     def describe(self) -> str:
         """One line: which images and the preprocessing applied to them."""
         d = self.data
@@ -74,6 +80,16 @@ class EvalData:
         std = [round(v, 4) for v in self.std]
         return (f"preprocessing: {d.name} {self.split} images{origin}: {steps}, x / 255, "
                 f"mean {mean}, std {std}")
+
+
+def images_shape(d: DataConfig) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images ``d``'s evaluation pipeline delivers."""
+    if d.name == "imagefolder":
+        return (3, d.image_size, d.image_size)
+    if d.name == "synthetic":
+        return (d.synthetic_channels, d.synthetic_size, d.synthetic_size)
+    c, h = NATIVE[d.name]
+    return (c, h, h)
 
 
 def folder_preprocessing_of(cfg: DataConfig) -> FolderPreprocessing:
@@ -148,6 +164,21 @@ def data_config_for(contract: InputContract, base: DataConfig | str | None = Non
     return cfg
 
 
+def contract_for_settings(cfg: DataConfig) -> InputContract:
+    """The contract of a network fed ``cfg``'s evaluation pipeline, without class names: what
+    a file that records no contract (a state dict, a bare graph) is scored or calibrated with."""
+    if cfg.name == "imagefolder":
+        prep = folder_preprocessing_of(cfg)
+        return contract_for_data("imagefolder", image_size=cfg.image_size,
+                                 resize=prep.eval_resize, interpolation=prep.interpolation,
+                                 mean=prep.mean, std=prep.std, class_names=[])
+    if cfg.name == "synthetic":
+        return contract_for_data("synthetic", in_chans=cfg.synthetic_channels,
+                                 image_size=cfg.synthetic_size, mean=cfg.mean, std=cfg.std,
+                                 num_classes=cfg.synthetic_classes)
+    return contract_for_data(cfg.name, mean=cfg.mean, std=cfg.std)
+
+
 def _override(cfg: DataConfig, overrides: Sequence[str]) -> DataConfig:
     """``cfg`` with ``data.key=value`` overrides (others refused), checked."""
     for item in overrides:
@@ -199,6 +230,11 @@ def eval_data(
     check_choice("split", split, ("test", "val", "train"), "split", DataError)
     cfg = data_config_for(contract, data)
     cfg = _override(cfg, overrides)
+    have, want = images_shape(cfg), tuple(contract.input_shape)
+    if have != want:  # overrides asked for other images than the model takes
+        raise DataError(f"the model takes {'x'.join(map(str, want))} inputs but {cfg.name} "
+                        f"images are {'x'.join(map(str, have))}; evaluate it on the data it "
+                        "was trained on, at its size")
     if data_dir is not None:
         cfg = replace(cfg, data_dir=str(data_dir))
     if download:
@@ -231,7 +267,8 @@ def _read(cfg: DataConfig, split: str, device: torch.device, seed: int) -> EvalD
         keep = evenly_spaced(len(dataset), limit).tolist()
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         loader = TorchLoader(Subset(dataset, keep), batch_size=cfg.eval_batch_size,
-                             device=device, num_workers=workers, seed=seed)
+                             device=device, num_workers=workers, seed=seed,
+                             shuffle=split == "train")  # a seeded draw over the classes
         return EvalData(loader, cfg, split, list(dataset.classes), prep.mean, prep.std,
                         show(Path(dataset.root).parent))
     # the training loader is built but unused for test/val: batch 1 so that any split fits

@@ -16,7 +16,8 @@ class MissingDependencyError(DeployError):
     """An optional dependency (onnx, onnxruntime, matplotlib) is not installed."""
 
 
-_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot"}
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot",
+           "safetensors": "safetensors"}
 
 
 def require(module: str) -> ModuleType:

@@ -9,8 +9,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from ..config import ConfigError, DataConfig
-from ..data.contract import InputContract, contract_for_data
-from ..data.eval_data import EvalData, eval_data, folder_preprocessing_of
+from ..data.eval_data import EvalData, contract_for_settings, eval_data
 from .checkpoint import load_checkpoint
 from .metrics import evaluate
 
@@ -104,21 +103,6 @@ def _score(name: str, net: nn.Module, prepared: EvalData) -> CheckpointScore:
     m = evaluate(net, prepared.loader)
     return CheckpointScore(name, prepared.data.name, prepared.split, m["top1"], m["top5"],
                            m["loss"], int(m["samples"]), prepared.describe())
-
-
-def contract_for_settings(cfg: DataConfig) -> InputContract:
-    """The contract of a network fed ``cfg``'s evaluation pipeline (no class names): what a
-    state dict, which records none, is scored with."""
-    if cfg.name == "imagefolder":
-        prep = folder_preprocessing_of(cfg)
-        return contract_for_data("imagefolder", image_size=cfg.image_size,
-                                 resize=prep.eval_resize, interpolation=prep.interpolation,
-                                 mean=prep.mean, std=prep.std, class_names=[])
-    if cfg.name == "synthetic":
-        return contract_for_data("synthetic", in_chans=cfg.synthetic_channels,
-                                 image_size=cfg.synthetic_size, mean=cfg.mean, std=cfg.std,
-                                 num_classes=cfg.synthetic_classes)
-    return contract_for_data(cfg.name, mean=cfg.mean, std=cfg.std)
 
 
 def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_size, limit_test,

@@ -76,6 +76,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", "ONNX", (".onnx",), "ONNX Runtime", "onnx", int8=True),
     Format("torchscript", "TorchScript", (".pt", ".ts", ".torchscript"), "torch.jit",
            "torchscript", runs_code=True),
+    Format("safetensors", "safetensors", (".safetensors",), "PyTorch (state dict)",
+           "safetensors"),
 )}
 """Every format resdist exports, by ``--format`` name."""
 

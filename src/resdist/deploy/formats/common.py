@@ -53,6 +53,8 @@ class ExportJob:
             batches (``(N, C, H, W)`` arrays, as the contract says).
         check_images: for ``int8``, prepared real images (with their labels or None) on which
             the INT8 file's top-1 agreement with the fp32 model is measured.
+        model_name, model_kwargs: the registry name and builder arguments of the network
+            (a checkpoint's; None for a module), for formats that store weights, not a graph.
     """
 
     deployed: nn.Module
@@ -66,6 +68,8 @@ class ExportJob:
     int8: bool = False
     calibration: Callable[[], Iterator[np.ndarray]] | None = None
     check_images: np.ndarray | None = None
+    model_name: str | None = None
+    model_kwargs: dict[str, Any] | None = None
 
 
 @dataclass

@@ -242,6 +242,8 @@ def profile_models(
     onnx_dir: str | os.PathLike | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    calibration_data: Any = None,
+    data_dir: str | None = None,
 ) -> ProfileResult:
     """Profile several models side by side: memory, bytes moved, MACs, ORT latency, ratios.
 
@@ -259,6 +261,9 @@ def profile_models(
             ``latency``.
         onnx_dir: keep the exported graphs there (default: a temporary folder).
         log: called with progress lines.
+        calibration_data, data_dir: with ``int8``, the data set (name or DataConfig) and
+            folder whose training images calibrate models without an input contract
+            (``NAME=FILE`` state dicts, registry models); checkpoints use their contract's.
 
     Denormals are flushed while this runs (:func:`resdist.engine.denormals.flush_denormal`,
     which then restores the mode set before; ORT sessions set ``session.set_denormal_as_zero``).
@@ -291,7 +296,8 @@ def profile_models(
         onnx_dir.mkdir(parents=True, exist_ok=True)
         result = _profile(models, settings, onnx_dir, log or (lambda _msg: None))
         if int8:  # fp32 and INT8 are timed together there, interleaved
-            add_int8_latency(result, onnx_dir, log=log)
+            add_int8_latency(result, onnx_dir, log=log, calibration_data=calibration_data,
+                             data_dir=data_dir)
         return result
 
 
