@@ -154,8 +154,9 @@ def _add_run_args(g: argparse._ArgumentGroup) -> None:
                 "`--dry-run` shows every key)")
     g.add_argument("--dry-run", action="store_true",
                    help="print the resolved config (YAML) and the model summary (parameters, "
-                   "MACs, per-stage output shapes), then exit without reading data, training or "
-                   "writing anything")
+                   "MACs, per-stage output shapes), load and check the teacher's checkpoint or "
+                   "weights file against the student and the data's classes, then exit without "
+                   "reading images, training or writing anything")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

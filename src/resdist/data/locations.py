@@ -35,14 +35,9 @@ def show(path: Path) -> str:
 
 
 def absolute_data_dir(name: str, data_dir: str | os.PathLike | None) -> str | None:
-    """Where data set ``name`` is read from, as an absolute path, for recording in a run: the
-    given folder, else the first default location that exists (else the one a download
-    fills). None for the synthetic set, which has no folder."""
-    if name == "synthetic":
+    """``data_dir`` as an absolute path, for recording in a run (so that the run's folder is
+    found from any working directory); None stays None (the data set's default locations,
+    searched in order) and the synthetic set has no folder."""
+    if name == "synthetic" or data_dir is None:
         return None
-    if data_dir is not None:
-        return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-    candidates = default_data_dir(name)
-    found = next((c for c in candidates if c.is_dir()), candidates[-1])
-    return show(found)
-
+    return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
