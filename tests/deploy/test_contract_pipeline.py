@@ -164,3 +164,19 @@ def test_profile_int8_calibrates_name_file_teachers(run, tmp_path, capsys):
     # a .pth state dict without a data set named: Gaussian images, and the report says so
     assert main(["profile", f"resnet20={tmp_path / 'teacher.pth'}", *common]) == 0
     assert "Gaussian images (no data set named)" in capsys.readouterr().err
+
+
+def test_predict_takes_the_safetensors_export_like_its_checkpoint(run, capsys):
+    from resdist.deploy.formats.safetensors import load_deployed
+
+    image = next((run["data"] / "val").rglob("*.JPEG"))
+    assert main(["predict", str(run["model.safetensors"]), str(image), "--json"]) == 0
+    by_export = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(run["ckpt"]), str(image), "--json"]) == 0
+    by_ckpt = json.loads(capsys.readouterr().out)
+    assert [t["class"] for t in by_export[0]["top"]] == [t["class"] for t in by_ckpt[0]["top"]]
+    for a, b in zip(by_export[0]["top"], by_ckpt[0]["top"]):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+    # the folded network rebuilds from the file alone: no BatchNorm left
+    net = load_deployed(run["model.safetensors"])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())

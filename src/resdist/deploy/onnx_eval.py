@@ -1,8 +1,8 @@
 """Evaluate an exported model (any registered format, fp32 or INT8) in its own runtime on a
 resdist test set.
 
-The images go through the same reading and preprocessing as in training and in
-``resdist eval`` of a checkpoint (:func:`resdist.data.build_data`), and the metrics are those of
+The images are prepared from the file's input contract by the function ``resdist eval`` of a
+checkpoint uses (:func:`resdist.data.eval_data.eval_data`), and the metrics are those of
 :func:`resdist.engine.evaluate` (top-1, top-5, mean cross-entropy), so the figures of a
 checkpoint and of its fp32 export agree.
 """

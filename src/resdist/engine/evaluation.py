@@ -32,23 +32,6 @@ class CheckpointScore:
                 f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  loss {self.loss:.4f}")
 
 
-def apply_eval_args(data: DataConfig, *, data_dir: str | None = None,
-                    download: bool | None = None, batch_size: int | None = None,
-                    limit_test: int | None = None) -> DataConfig:
-    """Set the data options every evaluation takes (``--data-dir``, ``--download``,
-    ``--batch-size``, ``--limit-test``) on ``data``, leaving those not given as they are;
-    returns ``data``."""
-    if data_dir:
-        data.data_dir = data_dir
-    if download:
-        data.download = True
-    if batch_size is not None:
-        data.eval_batch_size = batch_size
-    if limit_test is not None:
-        data.limit_test = limit_test
-    return data
-
-
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
