@@ -249,6 +249,7 @@ def export(
     quantize: str | None = None,
     calibration: Any = None,
     check_images: Any = None,
+    data_name: str | None = None,
 ) -> ExportReport:
     """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
 
@@ -278,7 +279,7 @@ def export(
                                                  input_dtype)
     kwargs = dict(source.model_kwargs) if isinstance(source, Checkpoint) else None
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
-                    verify, opset, quantize == "int8", calibration, check_images,
+                    verify, opset, quantize == "int8", calibration, check_images, data_name,
                     model_name=name if kwargs is not None else None, model_kwargs=kwargs)
     written = form.write(job)
     return ExportReport(

@@ -76,6 +76,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", "ONNX", (".onnx",), "ONNX Runtime", "onnx", int8=True),
     Format("torchscript", "TorchScript", (".pt", ".ts", ".torchscript"), "torch.jit",
            "torchscript", runs_code=True),
+    Format("openvino", "OpenVINO", (".xml",), "OpenVINO", "openvino", int8=True),
+    Format("executorch", "ExecuTorch", (".pte",), "ExecuTorch (XNNPACK)", "executorch",
+           int8=True),
+    Format("tflite", "LiteRT", (".tflite",), "LiteRT", "litert", int8=True),
     Format("safetensors", "safetensors", (".safetensors",), "PyTorch (state dict)",
            "safetensors"),
 )}

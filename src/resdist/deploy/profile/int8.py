@@ -51,8 +51,8 @@ def add_int8_latency(
     Checkpoints calibrate on the training images of their input contract's data set (their
     run's settings where recorded), models without a contract (``NAME=FILE`` state dicts,
     registry models) on ``calibration_data`` (a name or DataConfig, in ``data_dir``) when
-    given, else on Gaussian images (:func:`~resdist.deploy.quantize.calibration_for`). All fp32 and INT8 sessions are timed in
-    one interleaved run (:func:`~resdist.deploy.measure_latency`) at the profile's settings
+    given, else on Gaussian images (:func:`~resdist.deploy.quantize.calibration_for`). All
+    fp32 and INT8 sessions are timed in one interleaved run (:func:`~resdist.deploy.measure_latency`) at the profile's settings
     (batch sizes, threads, runs, seed). Fills each model's ``latency`` (fp32) and ``int8``
     (:class:`Int8Profile`) and each pair's ``latency_ratio`` and ``latency_ratio_int8``
     (ResNet / plain); records how in ``meta["int8"]``.

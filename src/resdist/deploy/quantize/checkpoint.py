@@ -15,7 +15,7 @@ import numpy as np
 from ...data.contract import InputContract
 from ...models.fold import to_deploy
 from ..errors import DeployError
-from ..export import load_model_source
+from ..export import ExportReport, load_model_source
 from ..formats.common import CONTRACT_KEY
 from ..formats.onnx import DEFAULT_OPSET, export_onnx
 from ..runtime import cpu_session
@@ -75,6 +75,23 @@ def _calibration_data(ckpt: Any, calibration_data: Any, contract: InputContract 
     return calibration_data
 
 
+def _calibration(ckpt: Any, contract: InputContract | None, calibration_data: Any,
+                 data_dir: str | None, num_images: int, seed: int,
+                 shape: Sequence[int] | None) -> tuple[list[np.ndarray], str]:
+    """Calibration batches prepared as ``contract`` says (:func:`calibration_batches`) and
+    the data set's name; refused when they do not have the model's ``shape``."""
+    data_cfg = _calibration_data(ckpt, calibration_data, contract)
+    batches = calibration_batches(data_cfg, num_images, seed=seed, contract=contract,
+                                  data_dir=data_dir)
+    name = data_cfg.name if data_cfg is not None else contract.dataset  # type: ignore[union-attr]
+    if shape is not None and tuple(batches[0].shape[1:]) != tuple(shape):
+        raise DeployError(
+            f"calibration images of {name} have shape {tuple(batches[0].shape[1:])}, "
+            f"the model takes {tuple(shape)}"
+        )
+    return batches, name
+
+
 def _agreement(fp32: Path, int8: Path, batches: Sequence[np.ndarray]) -> float:
     """Fraction of images whose INT8 top-1 class equals the fp32 one."""
     sessions = [cpu_session(p) for p in (fp32, int8)]
@@ -121,17 +138,10 @@ def quantize_checkpoint(
         ckpt = load_checkpoint(checkpoint_or_model)
     model, shape, name, contract = load_model_source(
         ckpt if ckpt is not None else checkpoint_or_model, input_shape, with_contract=True)
-    data_cfg = _calibration_data(ckpt, calibration_data, contract)
-    batches = calibration_batches(data_cfg, calibration_images, seed=seed, contract=contract,
-                                  data_dir=data_dir)
-    data_name = data_cfg.name if data_cfg is not None else contract.dataset
+    batches, data_name = _calibration(ckpt, contract, calibration_data, data_dir,
+                                      calibration_images, seed, shape)
     if shape is None:
         shape = tuple(batches[0].shape[1:])
-    if tuple(batches[0].shape[1:]) != tuple(shape):
-        raise DeployError(
-            f"calibration images of {data_name} have shape {tuple(batches[0].shape[1:])}, "
-            f"the model takes {tuple(shape)}"
-        )
     metadata = {DATA_METADATA_KEY: data_name}
     if contract is not None:
         metadata[CONTRACT_KEY] = contract.to_json()
@@ -147,3 +157,38 @@ def quantize_checkpoint(
     return Int8Export(quantization=replace(report, fp32_path=None), model=name,
                       input_shape=list(shape), opset=opset, calibration_agreement=agreement,
                       input_contract=contract)
+
+
+def export_int8(
+    checkpoint_or_model: Any,
+    fmt: str,
+    out: str | os.PathLike,
+    calibration_data: Any = None,
+    *,
+    data_dir: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    input_shape: Sequence[int] | None = None,
+    check_images: int = 256,
+    seed: int = 0,
+) -> ExportReport:
+    """INT8 export through a runtime's own quantiser (``fmt``: ``openvino``, ``executorch``,
+    ``tflite``), calibrated on training images prepared as the input contract says, as
+    :func:`quantize_checkpoint` is; the report's ``extra["int8_agreement"]`` is the fraction
+    of the first ``check_images`` calibration images whose INT8 top-1 class is the fp32
+    PyTorch model's.
+    """
+    from ..export import export
+
+    ckpt = None
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        from ...engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_or_model)
+    source = ckpt if ckpt is not None else checkpoint_or_model
+    _, shape, _, contract = load_model_source(source, input_shape, with_contract=True)
+    batches, data_name = _calibration(ckpt, contract, calibration_data, data_dir,
+                                      calibration_images, seed, shape)
+    images = np.concatenate(batches)[:check_images]
+    return export(source, fmt, out, input_shape=shape or tuple(batches[0].shape[1:]),
+                  quantize="int8", calibration=lambda: iter(batches), check_images=images,
+                  data_name=data_name)
