@@ -7,31 +7,38 @@ through the runtime's own quantiser, then timed in interleaved rounds (medians) 
 threads, batch 1 and 8; ExecuTorch's memory plans (XNNPACK and portable kernels) beside
 resdist's liveness figure.
 
-    python benchmarks/deploy_runtimes.py            # about an hour on 2 shared cores
-    python benchmarks/deploy_runtimes.py --quick    # thin nets only, few runs
+    python benchmarks/deploy_runtimes.py                    # every group (hours on 2 cores)
+    python benchmarks/deploy_runtimes.py --group thin56     # one group; its profile is kept
+    python benchmarks/deploy_runtimes.py --render-only      # the report from the kept groups
+    python benchmarks/deploy_runtimes.py --quick            # thin nets only, few runs
 
-Writes benchmarks/results/deploy_runtimes.{json,md,png} (``--out`` to change the folder).
+Each group's profile is kept in ``deploy_runtimes_GROUP.json`` as soon as it is measured, so
+the groups can run on different days (the report names each group's machine); the report is
+benchmarks/results/deploy_runtimes.{json,md,png} (``--out`` to change the folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from resdist.atomic import write_text_atomic
 from resdist.deploy import merge_profiles, profile_models
 from resdist.deploy.profile.report import runtime_report
 from resdist.tables import markdown_table
 
-GROUPS = [
-    ("thin-56 at 32x32", ["resnet56", "plain56"], (3, 32, 32), {"num_classes": 10}, 20),
-    ("ResNet-18 at 224", ["resnet18", "plain18"], (3, 224, 224),
-     {"num_classes": 1000, "stem": "imagenet"}, 10),
-    ("ResNet-50 at 224", ["resnet50", "plain50"], (3, 224, 224),
-     {"num_classes": 1000, "stem": "imagenet"}, 6),
-]
+GROUPS = {
+    "thin56": ("thin-56 at 32x32", ["resnet56", "plain56"], (3, 32, 32), {"num_classes": 10},
+               20),
+    "resnet18": ("ResNet-18 at 224", ["resnet18", "plain18"], (3, 224, 224),
+                 {"num_classes": 1000, "stem": "imagenet"}, 10),
+    "resnet50": ("ResNet-50 at 224", ["resnet50", "plain50"], (3, 224, 224),
+                 {"num_classes": 1000, "stem": "imagenet"}, 6),
+}
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -68,32 +75,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--quick", action="store_true", help="thin nets, few runs")
     parser.add_argument("--runtime", nargs="+", default=["all"])
+    parser.add_argument("--group", nargs="+", choices=list(GROUPS), default=list(GROUPS))
+    parser.add_argument("--render-only", action="store_true",
+                        help="write the report from the groups already measured")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    results = []
-    for title, models, shape, kwargs, runs in GROUPS[:1] if args.quick else GROUPS:
+    for key in [] if args.render_only else (["thin56"] if args.quick else args.group):
+        title, models, shape, kwargs, runs = GROUPS[key]
         log(title)
-        results.append(profile_models(
+        result = profile_models(
             models, input_shape=shape, model_kwargs=kwargs, batch_sizes=(1, 8),
             threads=(1, None), runs=3 if args.quick else runs, warmup=2, min_runs=3,
             calibration_batch_size=8, memory_check=False, int8=True, runtimes=args.runtime,
-            log=log))
+            log=log)
+        result.meta["command"] = shlex.join(["python", "benchmarks/deploy_runtimes.py",
+                                             *(argv or sys.argv[1:])])
+        result.meta["wall_seconds"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(out / f"deploy_runtimes_{key}.json",
+                          json.dumps(result.to_dict(), indent=2, default=str))
+    results = [json.loads((out / f"deploy_runtimes_{key}.json").read_text())
+               for key in GROUPS if (out / f"deploy_runtimes_{key}.json").is_file()]
+    if not results:
+        raise SystemExit("no group measured yet: run without --render-only")
     merged = merge_profiles(results)
-    meta = merged.meta
-    meta["command"] = shlex.join(["python", "benchmarks/deploy_runtimes.py",
-                                  *(argv or sys.argv[1:])])
-    meta["wall_seconds"] = round(time.perf_counter() - start, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from resdist.atomic import write_text_atomic
-
     result = merged.to_dict()
-    import json
-
     write_text_atomic(out / "deploy_runtimes.json", json.dumps(result, indent=2, default=str))
     liveness = markdown_table(
         ["ResNet / plain", "liveness peak (ours), ResNet", "plain", "ratio"],
@@ -102,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{merged.model(p.plain).peak_activation_bytes_per_image:,}",
           f"{p.peak_ratio:.2f}x"] for p in merged.pairs])
     text = (runtime_report(merged) + "\n\nresdist's liveness figure (ONNX graph, fp32, batch 1, "
-            "bytes):\n\n" + liveness + f"\n\nProduced by `{meta['command']}` in "
-            f"{meta['wall_seconds']} s; load average at the end {meta.get('loadavg_end')}.\n")
+            "bytes):\n\n" + liveness + "\n\nMeasured by: " + "; ".join(
+                f"`{r['meta'].get('command')}` on {r['meta'].get('cpu')} at "
+                f"{r['meta'].get('date')}, {r['meta'].get('wall_seconds')} s, load average at "
+                f"the end {r['meta'].get('loadavg_end')}" for r in results) + "\n")
     write_text_atomic(out / "deploy_runtimes.md", text)
     _plot(result, out / "deploy_runtimes.png")
     print(text)
