@@ -95,8 +95,13 @@ def test_models_lists_the_registry(capsys):
     from resdist.models import list_models
 
     assert main(["models"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    listing, timm_text = capsys.readouterr().out.split("\n\n")
+    lines = listing.splitlines()
     assert [ln.split()[0] for ln in lines] == list_models()
+    # timm: names are explained after the registry, with their plain students
+    assert timm_text.startswith("timm:ARCH") and "teachers of plain18d" in timm_text
+    assert main(["models", "timm*"]) == 0
+    assert capsys.readouterr().out.startswith("timm:ARCH")
     resnet50 = next(ln for ln in lines if ln.startswith("resnet50 "))
     assert "25.56 M params" in resnet50 and "ResNet-50" in resnet50
     from resdist.models import parameter_count
@@ -148,7 +153,8 @@ def test_dry_run_prints_config_and_model_summary_and_writes_nothing(tmp_path, ca
 @pytest.mark.parametrize("extra, words", [
     ([], "no teacher given: the run would stop"),
     (["--set", "teacher.train=true"], "through teacher resnet20 (co-trained from random weights)"),
-    (["--teacher-weights", "t.pth"], "through teacher resnet20 (t.pth)"),
+    (["--teacher-weights", "t.pth"], "the run would stop here: teacher weights file t.pth not "
+                                      "found"),
 ])
 def test_dry_run_says_where_the_teacher_comes_from(capsys, extra, words):
     assert main(["train", "--data", "synthetic", "--model", "plain20", "--method", "kd",

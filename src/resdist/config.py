@@ -109,7 +109,8 @@ class DataConfig:
     resize: int | None = None
     interpolation: str = "bilinear"  # bilinear | bicubic | nearest
     normalization: str = "imagenet"  # imagenet | dataset (mean/std of the training folder)
-    mean: list[float] | None = None  # explicit per-channel mean/std, [0, 1] units (overrides)
+    mean: list[float] | None = None  # explicit per-channel mean/std, [0, 1] units (overrides;
+    # any data set: how an input contract's statistics are applied)
     std: list[float] | None = None
     train_crop: str = "random-resized"  # random-resized | pad-crop (small images)
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized
@@ -231,6 +232,8 @@ class TrainConfig:
     tensorboard: bool = True  # when tensorboard is installed
     eval_every: int = 1
     save_best: bool = True  # also keep best.pth (highest val/test top-1) beside last.pth
+    best_weights_only: bool = False  # best.pth without optimiser/RNG state (smaller; no resume)
+    log_every: int = 50  # optimiser steps between per-step loss/LR rows (steps.jsonl); 0: none
     resume: bool = False  # continue the run in `out` from its last.pth
     overwrite: bool = False  # move a run already in `out` aside to `out`.old-<time>, start anew
     accum_steps: int = 1  # micro-batches per optimiser step (gradient accumulation)
@@ -279,6 +282,7 @@ class Config:
         check_range("train.eval_every", t.eval_every, 1)
         check_range("train.accum_steps", t.accum_steps, 1)
         check_range("train.check_every", t.check_every, 1)
+        check_range("train.log_every", t.log_every, 0)
         check_range("train.dist_timeout_min", t.dist_timeout_min, 0, low_open=True)
         if not t.out:
             raise ConfigError("train.out (--out) must name a run directory")
@@ -432,7 +436,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 PLACE_KEYS = {("train", "out"), ("train", "resume"), ("train", "overwrite"),
               ("train", "progress"), ("train", "tensorboard"), ("train", "check_every"),
               ("train", "dist_timeout_min"), ("teacher", "checkpoint"), ("data", "data_dir"),
-              ("data", "download"), ("data", "num_workers"), ("train", "save_best")}
+              ("data", "download"), ("data", "num_workers"), ("train", "save_best"),
+              ("train", "best_weights_only"), ("train", "log_every")}
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -211,7 +211,10 @@ def test_torchrun_cli_writes_one_run_dir_from_rank_zero(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert [d.name for d in (tmp_path / "runs").iterdir()] == ["r"]
     names = sorted(f.name for f in out.iterdir())
-    assert names == ["best.pth", "config.yaml", "last.pth", "metrics.csv", "metrics.jsonl"]
+    assert names == ["best.pth", "config.yaml", "last.pth", "metrics.csv", "metrics.jsonl",
+                     "train.log"]
+    log = (out / "train.log").read_text()  # rank 0's console only
+    assert log.count("done: ") == 1 and log.count("epoch 2/2") == 1
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["test_samples"] == 16 for r in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 from collections.abc import Callable, Sequence
 
 from ..config import ConfigError
@@ -27,7 +28,8 @@ def add_parsers(sub) -> None:
     m = sub.add_parser("models", help="list the registered networks (for --model)",
                        description="List the model registry: one line per name with its "
                        "family and parameter count (10 classes for thin nets, 1000 for the "
-                       "ImageNet-width ones, 3 input channels).")
+                       "ImageNet-width ones, 3 input channels), then what timm:ARCH names "
+                       "(timm's ResNets) are.")
     m.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
                    help="shell-style filter, e.g. 'plain*' (default: all)")
     m.set_defaults(func=cmd_models)
@@ -66,9 +68,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ..models import list_models, model_description, parameter_count
 
     names = list_models(args.pattern)
-    if not names:
+    show_timm = any(fnmatch.fnmatch(name, args.pattern) for name in TIMM_NAMES)
+    if not names and not show_timm:
         raise ConfigError(f"no registered model matches {args.pattern!r}; `resdist models` "
                           "lists them all")
     _print_listing(names, lambda name: f"{parameter_count(name, in_chans=3) / 1e6:6.2f} M "
                    f"params  {model_description(name)}")
+    if show_timm:
+        print(("\n" if names else "") + TIMM_TEXT)
     return 0
+
+
+#: timm names ``resdist models`` explains (timm builds them; they are not registered)
+TIMM_NAMES = ("timm:resnet18", "timm:resnet34", "timm:resnet50", "timm:resnet18d",
+              "timm:resnet34d", "timm:resnet50d", "timm:resnet26d", "timm:resnet101d")
+TIMM_TEXT = """\
+timm:ARCH names a ResNet of timm, PyTorch Image Models (pip install 'resdist[timm]'), rebuilt
+with its own tensors (timm builds it, so it is not a registered name):
+  timm:resnet18, timm:resnet34, timm:resnet50     teachers of plain18, plain34, plain50
+  timm:resnet18d, timm:resnet34d, timm:resnet50d  teachers of plain18d, plain34d, plain50d
+  other timm ResNets of these blocks (timm:resnet26d, timm:resnet101d, ...): teachers of a
+  plain model whose stages match theirs; variants with other blocks are refused
+--teacher timm:ARCH --teacher-weights TAG|FILE distils from one (TAG: timm's weights, such as
+a1_in1k; FILE: .pth or .safetensors); --model timm:ARCH trains one on your own data
+(`resdist docs training`, 'Train a timm teacher here')."""

@@ -34,7 +34,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
         help="fold BatchNorm/Dirac and export a trained network (ONNX, TorchScript, OpenVINO, "
-        "ExecuTorch, LiteRT)",
+        "ExecuTorch, LiteRT, safetensors)",
         description="Fold BatchNorm and Dirac kernels into the convolutions, export the "
         "network with its input contract (input shape, channels, mean/std, class names) in "
         "the file's metadata, check the exported graph against PyTorch and print a JSON "
@@ -219,8 +219,15 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="memory and MACs only")
     p.add_argument("--int8", action="store_true",
                    help="also quantise every model to INT8 (ONNX Runtime static QDQ) and time "
-                   "it beside fp32; checkpoints calibrate on their run's training images, "
-                   "random-weight models on Gaussian images")
+                   "it beside fp32; checkpoints calibrate on the training images of the data "
+                   "set their input contract names, NAME=FILE and registry models on "
+                   "--calibration-data when given, else on Gaussian images")
+    p.add_argument("--calibration-data", metavar="DATASET",
+                   help="with --int8: the data set whose training images calibrate models "
+                   "that record none (NAME=FILE state dicts, registry models), at "
+                   "--input-size (fashion-mnist, cifar10, cifar100, imagefolder, synthetic)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="with --int8: the folder of the calibration data set")
     p.add_argument("--runtime", nargs="+", default=[], metavar="NAME",
                    choices=["onnxruntime", "openvino", "executorch", "litert", "all"],
                    help="also time every model on these runtimes (onnxruntime, openvino, "
@@ -249,12 +256,18 @@ def run_profile(args: argparse.Namespace) -> int:
         raise DeployError(f"--max-seconds must be positive, got {args.max_seconds}")
     if args.int8 and args.no_latency:
         raise DeployError("--int8 times the quantised models; drop --no-latency")
+    if not args.int8 and (args.calibration_data or args.data_dir):
+        raise DeployError("--calibration-data and --data-dir are only used with --int8")
+    if args.calibration_data is not None:
+        check_choice("--calibration-data", args.calibration_data, DATASETS, "data set",
+                     DeployError)
     result = profile_models(
         args.models, input_shape=(args.in_chans, args.input_size, args.input_size),
         model_kwargs=kwargs, batch_sizes=args.batch_sizes,
         threads=[t or None for t in args.threads], runs=args.runs, max_seconds=args.max_seconds,
         latency=not args.no_latency, int8=args.int8, runtimes=args.runtime,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        calibration_data=args.calibration_data, data_dir=args.data_dir,
     )
     result.meta["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))

@@ -13,8 +13,10 @@ def add_parsers(sub) -> None:
                        description="Evaluate a checkpoint on the test split (or its run's "
                        "validation split) of the data set it was trained on, or another one.")
     e.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a resdist checkpoint (or its run folder, for last.pth), or an exported "
-                   "ONNX model (fp32 or INT8, run with ONNX Runtime)")
+                   help="a resdist checkpoint (or its run folder, for last.pth), or a file "
+                   "from resdist export (ONNX fp32 or INT8, safetensors; TorchScript with "
+                   "--trust-torchscript); its input contract says how the images are prepared "
+                   "(printed on a second line)")
     add_data_args(e, defaults=False)
     e.add_argument("--trust-torchscript", action="store_true",
                    help="allow a TorchScript PATH (from resdist export): loading it RUNS THE "
@@ -37,7 +39,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Score the file and print one line."""
+    """Score the file; print the score and the preprocessing applied."""
     from ..deploy.evaluate import evaluate_file
 
     score = evaluate_file(
@@ -46,4 +48,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split, device=args.device, model=args.model,
         trust_torchscript=args.trust_torchscript)
     print(score.line())
+    if score.preprocessing:
+        print(score.preprocessing)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..config import AMP_MODES, METHODS, SCHEDULES, STEMS, Config
 from .args import DEFAULTS as _D
@@ -23,6 +22,7 @@ FLAG_KEYS = {
     "channels_last": "train.channels_last", "compile": "train.compile",
     "sync_bn": "train.sync_bn", "resume": "train.resume", "overwrite": "train.overwrite",
     "accum_steps": "train.accum_steps", "save_best": "train.save_best",
+    "best_weights_only": "train.best_weights_only", "log_every": "train.log_every",
 }
 
 
@@ -34,7 +34,9 @@ def add_parsers(sub) -> None:
         "--config (YAML file) gives the settings; flags override it; --set section.key=value "
         "overrides both. The defaults shown are the built-in ones, used when no preset or "
         "config sets the key. The run directory receives config.yaml, last.pth/best.pth "
-        "(which record the input contract, see `resdist docs deploy`) and metrics.csv/jsonl.")
+        "(which record the input contract, see `resdist docs deploy`), metrics.csv/jsonl (per "
+        "epoch), steps.jsonl (loss and LR every --log-every steps) and train.log (what the "
+        "console showed).")
     src = t.add_mutually_exclusive_group()
     src.add_argument("--preset", metavar="NAME",
                      help="packaged recipe by name, e.g. cifar100/plain18-jointrd or demo "
@@ -138,14 +140,23 @@ def _add_run_args(g: argparse._ArgumentGroup) -> None:
                    help="also keep best.pth (the epoch with the highest validation, else test, "
                    "top-1) beside last.pth; --no-save-best writes last.pth only, half the disk "
                    "(default: on)")
+    g.add_argument("--best-weights-only", action="store_true", default=None,
+                   help="best.pth holds the weights and input contract only (no optimiser or "
+                   "RNG state: about half the size; last.pth keeps them for --resume) "
+                   "(default: off)")
+    g.add_argument("--log-every", type=int, metavar="N",
+                   help="every N optimiser steps, append the training loss and LR to "
+                   "OUT/steps.jsonl and TensorBoard; 0: per epoch only "
+                   f"(default: {_D.train.log_every})")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar, only one line per epoch")
     add_set_arg(g, "override any config key, e.g. --set distill.dc=0.5 (repeatable; "
                 "`--dry-run` shows every key)")
     g.add_argument("--dry-run", action="store_true",
                    help="print the resolved config (YAML) and the model summary (parameters, "
-                   "MACs, per-stage output shapes), then exit without reading data, training or "
-                   "writing anything")
+                   "MACs, per-stage output shapes), load and check the teacher's checkpoint or "
+                   "weights file against the student and the data's classes, then exit without "
+                   "reading images, training or writing anything")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -177,9 +188,5 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from ..engine.trainer import train
 
-    result = train(cfg)
-    final = result.final
-    if final and os.environ.get("RANK", "0") == "0":
-        print(f"done: {result.run_dir}  test top-1 {final.get('test_top1', float('nan')):.2f}%  "
-              f"train time {result.train_time_s:.0f}s")
+    train(cfg)  # its last line says where the run went
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import Subset
@@ -15,7 +15,12 @@ from .arrays import ArrayDataset
 from .cifar import read_cifar
 from .errors import DataError
 from .fashion_mnist import read_fashion_mnist
-from .imagefolder import folder_statistics, read_imagefolder, with_eval_transform
+from .imagefolder import (
+    folder_statistics,
+    image_size_note,
+    read_imagefolder,
+    with_eval_transform,
+)
 from .loaders import BatchLoader, InMemoryLoader, TorchLoader, check_rank
 from .memory import check_fits
 from .split import evenly_spaced, holdout_indices
@@ -55,6 +60,8 @@ class DataBundle:
         mean, std: the per-channel normalisation applied to the images, in [0, 1] pixel units.
         resize, interpolation: how evaluation images are resized (ImageFolder; None: they are
             used at their own size).
+        notes: one-line warnings about the data (ImageFolder images smaller than the network
+            input, ...) that ``train`` prints.
     """
 
     train: BatchLoader
@@ -69,6 +76,7 @@ class DataBundle:
     std: tuple[float, ...] = ()
     resize: int | None = None  # ImageFolder: the shorter side before the centre crop
     interpolation: str = "bilinear"
+    notes: list[str] = field(default_factory=list)  # warnings for the user (train prints them)
 
 
 def default_workers() -> int:
@@ -137,6 +145,11 @@ def build_data(
         return _build_imagefolder(cfg, device, seed, rank, world_size, shard_eval)
 
     train, test, mean, std, num_classes = _read_arrays(cfg)
+    if cfg.mean is not None and cfg.std is not None:  # explicit statistics (an input contract's)
+        if len(cfg.mean) != train.images.shape[1]:
+            raise DataError(f"{cfg.name} images have {train.images.shape[1]} channels: "
+                            f"data.mean/std need as many values, got {len(cfg.mean)}")
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
     train, test = train.head(cfg.limit_train), test.head(cfg.limit_test)
     for split, part in (("training", train), ("test", test)):
         if len(part) == 0:
@@ -178,19 +191,25 @@ def build_data(
     )
 
 
-def _build_imagefolder(
-    cfg: DataConfig, device: torch.device, seed: int, rank: int, world_size: int,
-    shard_eval: bool,
-) -> DataBundle:
-    prep = FolderPreprocessing(
+def folder_preprocessing(cfg: DataConfig) -> FolderPreprocessing:
+    """How ImageFolder images become inputs under ``cfg`` (``data.image_size``, ``crop_pct``,
+    ``resize``, ``interpolation``, ``mean``/``std``, the training crop)."""
+    if cfg.mean is not None and len(cfg.mean) != 3:
+        raise DataError(f"ImageFolder images are RGB: data.mean/std need 3 values, got "
+                        f"{len(cfg.mean)}")
+    return FolderPreprocessing(
         cfg.image_size, crop_pct=cfg.crop_pct, resize=cfg.resize,
         interpolation=cfg.interpolation, train_crop=cfg.train_crop,
         crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip, augment=cfg.augment,
         crop_padding=cfg.crop_padding if cfg.crop_padding is not None else 4,
         **({"mean": tuple(cfg.mean), "std": tuple(cfg.std)} if cfg.mean is not None else {}))
-    if cfg.mean is not None and len(cfg.mean) != 3:
-        raise DataError(f"ImageFolder images are RGB: data.mean/std need 3 values, got "
-                        f"{len(cfg.mean)}")
+
+
+def _build_imagefolder(
+    cfg: DataConfig, device: torch.device, seed: int, rank: int, world_size: int,
+    shard_eval: bool,
+) -> DataBundle:
+    prep = folder_preprocessing(cfg)
     batch = max(cfg.batch_size, cfg.eval_batch_size)
     check_fits(batch * 3 * cfg.image_size**2 * 4 * 2, f"a batch of {batch} images of "
                f"{cfg.image_size}x{cfg.image_size}", "lower data.image_size or the batch sizes")
@@ -224,4 +243,5 @@ def _build_imagefolder(
         train=train, val=val, test=test_loader, num_classes=len(train_all.classes), in_chans=3,
         image_size=cfg.image_size, class_names=list(train_all.classes), name=cfg.name,
         mean=prep.mean, std=prep.std, resize=prep.eval_resize, interpolation=prep.interpolation,
+        notes=[n for n in [image_size_note([p for p, _ in train_all.samples], prep)] if n],
     )

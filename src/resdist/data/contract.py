@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -59,6 +60,7 @@ CIFAR100_CLASSES = _CIFAR100_NAMES.split()
 INPUT_DTYPES = ("float32", "uint8")
 MIN_STD = 1e-6  # a smaller std is damage: x / std overflows float32
 MAX_NAME = 200  # characters of one class name
+MAX_PATH = 4096  # characters of the recorded data folder
 MAX_JSON = 1 << 20  # bytes of a contract's JSON text
 COLOR_MODES = ("L", "RGB", "")
 #: the largest image side or channel count a contract may name (larger ones are damage)
@@ -114,6 +116,9 @@ class InputContract:
         input_dtype: ``"float32"`` or ``"uint8"`` (uint8 only with ``normalized_inside``).
         interpolation: how the image is resized: ``"bilinear"``, ``"bicubic"`` or
             ``"nearest"`` (PIL's filters of those names).
+        data_dir: the absolute folder the training images were read from (``""``: not
+            recorded); where ``resdist eval`` looks when no ``--data-dir`` is given. It names a
+            location, it holds no image.
     """
 
     input_shape: list[int]
@@ -126,6 +131,7 @@ class InputContract:
     normalized_inside: bool = False
     input_dtype: str = "float32"
     interpolation: str = "bilinear"
+    data_dir: str = ""
     layout: str = field(default="NCHW", init=False)
 
     def __post_init__(self) -> None:
@@ -169,6 +175,10 @@ class InputContract:
         if self.interpolation not in INTERPOLATIONS:
             raise DataError(f"input contract: interpolation must be one of {INTERPOLATIONS}, "
                             f"got {self.interpolation!r}")
+        if not isinstance(self.data_dir, str) or len(self.data_dir) > MAX_PATH or any(
+                unicodedata.category(ch) in ("Cc", "Cf") for ch in self.data_dir):
+            raise DataError(f"input contract: data_dir must be a folder path (text of at most "
+                            f"{MAX_PATH} characters), got {str(self.data_dir)[:60]!r}")
         if self.input_dtype == "uint8" and not self.normalized_inside:
             raise DataError("input contract: input_dtype uint8 needs normalized_inside")
 
@@ -250,6 +260,7 @@ def contract_for_data(
     data_dir: str | Path | None = None,
     resize: int | None = None,
     interpolation: str = "bilinear",
+    record_data_dir: bool = False,
 ) -> InputContract:
     """The contract of a network trained on data set ``name`` (``data.name`` of a config).
 
@@ -257,6 +268,7 @@ def contract_for_data(
     statistics and the resize rule for image folders) fill what is not given. ImageFolder class
     names are the sorted sub-folders of ``data_dir/train`` when it exists; names that cannot be
     known are ``"0"``, ``"1"``, ...
+    With ``record_data_dir``, ``data_dir`` (made absolute) is recorded in the contract.
     """
     known: dict[str, tuple] = {
         "fashion-mnist": (1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_CLASSES),
@@ -289,15 +301,18 @@ def contract_for_data(
         interpolation=interpolation,
         mean=list(mean if mean is not None else mean0), std=list(std if std is not None else std0),
         class_names=list(class_names), dataset=name,
+        data_dir=os.path.abspath(data_dir) if record_data_dir and data_dir else "",
     )
 
 
-def contract_from_bundle(data: Any) -> InputContract:
-    """The contract of a network trained on a :class:`~resdist.data.DataBundle`."""
+def contract_from_bundle(data: Any, data_dir: str | Path | None = None) -> InputContract:
+    """The contract of a network trained on a :class:`~resdist.data.DataBundle` read from
+    ``data_dir`` (recorded, absolute, when given)."""
     return contract_for_data(
         data.name, in_chans=data.in_chans, image_size=data.image_size,
         num_classes=data.num_classes, class_names=data.class_names,
         mean=data.mean or None, std=data.std or None,
         resize=getattr(data, "resize", None), interpolation=getattr(data, "interpolation",
                                                                      "bilinear"),
+        data_dir=data_dir, record_data_dir=data_dir is not None,
     )

@@ -153,6 +153,33 @@ def _check_images(dataset, root: Path, skip: bool) -> None:
                         "bad files")
 
 
+def imagefolder_root(
+    data_dir: str | Path | None, splits: tuple[str, ...] = ("train", "val")
+) -> Path:
+    """The folder holding an ImageFolder's ``splits`` (``data_dir``, or the default location),
+    checked to have them.
+
+    Raises:
+        DataError: a split folder is missing; the message names ``--data-dir`` and, when the
+            folder given is itself a split (``mydata/train``), the folder above it.
+    """
+    if data_dir is None:
+        candidates = default_data_dir("imagefolder")
+        root = next((c for c in candidates if c.is_dir()), candidates[0])
+    else:
+        root = Path(data_dir)
+    missing = [show(root / s) for s in splits if not (root / s).is_dir()]
+    if not missing:
+        return root
+    parent = root.absolute().parent
+    if root.name in ("train", "val") and all((parent / s).is_dir() for s in splits):
+        fix = f"--data-dir {show(parent)} (the folder above {root.name}/, which holds them)"
+    else:
+        fix = "--data-dir (data.data_dir) the folder that holds them"
+    raise DataError(f"ImageFolder data needs {' and '.join(s + '/' for s in splits)} class "
+                    f"folders under {show(root)}; missing: {', '.join(missing)}; pass {fix}")
+
+
 def read_imagefolder(
     data_dir: str | Path | None = None,
     *,
@@ -181,18 +208,7 @@ def read_imagefolder(
     prep = prep or FolderPreprocessing(image_size, augment=augment, hflip=hflip)
     if prep.image_size < 1:
         raise DataError(f"data.image_size must be >= 1, got {prep.image_size}")
-    if data_dir is None:
-        candidates = default_data_dir("imagefolder")
-        root = next((c for c in candidates if c.is_dir()), candidates[0])
-    else:
-        root = Path(data_dir)
-    missing = [show(root / s) for s in ("train", "val") if not (root / s).is_dir()]
-    if missing:
-        raise DataError(
-            f"ImageFolder data needs train/ and val/ class folders under {show(root)}; missing: "
-            + ", ".join(missing)
-            + ". Pass the folder that holds them with --data-dir (data.data_dir)."
-        )
+    root = imagefolder_root(data_dir)
     train = _image_folder(root / "train", prep.train_transform())
     val = _image_folder(root / "val", prep.eval_transform())
     for split, dataset in (("train", train), ("val", val)):
@@ -205,6 +221,23 @@ def read_imagefolder(
             f"(only in train: {only_train[:5]}, only in val: {only_val[:5]})"
         )
     return train, val
+
+
+def read_imagefolder_split(
+    data_dir: str | Path | None, split: str, prep: FolderPreprocessing,
+    *, skip_bad_images: bool = False,
+):  # -> ImageFolder
+    """One split folder (``data_dir/split``, e.g. ``val``) with the evaluation transform, its
+    files checked as :func:`read_imagefolder` checks them; the other split need not exist.
+
+    Raises:
+        DataError: the folder is missing (naming ``--data-dir``), holds no class folder, or an
+            image file is bad (unless skipped).
+    """
+    root = imagefolder_root(data_dir, splits=(split,))
+    dataset = _image_folder(root / split, prep.eval_transform())
+    _check_images(dataset, root / split, skip_bad_images)
+    return dataset
 
 
 def with_eval_transform(dataset, prep: FolderPreprocessing, normalize: bool = True):
@@ -236,3 +269,41 @@ def folder_statistics(dataset, prep: FolderPreprocessing, max_images: int = 2000
     mean = total / pixels
     std = (squares / pixels - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def image_size_note(paths: list[str], prep: FolderPreprocessing, samples: int = 32) -> str:
+    """A one-line warning when the images at ``paths`` (up to ``samples`` evenly spaced ones,
+    only their headers read) are smaller than the network input ``prep.image_size`` (they are
+    upscaled: slow, and no detail is gained), or all of one size that the evaluation resize
+    enlarges before its crop; else ``""``."""
+    from PIL import Image
+
+    n = len(paths)
+    picks = sorted({int(i * n / min(n, samples)) for i in range(min(n, samples))})
+    sizes = []
+    for i in picks:
+        try:
+            with Image.open(paths[i]) as im:
+                sizes.append(im.size)
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the image check
+            continue
+    if not sizes:
+        return ""
+    shorter = sorted(min(w, h) for w, h in sizes)
+    typical = shorter[len(shorter) // 2]
+    w, h = sizes[0]
+    seen = (f"{w}x{h} (all {len(sizes)} sampled)" if len(set(sizes)) == 1 else
+            f"about {typical} px on the shorter side (median of {len(sizes)} sampled)")
+    size = prep.image_size
+    if typical < size:
+        return (f"warning: the training images are {seen}, smaller than the network input "
+                f"data.image_size={size}: every image is upscaled (slow, and no detail is "
+                f"gained); to train at their size pass --set data.image_size={typical} --set "
+                "data.crop_pct=1.0")
+    if len(set(sizes)) == 1 and typical < prep.eval_resize:
+        return (f"warning: the training images are {seen}; data.image_size={size} with "
+                f"data.crop_pct={prep.crop_pct:g} enlarges them to {prep.eval_resize} before the "
+                f"centre crop; for images already at the network's size pass --set "
+                "data.crop_pct=1.0")
+    return ""
+

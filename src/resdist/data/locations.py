@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..config import DATASETS, check_choice
@@ -31,3 +32,12 @@ def default_data_dir(name: str) -> list[Path]:
 def show(path: Path) -> str:
     """A path as messages print it: absolute, so a relative default is unambiguous."""
     return str(path.absolute())
+
+
+def absolute_data_dir(name: str, data_dir: str | os.PathLike | None) -> str | None:
+    """``data_dir`` as an absolute path, for recording in a run (so that the run's folder is
+    found from any working directory); None stays None (the data set's default locations,
+    searched in order) and the synthetic set has no folder."""
+    if name == "synthetic" or data_dir is None:
+        return None
+    return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))

@@ -167,6 +167,13 @@ class FolderPreprocessing:
         return [T.Resize(self.eval_resize, interpolation=self._mode()),
                 T.CenterCrop(self.image_size)]
 
+    def resize_and_crop(self, img):  # PIL.Image -> PIL.Image
+        """The evaluation resize (shorter side to :attr:`eval_resize`) and centre crop of one
+        image, before it becomes a tensor."""
+        for step in self._resize_crop():
+            img = step(img)
+        return img
+
     def eval_transform(self, normalize: bool = True):  # -> torchvision.transforms.Compose
         """Resize, centre crop, tensor and (with ``normalize``) normalisation."""
         from torchvision import transforms as T

@@ -18,7 +18,8 @@ class MissingDependencyError(DeployError):
 
 _EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot",
            "openvino": "openvino", "nncf": "openvino", "executorch": "executorch",
-           "torchao": "executorch", "ai_edge_litert": "litert", "litert_torch": "litert"}
+           "torchao": "executorch", "ai_edge_litert": "litert", "litert_torch": "litert",
+           "safetensors": "safetensors"}
 
 
 def require(module: str) -> ModuleType:

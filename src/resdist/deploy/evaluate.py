@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..engine.evaluation import CheckpointScore, evaluate_checkpoint
+from ..errors import ResdistError
 from .errors import DeployError
 from .formats import get_format
+from .formats.common import first_line
 from .onnx_eval import evaluate_export_file, model_file_kind
 
 __all__ = ["evaluate_file"]
@@ -56,9 +58,25 @@ def evaluate_file(
     Raises:
         DeployError: ``split="val"`` for an export, or data that does not fit the file.
         TorchScriptFileError: a TorchScript file without ``trust_torchscript``.
-        ConfigError, CheckpointError: as :func:`~resdist.engine.evaluation.evaluate_checkpoint`.
+        ConfigError, CheckpointError, DataError: as
+            :func:`~resdist.engine.evaluation.evaluate_checkpoint`; every error is a
+            :class:`~resdist.errors.ResdistError` (a failure of torch or a runtime on the
+            images becomes a :class:`DeployError` line).
     """
-    kind = model_file_kind(path)
+    try:
+        return _evaluate(path, data=data, data_dir=data_dir, download=download,
+                         batch_size=batch_size, limit_test=limit_test, overrides=overrides,
+                         split=split, device=device, model=model,
+                         trust_torchscript=trust_torchscript)
+    except ResdistError:
+        raise
+    except (RuntimeError, ValueError, OSError) as e:  # torch or a runtime, on these images
+        raise DeployError(f"cannot score {path}: {first_line(e)}") from e
+
+
+def _evaluate(path: str | os.PathLike, *, data, data_dir, download, batch_size, limit_test,
+              overrides, split, device, model, trust_torchscript) -> CheckpointScore:
+    kind = "checkpoint" if model is not None else model_file_kind(path)
     if kind == "checkpoint":
         return evaluate_checkpoint(
             path, data=data, data_dir=data_dir, download=download, batch_size=batch_size,
@@ -71,4 +89,5 @@ def evaluate_file(
                              limit_test=limit_test, overrides=overrides)
     label = get_format(kind).label
     return CheckpointScore(f"{Path(path).name} ({label} {m['precision']})", m["data"], "test",
-                           m["top1"], m["top5"], m["loss"], int(m["samples"]))
+                           m["top1"], m["top5"], m["loss"], int(m["samples"]),
+                           m["preprocessing"])

@@ -155,7 +155,8 @@ class ExportReport:
         input_shape: ``(C, H, W)`` of one image.
         inputs: the graph's inputs (``name``, ``shape``, ``dtype``).
         opset: the ONNX opset the file declares (None for other formats).
-        feature_adds: Adds of two feature maps in the graph (shortcuts; 0 for a plain net).
+        feature_adds: Adds of two feature maps in the graph (shortcuts; 0 for a plain net;
+            None for a format without a graph, such as safetensors).
         expected_shortcut_adds: ``model.count_shortcut_adds()`` when the model has it.
         parameters: parameters of the deployed network.
         max_rel_error: the exported model against PyTorch on random inputs (None unverified).
@@ -170,7 +171,7 @@ class ExportReport:
     input_shape: list[int]
     inputs: list[dict[str, Any]]
     opset: int | None
-    feature_adds: int
+    feature_adds: int | None
     expected_shortcut_adds: int | None
     parameters: int
     max_rel_error: float | None
@@ -265,15 +266,21 @@ def export(
         ``max_rel_error`` compares the file, run in its own runtime, with the PyTorch model on
         random inputs at two batch sizes (None with ``verify=False``).
     """
+    from ..engine.checkpoint import Checkpoint, load_checkpoint
+
     form = get_format(fmt)
     _check_export_request(form, input_dtype, preprocess, quantize)
-    model, shape, name, found = load_model_source(checkpoint_or_model, input_shape,
-                                                  with_contract=True)
+    source = checkpoint_or_model
+    if isinstance(source, (str, os.PathLike)):
+        source = load_checkpoint(source)
+    model, shape, name, found = load_model_source(source, input_shape, with_contract=True)
     _check_exportable(model, shape)
     deployed, reference, contract = _deploy_form(model, contract or found, preprocess,
                                                  input_dtype)
+    kwargs = dict(source.model_kwargs) if isinstance(source, Checkpoint) else None
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
-                    verify, opset, quantize == "int8", calibration, check_images, data_name)
+                    verify, opset, quantize == "int8", calibration, check_images, data_name,
+                    model_name=name if kwargs is not None else None, model_kwargs=kwargs)
     written = form.write(job)
     return ExportReport(
         path=str(written.path),

@@ -1,8 +1,8 @@
 """Evaluate an exported model (any registered format, fp32 or INT8) in its own runtime on a
 resdist test set.
 
-The images go through the same reading and preprocessing as in training and in
-``resdist eval`` of a checkpoint (:func:`resdist.data.build_data`), and the metrics are those of
+The images are prepared from the file's input contract by the function ``resdist eval`` of a
+checkpoint uses (:func:`resdist.data.eval_data.eval_data`), and the metrics are those of
 :func:`resdist.engine.evaluate` (top-1, top-5, mean cross-entropy), so the figures of a
 checkpoint and of its fp32 export agree.
 """
@@ -131,30 +131,6 @@ def _feeder(contract: InputContract | None,
     return feed
 
 
-def _data_like_contract(cfg: Any, contract: InputContract) -> Any:
-    """``cfg`` with the image geometry the contract records (where the data set lets it vary)."""
-    c, h, _ = contract.input_shape
-    if cfg.name == "imagefolder":
-        return replace(cfg, image_size=h)
-    if cfg.name == "synthetic":
-        return replace(cfg, synthetic_size=h, synthetic_channels=c,
-                       synthetic_classes=max(2, len(contract.class_names) or 2))
-    return cfg
-
-
-def _override_data(cfg: Any, overrides: Sequence[str]) -> Any:
-    """``cfg`` with ``data.key=value`` overrides applied (other sections are refused)."""
-    from ..config import Config
-
-    for item in overrides:
-        if not item.strip().startswith("data."):
-            raise DeployError(f"--set {item}: evaluating an ONNX file takes data.* settings "
-                              "only")
-    whole = Config(data=replace(cfg)).override(list(overrides))
-    whole.data.check()
-    return whole.data
-
-
 def evaluate_export_file(
     path: str | os.PathLike,
     data: Any = None,
@@ -169,24 +145,28 @@ def evaluate_export_file(
 ) -> dict[str, Any]:
     """Evaluate an exported file, run in its own runtime, on the test set of a data set.
 
-    The images are prepared as the file's input contract says: an ImageFolder at the
-    contract's input size, synthetic data of its shape and class count; ``overrides``
-    (``data.key=value``, as ``--set``) change any data setting. A format whose files carry
-    code (TorchScript) is run only with ``trust``; contracts are read without running anything.
+    The images are prepared as the file's input contract says, by the same function as for a
+    checkpoint (:func:`resdist.data.eval_data.eval_data`: data set, recorded data folder,
+    image size, resize, interpolation, mean/std, classes); an ImageFolder needs only its
+    ``val/`` split. ``overrides`` (``data.key=value``, as ``--set``) change any data setting.
+    A format whose files carry code (TorchScript) is run only with ``trust``; contracts are
+    read without running anything.
 
     Args:
         path: the exported file (fp32 or INT8, any format of
             :data:`resdist.deploy.formats.FORMATS`).
-        data: a data set name or :class:`~resdist.config.DataConfig`; None reads the name the
-            file records (INT8 exports record their calibration data), else its contract's.
+        data: a data set name or :class:`~resdist.config.DataConfig`; None: the contract's
+            data set (or, for a file that records no contract, the one it names, as INT8
+            exports name their calibration data).
         data_dir, download, batch_size, limit_test: as in ``resdist eval``.
         threads: the runtime's intra-op threads.
 
     Returns:
         The metrics of :func:`score_batches` plus ``data`` (the data set), ``precision``
-        (``"fp32"``/``"int8"``), ``format`` and ``path``.
+        (``"fp32"``/``"int8"``), ``format``, ``path`` and ``preprocessing`` (one line: the
+        images and what was applied to them).
     """
-    from ..data.contract import contract_from_bundle
+    from ..data.eval_data import contract_for_settings, eval_data
 
     path = Path(path)
     fmt = format_of(path)
@@ -197,22 +177,41 @@ def evaluate_export_file(
     contract = fmt.read_contract(path)
     info = fmt.file_info(path)
     run = run or fmt.load_runner(path, threads)
-    bundle, cfg = _test_data(path, contract, data if data is not None else info.data,
-                             data_dir=data_dir, download=download, batch_size=batch_size,
-                             limit_test=limit_test, overrides=overrides)
-    have = (bundle.in_chans, bundle.image_size, bundle.image_size)
-    if info.input_shape is not None and info.input_shape != have:
-        want = info.input_shape
+    if contract is None:  # a bare graph: the data set named, at the graph's input shape
+        name = data if data is not None else info.data
+        if name is None:
+            raise DeployError(f"{path.name} does not say which data set it was trained on; "
+                              "pass --data NAME")
+        contract = contract_for_settings(_data_of_shape(name, info.input_shape))
+    prepared = eval_data(contract, data=data, data_dir=data_dir, download=bool(download),
+                         batch_size=batch_size, limit=limit_test, overrides=overrides)
+    want, have = info.input_shape or tuple(contract.input_shape), prepared.input_shape
+    if tuple(want) != have:
         raise DeployError(
-            f"{path.name} takes {want[0]}x{want[1]}x{want[2]} inputs but {cfg.name} images are "
-            f"{have[0]}x{have[1]}x{have[2]}; evaluate it on the data set it was exported for"
-        )
-    loader_contract = contract_from_bundle(bundle)
+            f"{path.name} takes {'x'.join(map(str, want))} inputs but {prepared.data.name} "
+            f"images are {'x'.join(map(str, have))}; evaluate it on the data set it was "
+            "exported for")
     metrics: dict[str, Any] = score_batches(
-        run, bundle.test, _feeder(contract, (loader_contract.mean, loader_contract.std)))
-    metrics.update({"data": cfg.name, "precision": info.precision, "format": fmt.name,
-                    "path": str(path)})
+        run, prepared.loader, _feeder(contract, (prepared.mean, prepared.std)))
+    metrics.update({"data": prepared.data.name, "precision": info.precision, "format": fmt.name,
+                    "path": str(path), "preprocessing": prepared.describe()})
     return metrics
+
+
+def _data_of_shape(data: Any, shape: tuple[int, int, int] | None) -> Any:
+    """The data settings (a name or DataConfig) with a graph's fixed input shape, where the
+    data set's image size can vary."""
+    from ..config import DataConfig
+
+    cfg = DataConfig(name=data) if isinstance(data, str) else data
+    if shape is None:
+        return cfg
+    c, h, _ = shape
+    if cfg.name == "imagefolder":
+        return replace(cfg, image_size=h)
+    if cfg.name == "synthetic":
+        return replace(cfg, synthetic_size=h, synthetic_channels=c)
+    return cfg
 
 
 def evaluate_onnx_file(path: str | os.PathLike, data: Any = None, **kwargs: Any
@@ -228,31 +227,3 @@ def evaluate_torchscript_file(path: str | os.PathLike, data: Any = None, *, trus
     """:func:`evaluate_export_file` of a TorchScript export: run only with ``trust``, as
     loading one runs the code it carries."""
     return evaluate_export_file(path, data, trust=trust, **kwargs)
-
-
-def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_dir, download,
-               batch_size, limit_test, overrides: Sequence[str]) -> tuple[Any, Any]:
-    """``(bundle, data config)`` of the test split an exported file is scored on: ``data`` (a
-    name or DataConfig), else the data set its contract names, shaped like the contract."""
-    from ..config import DATASETS, DataConfig, check_choice
-    from ..data import build_data
-    from ..engine.evaluation import apply_eval_args
-
-    if data is None:
-        data = contract.dataset if contract is not None else None
-        if not data:
-            raise DeployError(
-                f"{path.name} does not say which data set it was trained on; pass --data NAME"
-            )
-    cfg = DataConfig(name=data) if isinstance(data, str) else data
-    check_choice("data.name", cfg.name, DATASETS, "data set", DeployError)
-    if isinstance(data, str) and contract is not None:
-        cfg = _data_like_contract(cfg, contract)
-    cfg = _override_data(cfg, overrides)
-    # the training loader is built but unused here: batch 1 so that any training split fits
-    cfg = apply_eval_args(replace(cfg, val_split=0.0, augment=False, batch_size=1),
-                          data_dir=data_dir, download=download, batch_size=batch_size,
-                          limit_test=limit_test)
-    return build_data(cfg, device="cpu"), cfg
-
-

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.contract import InputContract
+from ..data.eval_data import contract_preprocessing
 from ..data.images import open_image
 from ..safe_load import special_file
 from .errors import DeployError
@@ -77,14 +78,12 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     Raises:
         DataError: the file is not a readable image (the message names it).
     """
-    from torchvision.transforms import functional as TF
-
     c, h, w = contract.input_shape
     if contract.color_mode not in ("L", "RGB"):
         raise DeployError(f"cannot read {c}-channel images from files (grey or RGB only)")
+    prep = contract_preprocessing(contract)  # the steps resdist eval applies to each image
     img = open_image(path, contract.color_mode)  # 16-bit grey scaled to 8 bits, as in training
-    mode = TF.InterpolationMode(contract.interpolation)
-    img = TF.center_crop(TF.resize(img, contract.resize, interpolation=mode), [h, w])
+    img = prep.resize_and_crop(img)
     pixels = np.asarray(img, dtype=np.uint8).reshape(h, w, -1).transpose(2, 0, 1)
     if contract.input_dtype == "uint8":
         return np.ascontiguousarray(pixels)

@@ -9,10 +9,10 @@ from torch import nn
 
 from ..config import Config, ConfigError, DistillConfig, ModelConfig, TeacherConfig
 from ..distill import CrossEntropy, FeatureKD, HintonKD, Objective, ResidualDistiller
-from ..models import create_model, teacher_name_for
+from ..models import StageMismatchError, create_model, student_name_for, teacher_name_for
 from ..models.pretrained import WeightsError, is_weights_file, load_torchvision_weights
 from ..models.timm_adapter import is_timm_name
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, NotACheckpointError, load_checkpoint
 
 TEACHER_METHODS = ("kd", "feature-kd", "jointrd")
 
@@ -61,7 +61,7 @@ def build_teacher(
     hold a ResNet.
     """
     if cfg.checkpoint:
-        ckpt = load_checkpoint(cfg.checkpoint)
+        ckpt = _load_teacher_checkpoint(cfg.checkpoint)
         want, got = student_kwargs["num_classes"], ckpt.num_classes
         if got is not None and got != want:
             raise WeightsError(
@@ -80,7 +80,7 @@ def build_teacher(
                 "shortcuts; JointRD's teacher must be a ResNet (train one with --model "
                 f"{teacher_name_for(ckpt.model_name)})"
             )
-        return ckpt.build_model(), f"checkpoint {cfg.checkpoint}"
+        return ckpt.build_model(), f"checkpoint {cfg.checkpoint} ({ckpt.model_name})"
     name = cfg.name or teacher_name_for(student_name)
     kw = teacher_kwargs(student_kwargs)
     if cfg.weights and is_timm_name(name) and not is_weights_file(cfg.weights):
@@ -96,6 +96,30 @@ def build_teacher(
             "--set teacher.train=true"
         )
     return teacher, "random init (co-trained)"
+
+
+def _load_teacher_checkpoint(path: str) -> Checkpoint:
+    """The resdist checkpoint ``--teacher-checkpoint`` names; a state-dict file given there is
+    refused with the flags that take it."""
+    fix = (f"pass it as --teacher-weights {path} and name its architecture with --teacher "
+           "(e.g. --teacher timm:resnet18 for a timm model, resnet18 for a torchvision one)")
+    if path.endswith(".safetensors"):
+        raise WeightsError(f"{path} is a safetensors state dict, not a resdist checkpoint "
+                           f"(--teacher-checkpoint takes a resdist run's last.pth/best.pth): {fix}")
+    try:
+        return load_checkpoint(path)
+    except NotACheckpointError as e:
+        raise WeightsError(f"{e}; if it holds a state dict, {fix}") from e
+
+
+def _layout_hint(error: StageMismatchError, cfg: Config, teacher_name: str) -> ConfigError:
+    """The stage mismatch of student and teacher, with the plain student that fits."""
+    fits = student_name_for(teacher_name)
+    hint = (f"train --model {fits}, the teacher's plain counterpart" if fits and fits !=
+            cfg.model.name else "pick a teacher with the student's stage layout (`resdist "
+            "models` lists the pairs: resnetN and plainN)")
+    return ConfigError(f"the student {cfg.model.name} does not fit the teacher {teacher_name}: "
+                       f"{error}; {hint}")
 
 
 def build_objective(
@@ -143,7 +167,11 @@ def build_all(cfg: Config, num_classes: int, in_chans: int, input_shape: Sequenc
                                         needs_shortcuts=cfg.distill.method == "jointrd")
         if cfg.model.init_from_teacher:
             init_from(model, teacher)
-    objective = build_objective(
-        cfg.distill, model, teacher, train_teacher=cfg.teacher.train, input_shape=input_shape
-    )
+    try:
+        objective = build_objective(
+            cfg.distill, model, teacher, train_teacher=cfg.teacher.train, input_shape=input_shape
+        )
+    except StageMismatchError as e:
+        name = cfg.teacher.checkpoint or cfg.teacher.name or teacher_name_for(cfg.model.name)
+        raise _layout_hint(e, cfg, name) from e
     return model, kw, teacher, source, objective

@@ -49,12 +49,18 @@ from ..models.errors import ModelError
 from ..models.registry import check_model_kwargs
 from ..safe_load import UnsafeFileError, load_torch_file, special_file
 
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "load_weights",
-           "model_from_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["Checkpoint", "CheckpointError", "NotACheckpointError", "load_checkpoint",
+           "load_weights", "model_from_checkpoint", "rng_state", "save_checkpoint",
+           "set_rng_state"]
 
 
 class CheckpointError(ResdistError, ValueError):
     """A checkpoint file is missing, unreadable or not a resdist checkpoint."""
+
+
+class NotACheckpointError(CheckpointError):
+    """The file is readable but holds something else than a resdist checkpoint (a bare state
+    dict, for instance)."""
 
 
 #: the training-state fields (resuming only): plain dicts of torch's own ``state_dict()`` forms
@@ -113,8 +119,8 @@ class Checkpoint:
             CheckpointError: naming ``source``, the field and what it must be.
         """
         if not isinstance(d, dict) or "model" not in d or "model_name" not in d:
-            raise CheckpointError(f"{source} is not a resdist checkpoint (no model/model_name "
-                                  "keys)")
+            raise NotACheckpointError(f"{source} is not a resdist checkpoint (no model/"
+                                      "model_name keys)")
         kw = d.get("model_kwargs") or {}
         contract = d.get("input_contract")
         if contract is not None:

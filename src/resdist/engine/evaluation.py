@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from torch import nn
 
 from ..config import ConfigError, DataConfig
+from ..data.eval_data import EvalData, contract_for_settings, eval_data
 from .checkpoint import load_checkpoint
 from .metrics import evaluate
 
@@ -22,27 +25,11 @@ class CheckpointScore:
     top5: float
     loss: float
     samples: int
+    preprocessing: str = ""  # what the images went through (EvalData.describe())
 
     def line(self) -> str:
         return (f"{self.model_name} on {self.data_name} {self.split} ({self.samples} images): "
                 f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  loss {self.loss:.4f}")
-
-
-def apply_eval_args(data: DataConfig, *, data_dir: str | None = None,
-                    download: bool | None = None, batch_size: int | None = None,
-                    limit_test: int | None = None) -> DataConfig:
-    """Set the data options every evaluation takes (``--data-dir``, ``--download``,
-    ``--batch-size``, ``--limit-test``) on ``data``, leaving those not given as they are;
-    returns ``data``."""
-    if data_dir:
-        data.data_dir = data_dir
-    if download:
-        data.download = True
-    if batch_size is not None:
-        data.eval_batch_size = batch_size
-    if limit_test is not None:
-        data.limit_test = limit_test
-    return data
 
 
 def evaluate_checkpoint(
@@ -58,8 +45,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     model: str | None = None,
 ) -> CheckpointScore:
-    """Score ``checkpoint`` on the full test set (or ``split="val"``) of the data set its config
-    names, unless ``data``/``data_dir``/``overrides`` (``section.key=value``) say otherwise.
+    """Score ``checkpoint`` on the full test set (or ``split="val"``) of the data set its
+    input contract names, prepared as the contract says (:func:`resdist.data.eval_data.
+    eval_data`: image size, resize, interpolation, mean/std, classes, data folder), unless
+    ``data``/``data_dir``/``overrides`` (``data.key=value``) say otherwise. A checkpoint saved
+    from your own loop with a contract is scored exactly like one ``train`` wrote.
 
     With ``model`` (a registry name), ``checkpoint`` is a plain state dict of that network
     instead (a torchvision ResNet's, say, as ``--teacher-weights`` takes): it is built for the
@@ -67,11 +57,10 @@ def evaluate_checkpoint(
     ``data``, which must then be given.
 
     Raises:
-        ConfigError: no validation split, the data set's class count differs, or a state dict
-            without ``data``.
+        ConfigError: a state dict without ``data``, or a bad override.
+        DataError: the data cannot be prepared as the contract says, or does not fit it.
         CheckpointError: the file is not a readable resdist checkpoint.
     """
-    from ..data import build_data
     from .distributed import DistInfo, resolve_device
 
     if model is not None:
@@ -79,35 +68,29 @@ def evaluate_checkpoint(
                                     download=download, batch_size=batch_size,
                                     limit_test=limit_test, overrides=overrides, device=device)
     ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt.run_config()
-    if data:
-        cfg.data.name = data
-    cfg.data.limit_test = None  # the full test set, whatever the training run scored
-    apply_eval_args(cfg.data, data_dir=data_dir, download=download, batch_size=batch_size,
-                    limit_test=limit_test)
-    cfg.override(list(overrides))
-    if split == "test":
-        cfg.data.val_split = 0.0
-    elif not cfg.data.val_split:
-        raise ConfigError("no validation split in this checkpoint's config (data.val_split = 0);"
-                          " evaluate --split test, or --set data.val_split=...")
-    cfg.validate()
+    contract = ckpt.require_contract()
+    base: DataConfig | str | None = data
+    if ckpt.config:  # the run's folder, limits and validation split, when the data set is its
+        run = ckpt.run_config().data
+        if not data or data == run.name:
+            base = replace(run, limit_test=None)  # the full test set, whatever the run scored
     dev = resolve_device(device, DistInfo())
-    bundle = build_data(cfg.data, device=dev, seed=cfg.train.seed)
-    model = ckpt.build_model().to(dev)
-    want = ckpt.num_classes
-    if want is not None and want != bundle.num_classes:
-        raise ConfigError(f"checkpoint has {want} classes, data set {cfg.data.name!r} has "
-                          f"{bundle.num_classes}")
-    m = evaluate(model, bundle.test if split == "test" else bundle.val)
-    return CheckpointScore(ckpt.model_name, cfg.data.name, split, m["top1"], m["top5"],
-                           m["loss"], int(m["samples"]))
+    prepared = eval_data(contract, data=base, data_dir=data_dir, download=download,
+                         batch_size=batch_size, limit=limit_test, overrides=overrides,
+                         split=split, device=dev)
+    net = ckpt.build_model().to(dev)
+    return _score(ckpt.model_name, net, prepared)
+
+
+def _score(name: str, net: nn.Module, prepared: EvalData) -> CheckpointScore:
+    m = evaluate(net, prepared.loader)
+    return CheckpointScore(name, prepared.data.name, prepared.split, m["top1"], m["top5"],
+                           m["loss"], int(m["samples"]), prepared.describe())
 
 
 def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_size, limit_test,
                          overrides, device) -> CheckpointScore:
     from ..config import Config
-    from ..data import build_data
     from ..models.pretrained import load_torchvision_weights
     from .build import build_model
     from .distributed import DistInfo, resolve_device
@@ -115,15 +98,13 @@ def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_siz
     if not data:
         raise ConfigError(f"a state dict records no data set: pass --data NAME to score {path}")
     cfg = Config()
-    cfg.data.name, cfg.model.name, cfg.data.batch_size = data, name, 1
-    apply_eval_args(cfg.data, data_dir=data_dir, download=download, batch_size=batch_size,
-                    limit_test=limit_test)
+    cfg.data.name, cfg.model.name = data, name
     cfg.override(list(overrides))
     cfg.validate()
     dev = resolve_device(device, DistInfo())
-    bundle = build_data(cfg.data, device=dev, seed=cfg.train.seed)
-    net, _ = build_model(cfg.model, bundle.num_classes, bundle.in_chans)
+    contract = contract_for_settings(cfg.data)
+    prepared = eval_data(contract, data=cfg.data, data_dir=data_dir, download=download,
+                         batch_size=batch_size, limit=limit_test, device=dev)
+    net, _ = build_model(cfg.model, prepared.num_classes, contract.input_shape[0])
     load_torchvision_weights(net, name, str(path))
-    m = evaluate(net.to(dev), bundle.test)
-    return CheckpointScore(name, cfg.data.name, "test", m["top1"], m["top5"], m["loss"],
-                           int(m["samples"]))
+    return _score(name, net.to(dev), prepared)

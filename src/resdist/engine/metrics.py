@@ -1,4 +1,5 @@
-"""Evaluation (top-1/top-5/loss) and per-epoch metric logs (CSV, JSONL, TensorBoard)."""
+"""Evaluation (top-1/top-5/loss), per-epoch and per-step metric logs (CSV, JSONL,
+TensorBoard) and the run's ``train.log``."""
 
 from __future__ import annotations
 
@@ -65,13 +66,22 @@ def evaluate(
             "top5": 100.0 * totals[2].item() / n, "samples": int(totals[3].item())}
 
 
+STEPS_FILE = "steps.jsonl"  # per-step training loss and LR, beside metrics.jsonl
+LOG_FILE = "train.log"  # what the console showed
+
+
 class MetricsLogger:
-    """Append one row per epoch to ``metrics.csv`` and ``metrics.jsonl`` (and TensorBoard)."""
+    """Append one row per epoch to ``metrics.csv`` and ``metrics.jsonl``, one row every few
+    optimiser steps to ``steps.jsonl`` (all to TensorBoard too), and the console's lines to
+    ``train.log``."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.jsonl = self.run_dir / "metrics.jsonl"
         self.csv = self.run_dir / "metrics.csv"
+        self.steps = self.run_dir / STEPS_FILE
+        self.log_path = self.run_dir / LOG_FILE
+        self._pending: list[str] | None = []
         self.writer = None
         if tensorboard:
             try:
@@ -93,6 +103,31 @@ class MetricsLogger:
                     self.writer.add_scalar(k.replace("_", "/", 1), v, step)
             self.writer.flush()
 
+    def log_step(self, row: dict[str, Any]) -> None:
+        """Append a per-step row (``epoch``, global ``step``, ``loss``, ``lr``) to
+        ``steps.jsonl`` and to TensorBoard (tags ``step/loss``, ``step/lr``, x = the step)."""
+        with self.steps.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step"):
+                    self.writer.add_scalar(f"step/{k}", v, int(row["step"]))
+
+    def note(self, line: str) -> None:
+        """Append one console line to ``train.log`` (kept in memory until :meth:`open_log`,
+        so that a run refused before it starts leaves the folder as it was)."""
+        if self._pending is not None:
+            self._pending.append(line)
+            return
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def open_log(self) -> None:
+        """Start writing ``train.log``: the lines noted so far, then each line as it comes."""
+        pending, self._pending = self._pending or [], None
+        for line in pending:
+            self.note(line)
+
     def _write_csv(self, rows: list[dict[str, Any]]) -> None:
         keys: list[str] = []
         for r in rows:
@@ -112,7 +147,8 @@ class MetricsLogger:
         """Make the logs hold exactly one row for each epoch ``1..epochs`` that a checkpoint
         covers (after resuming from a checkpoint of ``epochs`` completed epochs): rows past it,
         duplicates and torn lines go; ``last_row`` (the checkpoint's own metrics) fills in the
-        last epoch when a crash came between its checkpoint and its row."""
+        last epoch when a crash came between its checkpoint and its row. ``steps.jsonl``
+        keeps the rows of those epochs only."""
         by_epoch: dict[int, dict[str, Any]] = {}
         for r in self.read():
             e = r.get("epoch")
@@ -125,6 +161,11 @@ class MetricsLogger:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.jsonl)
         self._write_csv(rows)
+        steps = [r for r in read_metrics(self.steps)
+                 if isinstance(r.get("epoch"), int) and 1 <= r["epoch"] <= epochs]
+        tmp = self.steps.with_name(self.steps.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in steps))
+        os.replace(tmp, self.steps)
 
     def close(self) -> None:
         if self.writer is not None:

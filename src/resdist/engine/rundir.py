@@ -216,12 +216,12 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
 
 def discard_unstarted_run(run_dir: Path) -> list[str]:
     """Remove what a run that failed before its first checkpoint wrote (``config.yaml``,
-    metrics, ``tb/``), so that the next run into the folder needs no ``--overwrite``; a folder
+    metrics, ``tb/``, ``train.log``), so that the next run into the folder needs no ``--overwrite``; a folder
     with a ``last.pth`` is left alone. Returns the names removed."""
     if (run_dir / "last.pth").exists():
         return []
     removed = []
-    for name in (*RUN_FILES, "teacher.json", "tb"):
+    for name in (*RUN_FILES, "teacher.json", "tb", "steps.jsonl", "train.log"):
         path = run_dir / name
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():

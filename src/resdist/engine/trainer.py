@@ -28,6 +28,7 @@ compiler).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import random
@@ -48,6 +49,7 @@ from ..config import Config, ConfigError
 from ..data import build_data
 from ..data.contract import contract_from_bundle
 from ..data.errors import DataError
+from ..data.locations import absolute_data_dir
 from ..errors import ResdistError
 from ..models.memory_format import channels_last_note, to_channels_last
 from .build import build_all
@@ -148,6 +150,10 @@ def train(cfg: Config) -> RunResult:
     reused by later ones (it is destroyed at interpreter exit).
     """
     cfg.validate()
+    # the data folder is recorded absolute (config.yaml, checkpoints), so that eval, export and
+    # --resume find it from any working directory
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, data_dir=absolute_data_dir(cfg.data.name, cfg.data.data_dir)))
     info = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
     check_distributed_options(cfg, info)
     device = resolve_device(cfg.train.device, info)
@@ -200,7 +206,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device) -> RunResult:
     if cfg.train.sync_bn and info.enabled:
         objective = convert_sync_batchnorm(objective)
     trainer = Trainer(cfg, objective, data, device, info, kw)  # its model: objective.student
-    for note in (channels_last_note(kept_nchw),
+    for note in (*data.notes, channels_last_note(kept_nchw),
                  small_features_note(trainer.model, trainer.input_shape)):
         if note:
             trainer.say(note)
@@ -314,9 +320,15 @@ class Trainer:
         self.device, self.info = device, info
         self.model_kwargs = model_kwargs
         self.input_shape = (data.in_chans, data.image_size, data.image_size)
-        self.input_contract = contract_from_bundle(data)  # what the model expects
+        # what the model expects, and where its images live (absolute, see train())
+        self.input_contract = contract_from_bundle(data, data_dir=cfg.data.data_dir)
         self.epochs = cfg.train.epochs
         self.run_dir = Path(cfg.train.out)
+        self.logger: MetricsLogger | None = None
+        if info.is_main:  # train() has checked and locked the folder
+            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
+            self.logger.note(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: resdist train into "
+                             f"{self.run_dir}{' (--resume)' if cfg.train.resume else ''}")
         self.accum_steps = cfg.train.accum_steps
         self.steps_per_epoch = len(data.train) // self.accum_steps
         if self.steps_per_epoch < 1:
@@ -348,9 +360,6 @@ class Trainer:
         if cfg.train.compile:
             self.step_module = torch.compile(self.step_module)
         self.start_epoch = 0
-        self.logger: MetricsLogger | None = None
-        if info.is_main:  # train() has checked and locked the folder
-            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
         if cfg.train.resume:
             self._resume()
         if info.is_main:  # only once the checkpoint (if any) has been found to fit
@@ -376,8 +385,11 @@ class Trainer:
             write_text_atomic(self.run_dir / TEACHER_RECORD, json.dumps(record, indent=1) + "\n")
 
     def say(self, msg: str) -> None:
+        """Print ``msg`` on the console (rank 0) and append it to the run's ``train.log``."""
         if self.info.is_main:
             tqdm.write(msg)
+            if self.logger is not None:
+                self.logger.note(msg)
 
     def _load_last(self, path: Path) -> Checkpoint | None:
         """``last.pth`` on every rank, or None when rank 0 has none. Ranks that see the file
@@ -435,6 +447,31 @@ class Trainer:
         if self.logger is not None:  # one row per checkpointed epoch, whatever the crash left
             self.logger.reconcile(self.start_epoch, ckpt.metrics)
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
+        self._replan(ckpt)
+
+    def _replan(self, ckpt: Checkpoint) -> None:
+        """Follow this run's ``train.epochs`` from the resumed step on: the LR schedule (and
+        JointRD's m(e)) are functions of the fraction of the run done, so a run continued for
+        more (or fewer) epochs than it was planned for is re-planned over the new total, and
+        the LR of its next step is set from the new plan (the loaded optimiser still holds
+        the old plan's); a line says so."""
+        sched = self.scheduler
+        old_lr = self.optimizer.param_groups[0]["lr"]
+        for group, factor, base in zip(self.optimizer.param_groups, sched.lr_lambdas,
+                                       sched.base_lrs):
+            group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # get_last_lr()
+        planned = ((ckpt.config or {}).get("train") or {}).get("epochs")
+        if not isinstance(planned, int) or planned == self.epochs:
+            return
+        what = f"the {self.cfg.optim.schedule} LR schedule"
+        if self.cfg.distill.method == "jointrd":
+            what += " and JointRD's decay m(e)"
+        self.say(f"resume: train.epochs {planned} -> {self.epochs}: {what} re-planned over "
+                 f"{self.epochs} epochs from epoch {self.start_epoch + 1} on (LR "
+                 f"{old_lr:.3g} -> {self.optimizer.param_groups[0]['lr']:.3g}); the first "
+                 f"{self.start_epoch} epochs followed the {planned}-epoch plan, so for a run "
+                 f"equal to a fresh {self.epochs}-epoch one start anew with --overwrite")
 
     def _not_checkpointed(self) -> tuple[str, ...]:
         """Objective state kept out of ``objective`` in checkpoints: the student (saved as
@@ -463,6 +500,8 @@ class Trainer:
                 "written; make room and continue with --resume"
             ) from e
         if best and self.cfg.train.save_best:
+            if self.cfg.train.best_weights_only:
+                state = state.weights_only()
             try:
                 save_checkpoint(state, self.run_dir / "best.pth")
             except CheckpointError as e:
@@ -515,6 +554,7 @@ class Trainer:
         n_steps = self.steps_per_epoch
         check_every = cfg.train.check_every
         show = cfg.train.progress and self.info.is_main
+        log_every = cfg.train.log_every if self.logger is not None else 0
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -524,9 +564,12 @@ class Trainer:
                    disable=not show, unit="step")
         for i, group in enumerate(self._micro_batches(loader)):
             self.objective.set_progress(epoch + i / n_steps, self.epochs)
+            lr = self.optimizer.param_groups[0]["lr"]  # the LR of this step
             outs = accumulation_step(self.step_module, self.optimizer, self.scaler, group,
                                      self.amp_dtype)
             self.scheduler.step()
+            if log_every and (epoch * n_steps + i + 1) % log_every == 0:
+                self._log_step(epoch, epoch * n_steps + i + 1, outs, lr)
             for (_, labels), out in zip(group, outs):
                 bs = labels.shape[0]
                 seen += bs
@@ -556,9 +599,18 @@ class Trainer:
         row["images_per_s"] = n / max(elapsed, 1e-9)
         return row
 
+    def _log_step(self, epoch: int, step: int, outs: list[dict[str, torch.Tensor]],
+                  lr: float) -> None:
+        """One ``steps.jsonl``/TensorBoard row: the step's loss (mean over its micro-batches,
+        this process's) and LR. One host synchronisation."""
+        loss = torch.stack([o["loss"].detach().float() for o in outs]).mean().item()
+        self.logger.log_step({"epoch": epoch + 1, "step": step, "loss": loss, "lr": lr})
+
     def fit(self) -> RunResult:
         cfg = self.cfg
         best_key = "val_top1" if self.data.val is not None else "test_top1"
+        if self.logger is not None:
+            self.logger.open_log()
         history = self.logger.read() if self.logger else []
         best = max((r.get(best_key, -1) for r in history), default=-1.0)
         train_time = sum(r.get("epoch_time_s", 0.0) for r in history)
@@ -606,6 +658,9 @@ class Trainer:
             msg += f"  {row['images_per_s']:.0f} img/s"
             self.say(msg)
         barrier()
+        final = history[-1] if history else {}
+        self.say(f"done: {self.run_dir}  test top-1 {final.get('test_top1', float('nan')):.2f}%"
+                 f"  train time {train_time:.0f}s")
         if self.logger is not None:
             self.logger.close()
         return RunResult(self.run_dir, history, train_time, self.num_params)

@@ -34,6 +34,7 @@ from .registry import (
     model_description,
     parameter_count,
     register_model,
+    student_name_for,
     teacher_name_for,
 )
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -45,5 +46,5 @@ __all__ = [
     "fuse_conv_bn", "is_model", "last_bn_of", "list_models", "model_description",
     "parameter_count", "plain18", "plain20", "plain32", "plain34", "plain44", "plain50", "plain56",
     "plain110", "register_model", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet110",
-    "teacher_name_for", "to_deploy",
+    "student_name_for", "teacher_name_for", "to_deploy",
 ]

@@ -34,7 +34,9 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source:
         if tuple(state[k].shape) != tuple(v.shape):
             what = ""
             if k == "fc.weight":
-                what = f" (class count: weights have {state[k].shape[0]}, model has {v.shape[0]})"
+                what = (f" (class count: weights have {state[k].shape[0]}, model has "
+                        f"{v.shape[0]}: a teacher must first be trained on the data's classes, "
+                        "see `resdist docs training`, 'Train a timm teacher here')")
             elif k == "conv1.weight":
                 theirs, ours = tuple(state[k].shape), tuple(v.shape)
                 if theirs[1] != ours[1]:
@@ -76,7 +78,12 @@ def _load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def _layout_hint(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str:
-    """What to change when the weights and the model differ in stem or downsampling layout."""
+    """What to change when the weights and the model differ in stem, shortcuts or
+    downsampling layout."""
+    missing = [k for k in own if k not in state]
+    if missing and all(".downsample." in k for k in missing) and set(state) <= set(own):
+        return (" (the weights have no shortcut projections: they are a plain network's, a "
+                "student's, not a ResNet teacher's; give the teacher's own weights)")
     deep_weights, deep_model = "conv1.0.weight" in state, "conv1.0.weight" in own
     if deep_weights and not deep_model:
         return (" (the weights have ResNet-D's deep stem: use a resnetNd/plainNd model or "
@@ -90,16 +97,25 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from a ``.safetensors`` file, or a ``.pth`` file read weights-only: a
     bare state dict, or a resdist/torchvision/timm-style checkpoint holding it under ``model``,
     ``state_dict`` or ``model_state_dict``."""
+    return _read_weights_file(path)[0]
+
+
+def _read_weights_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], str | None]:
+    """:func:`load_state_dict_file`'s state dict, and the model name when the file is a resdist
+    checkpoint (else None)."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")
     if os.fspath(path).endswith(".safetensors"):
-        return _load_safetensors(path)
+        return _load_safetensors(path), None
     try:
         obj = load_torch_file(path)
     except UnsafeFileError:
         raise
     except Exception as e:  # corrupt or not a torch file
         raise WeightsError(f"cannot read weights file {path}: {e}") from e
+    origin = None
+    if isinstance(obj, Mapping) and isinstance(obj.get("model_name"), str):
+        origin = obj["model_name"][:100]
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -107,7 +123,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}, origin
 
 
 def load_torchvision_weights(
@@ -117,8 +133,8 @@ def load_torchvision_weights(
     name for ``arch`` (``"DEFAULT"``, ``"IMAGENET1K_V1"``, or ``"ResNet50_Weights.IMAGENET1K_V2"``),
     fetched through torchvision's cache/download."""
     if is_weights_file(weights):
-        state = load_state_dict_file(weights)
-        source = weights
+        state, origin = _read_weights_file(weights)
+        source = weights if origin is None else f"{weights} (a resdist checkpoint of {origin})"
     elif arch.endswith("d") and arch.startswith("resnet"):
         raise WeightsError(f"torchvision publishes no {arch} weights: use --teacher timm:{arch} "
                            f"--teacher-weights TAG (timm's weights), or a state-dict file")

@@ -147,6 +147,16 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return _build(name, kwargs)
 
 
+def student_name_for(teacher: str) -> str | None:
+    """The plain counterpart of a ResNet name, when resdist builds it (``resnet56 -> plain56``,
+    ``timm:resnet18 -> plain18``, ``timm:resnet50d.a1_in1k -> plain50d``); else None."""
+    arch = teacher.removeprefix("timm:").split(".", 1)[0]
+    if not arch.startswith("resnet"):
+        return None
+    name = "plain" + arch[len("resnet"):]
+    return name if name in _MODELS else None
+
+
 def teacher_name_for(student: str) -> str:
     """The ResNet counterpart of a plain model name (``plain56 -> resnet56``,
     ``plain50d -> resnet50d``)."""

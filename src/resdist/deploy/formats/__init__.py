@@ -80,6 +80,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("executorch", "ExecuTorch", (".pte",), "ExecuTorch (XNNPACK)", "executorch",
            int8=True),
     Format("tflite", "LiteRT", (".tflite",), "LiteRT", "litert", int8=True),
+    Format("safetensors", "safetensors", (".safetensors",), "PyTorch (state dict)",
+           "safetensors"),
 )}
 """Every format resdist exports, by ``--format`` name."""
 

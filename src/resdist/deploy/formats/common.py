@@ -59,6 +59,8 @@ class ExportJob:
         batch: the batch size of formats whose programs take a fixed one (ExecuTorch).
         delegate: lower to the runtime's accelerated backend (ExecuTorch: XNNPACK); False
             keeps its portable kernels, whose memory plan shows every activation.
+        model_name, model_kwargs: the registry name and builder arguments of the network
+            (a checkpoint's; None for a module), for formats that store weights, not a graph.
     """
 
     deployed: nn.Module
@@ -75,6 +77,8 @@ class ExportJob:
     data_name: str | None = None
     batch: int = 1
     delegate: bool = True
+    model_name: str | None = None
+    model_kwargs: dict[str, Any] | None = None
 
 
 @dataclass

@@ -253,6 +253,8 @@ def profile_models(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     runtimes: Sequence[str] = (),
+    calibration_data: Any = None,
+    data_dir: str | None = None,
 ) -> ProfileResult:
     """Profile several models side by side: memory, bytes moved, MACs, ORT latency, ratios.
 
@@ -275,6 +277,9 @@ def profile_models(
             ``int8``, INT8 through each runtime's own quantiser, with their planned memory
             (:func:`~resdist.deploy.profile.runtimes.profile_runtimes`); the result's
             ``runtimes``.
+        calibration_data, data_dir: with ``int8``, the data set (name or DataConfig) and
+            folder whose training images calibrate models without an input contract
+            (``NAME=FILE`` state dicts, registry models); checkpoints use their contract's.
 
     Denormals are flushed while this runs (:func:`resdist.engine.denormals.flush_denormal`,
     which then restores the mode set before; ORT sessions set ``session.set_denormal_as_zero``).
@@ -310,17 +315,20 @@ def profile_models(
         deployed: dict[str, nn.Module] = {}
         result = _profile(models, settings, onnx_dir, log or (lambda _msg: None), deployed)
         if int8:  # fp32 and INT8 are timed together there, interleaved
-            add_int8_latency(result, onnx_dir, log=log)
+            add_int8_latency(result, onnx_dir, log=log, calibration_data=calibration_data,
+                             data_dir=data_dir)
         if runtimes:
             result.runtimes = _runtimes(result, deployed, runtimes, settings, int8, onnx_dir,
-                                        log)
+                                        log, (calibration_data, data_dir))
         return result
 
 
 def _runtimes(result: ProfileResult, deployed: Mapping[str, nn.Module], runtimes: Sequence[str],
               s: ProfileSettings, int8: bool, folder: Path,
-              log: Callable[[str], None] | None) -> RuntimeProfile:
-    """Every model of ``result`` on ``runtimes`` (calibrated as the INT8 ONNX path is)."""
+              log: Callable[[str], None] | None,
+              data: tuple[Any, str | None] = (None, None)) -> RuntimeProfile:
+    """Every model of ``result`` on ``runtimes`` (calibrated as the INT8 ONNX path is, on
+    ``data = (calibration data, folder)`` for models without a contract)."""
     from ..quantize.calibration import calibration_for
 
     models = {m.name: (deployed[m.name], tuple(m.input_shape)) for m in result.models}
@@ -328,8 +336,9 @@ def _runtimes(result: ProfileResult, deployed: Mapping[str, nn.Module], runtimes
     if int8:
         calibration = {}
         for m in result.models:
-            batches, _ = calibration_for(m.checkpoint if m.source == "checkpoint" else None,
-                                         m.input_shape, 64, seed=s.seed)
+            batches, _ = calibration_for(m.checkpoint, m.input_shape, 64, seed=s.seed,
+                                         random_weights=m.source == "registry",
+                                         data=data[0], data_dir=data[1])
             calibration[m.name] = lambda b=batches: iter(b)
     runs = s.runs if isinstance(s.runs, int) else max(s.runs.values())
     return profile_runtimes(models, runtimes, folder / "runtimes", int8=int8,

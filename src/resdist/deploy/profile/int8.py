@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ...tables import markdown_table
 from ..errors import DeployError
@@ -19,7 +20,8 @@ INT8_SUFFIX = " [int8]"
 
 
 def _quantize(
-    model: ModelProfile, onnx_dir: Path, calibration_images: int, seed: int
+    model: ModelProfile, onnx_dir: Path, calibration_images: int, seed: int,
+    data: Any = None, data_dir: str | None = None,
 ) -> tuple[Int8Profile, Path]:
     """Quantise a profiled model's fp32 graph beside it; its profile and the INT8 file."""
     if model.onnx_file is None:
@@ -28,7 +30,8 @@ def _quantize(
     int8 = fp32.with_name(f"{fp32.stem}-int8.onnx")
     batches, described = calibration_for(model.checkpoint, model.input_shape,
                                          calibration_images, seed,
-                                         random_weights=model.source == "registry")
+                                         random_weights=model.source == "registry",
+                                         data=data, data_dir=data_dir)
     report = quantize_onnx(fp32, int8, batches, calibration_source=described)
     return Int8Profile(replace(report, path=None, fp32_path=None)), int8
 
@@ -39,13 +42,17 @@ def add_int8_latency(
     *,
     calibration_images: int = 64,
     log: Callable[[str], None] | None = None,
+    calibration_data: Any = None,
+    data_dir: str | None = None,
 ) -> ProfileResult:
     """Quantise every model of a :func:`~resdist.deploy.profile_models` result (run with
     ``onnx_dir`` and ``latency=False``) and time fp32 and INT8 side by side.
 
-    Checkpoints calibrate on their run's training images, other models on Gaussian images
-    (:func:`~resdist.deploy.quantize.calibration_for`). All fp32 and INT8 sessions are timed in
-    one interleaved run (:func:`~resdist.deploy.measure_latency`) at the profile's settings
+    Checkpoints calibrate on the training images of their input contract's data set (their
+    run's settings where recorded), models without a contract (``NAME=FILE`` state dicts,
+    registry models) on ``calibration_data`` (a name or DataConfig, in ``data_dir``) when
+    given, else on Gaussian images (:func:`~resdist.deploy.quantize.calibration_for`). All
+    fp32 and INT8 sessions are timed in one interleaved run (:func:`~resdist.deploy.measure_latency`) at the profile's settings
     (batch sizes, threads, runs, seed). Fills each model's ``latency`` (fp32) and ``int8``
     (:class:`Int8Profile`) and each pair's ``latency_ratio`` and ``latency_ratio_int8``
     (ResNet / plain); records how in ``meta["int8"]``.
@@ -61,7 +68,8 @@ def add_int8_latency(
     paths: dict[str, Path] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for model in result.models:
-        model.int8, int8 = _quantize(model, onnx_dir, calibration_images, settings.seed)
+        model.int8, int8 = _quantize(model, onnx_dir, calibration_images, settings.seed,
+                                     calibration_data, data_dir)
         paths[model.name], paths[model.name + INT8_SUFFIX] = onnx_dir / model.onnx_file, int8
         shapes[model.name] = shapes[model.name + INT8_SUFFIX] = tuple(model.input_shape)
         if log:

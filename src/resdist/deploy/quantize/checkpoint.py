@@ -56,24 +56,40 @@ class Int8Export:
                 "input_contract": contract.to_dict() if contract is not None else None}
 
 
-def _calibration_data(ckpt: Any, calibration_data: Any, data_dir: str | None) -> Any:
-    """The :class:`~resdist.config.DataConfig` to calibrate on: the named data set, with the
-    run's settings when the checkpoint's run trained on it (None: that data set)."""
+def _calibration_data(ckpt: Any, calibration_data: Any, contract: InputContract | None
+                      ) -> Any:
+    """The data settings to calibrate on (None: the contract's data set): the named data set,
+    with the run's settings when the checkpoint's run trained on it."""
     from ...config import DataConfig
 
     run_data = ckpt.run_config().data if ckpt is not None and ckpt.config else None
     if calibration_data is None:
-        if run_data is None:
+        if run_data is None and (contract is None or not contract.dataset):
             raise DeployError("INT8 quantisation needs calibration data: name the data set "
                               "(--calibration-data) whose training images set the scales")
-        calibration_data = run_data.name
+        return run_data
     if isinstance(calibration_data, str):
-        data_cfg = DataConfig(name=calibration_data)
         if run_data is not None and run_data.name == calibration_data:
-            data_cfg = run_data
-    else:
-        data_cfg = calibration_data
-    return replace(data_cfg, data_dir=data_dir) if data_dir is not None else data_cfg
+            return run_data
+        return DataConfig(name=calibration_data)
+    return calibration_data
+
+
+def _calibration(ckpt: Any, contract: InputContract | None, calibration_data: Any,
+                 data_dir: str | None, num_images: int, seed: int,
+                 shape: Sequence[int] | None) -> tuple[list[np.ndarray], str]:
+    """Calibration batches prepared as ``contract`` says (:func:`calibration_batches`) and
+    the data set's name; refused when they do not have the model's ``shape``."""
+    data_cfg = _calibration_data(ckpt, calibration_data, contract)
+    batches = calibration_batches(data_cfg, num_images, seed=seed, contract=contract,
+                                  data_dir=data_dir)
+    name = data_cfg.name if data_cfg is not None else contract.dataset  # type: ignore[union-attr]
+    if shape is not None and tuple(batches[0].shape[1:]) != tuple(shape):
+        raise DeployError(
+            f"calibration images of {name} have shape {tuple(batches[0].shape[1:])}, "
+            f"the model takes {tuple(shape)}"
+        )
+    return batches, name
 
 
 def _agreement(fp32: Path, int8: Path, batches: Sequence[np.ndarray]) -> float:
@@ -103,9 +119,11 @@ def quantize_checkpoint(
     """Fold, export to fp32 ONNX and quantise to INT8, calibrating on real training images.
 
     ``calibration_data`` names the data set (or is a :class:`~resdist.config.DataConfig`);
-    None means the one a checkpoint's run trained on. When a checkpoint trained on that data
-    set is given, its data settings (``limit_train``, ``val_split``, image size, folder) are
-    used, so the calibration images are training images of that run. The INT8 file records the
+    None means the one the checkpoint's input contract names. The images are prepared as the
+    contract says (:func:`resdist.data.eval_data.eval_data`), from the contract's folder unless
+    ``data_dir`` names another; when the checkpoint records a run on that data set, its
+    settings (``limit_train``, ``val_split``) are used too, so the calibration images are
+    training images of that run. The INT8 file records the
     checkpoint's input contract (``input_contract``) and the data set (``resdist.data``), like
     an fp32 export.
 
@@ -120,16 +138,11 @@ def quantize_checkpoint(
         ckpt = load_checkpoint(checkpoint_or_model)
     model, shape, name, contract = load_model_source(
         ckpt if ckpt is not None else checkpoint_or_model, input_shape, with_contract=True)
-    data_cfg = _calibration_data(ckpt, calibration_data, data_dir)
-    batches = calibration_batches(data_cfg, calibration_images, seed=seed)
+    batches, data_name = _calibration(ckpt, contract, calibration_data, data_dir,
+                                      calibration_images, seed, shape)
     if shape is None:
         shape = tuple(batches[0].shape[1:])
-    if tuple(batches[0].shape[1:]) != tuple(shape):
-        raise DeployError(
-            f"calibration images of {data_cfg.name} have shape {tuple(batches[0].shape[1:])}, "
-            f"the model takes {tuple(shape)}"
-        )
-    metadata = {DATA_METADATA_KEY: data_cfg.name}
+    metadata = {DATA_METADATA_KEY: data_name}
     if contract is not None:
         metadata[CONTRACT_KEY] = contract.to_json()
     with tempfile.TemporaryDirectory(prefix="resdist-export-") as tmp:
@@ -137,7 +150,8 @@ def quantize_checkpoint(
                            deploy=False)
         report = quantize_onnx(
             fp32, out, batches, per_channel=per_channel, metadata=metadata,
-            calibration_source=f"{data_cfg.name} training split, no augmentation, seed {seed}",
+            calibration_source=f"{data_name} training split, no augmentation, prepared as the "
+                               f"input contract says, seed {seed}",
         )
         agreement = _agreement(fp32, Path(out), batches)
     return Int8Export(quantization=replace(report, fp32_path=None), model=name,
@@ -158,7 +172,7 @@ def export_int8(
     seed: int = 0,
 ) -> ExportReport:
     """INT8 export through a runtime's own quantiser (``fmt``: ``openvino``, ``executorch``,
-    ``tflite``), calibrated on the training images of the checkpoint's run as
+    ``tflite``), calibrated on training images prepared as the input contract says, as
     :func:`quantize_checkpoint` is; the report's ``extra["int8_agreement"]`` is the fraction
     of the first ``check_images`` calibration images whose INT8 top-1 class is the fp32
     PyTorch model's.
@@ -171,15 +185,10 @@ def export_int8(
 
         ckpt = load_checkpoint(checkpoint_or_model)
     source = ckpt if ckpt is not None else checkpoint_or_model
-    _, shape, _, _ = load_model_source(source, input_shape, with_contract=True)
-    data_cfg = _calibration_data(ckpt, calibration_data, data_dir)
-    batches = calibration_batches(data_cfg, calibration_images, seed=seed)
-    if shape is not None and tuple(batches[0].shape[1:]) != tuple(shape):
-        raise DeployError(
-            f"calibration images of {data_cfg.name} have shape {tuple(batches[0].shape[1:])}, "
-            f"the model takes {tuple(shape)}"
-        )
+    _, shape, _, contract = load_model_source(source, input_shape, with_contract=True)
+    batches, data_name = _calibration(ckpt, contract, calibration_data, data_dir,
+                                      calibration_images, seed, shape)
     images = np.concatenate(batches)[:check_images]
     return export(source, fmt, out, input_shape=shape or tuple(batches[0].shape[1:]),
                   quantize="int8", calibration=lambda: iter(batches), check_images=images,
-                  data_name=data_cfg.name)
+                  data_name=data_name)
