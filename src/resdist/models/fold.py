@@ -1,4 +1,4 @@
-"""Model transforms: fold Dirac kernels and BatchNorm into the convolutions, calibrate BatchNorm.
+"""Model transforms: fold Dirac kernels, RepVGG-style branches and BatchNorm into the convolutions, calibrate BatchNorm.
 
 ``to_deploy(model)`` returns a standard conv(-bias)-ReLU network computing the same function as
 ``model.eval()`` (docs/method.md section 7). ``calibrate_bn`` re-estimates BatchNorm statistics from
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .dirac import fold_dirac
 from .errors import ModelError
+from .repvgg import fold_repvgg
 
 __all__ = ["calibrate_bn", "fold_batchnorms", "fuse_conv_bn", "to_deploy"]
 
@@ -100,16 +101,18 @@ def fold_batchnorms(module: nn.Module) -> nn.Module:
 def to_deploy(
     model: nn.Module, example_input: Tensor | None = None, rtol: float = 1e-4
 ) -> nn.Module:
-    """Deploy form of ``model``: a deep copy in eval mode with Dirac convs and BatchNorms folded.
+    """Deploy form of ``model``: a deep copy in eval mode with Dirac convs, RepVGG-style branches
+    and BatchNorms folded.
 
     The original is not modified. The class is kept, so ``forward`` (and the staged contract)
-    still work; the result has no ``DiracConv2d`` and, for staged ResNet-layout models, no
-    ``BatchNorm2d`` left. If ``example_input`` is given, the outputs of the folded and the
+    still work; the result has no ``DiracConv2d`` or ``RepVGGConv2d`` and, for staged
+    ResNet-layout models, no ``BatchNorm2d`` left. If ``example_input`` is given, the outputs of the folded and the
     original eval-mode model are compared and a ``ValueError`` is raised when they differ by more
     than ``rtol`` relative to the largest output magnitude.
     """
     deployed = copy.deepcopy(model).eval()
     fold_dirac(deployed)
+    fold_repvgg(deployed)
     fold_batchnorms(deployed)
     if example_input is not None:
         was_training = model.training
