@@ -68,8 +68,14 @@ LONG_ROWS: tuple[Row, ...] = (
     Row("jointrd", "dirac", "Dirac", ("model.dirac=true",)),
 )
 
-#: Student rows of the CIFAR-10 suite: the baselines and JointRD with the released defaults.
-CIFAR10_ROWS: tuple[Row, ...] = (Row("ce"), Row("kd"), Row("feature-kd"), Row("jointrd"))
+#: Student rows of the CIFAR-10 suite: the baselines and JointRD with the released defaults, then
+#: the other road to a shortcut-free network: the RepVGG-style student (3x3, 1x1 and identity
+#: branches folded into one 3x3 conv at export), trained with CE and with JointRD.
+CIFAR10_ROWS: tuple[Row, ...] = (
+    Row("ce"), Row("kd"), Row("feature-kd"), Row("jointrd"),
+    Row("ce", "repvgg", "RepVGG-style", ("model.student_param=repvgg",)),
+    Row("jointrd", "repvgg", "RepVGG-style", ("model.student_param=repvgg",)),
+)
 
 SUITES: dict[str, Suite] = {
     "fashion-mnist": Suite("fashion-mnist", STUDENT_ROWS, "accuracy", "Fashion-MNIST, short budget"),
