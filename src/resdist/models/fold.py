@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .dirac import fold_dirac
 from .errors import ModelError
 from .repvgg import fold_repvgg
+from .timm_adapter import reparameterize_timm
 
 __all__ = ["calibrate_bn", "fold_batchnorms", "fuse_conv_bn", "to_deploy"]
 
@@ -102,6 +103,7 @@ def to_deploy(
     model: nn.Module, example_input: Tensor | None = None, rtol: float = 1e-4
 ) -> nn.Module:
     """Deploy form of ``model``: a deep copy in eval mode with Dirac convs, RepVGG-style branches
+    (resdist's, and timm's re-parameterisable blocks through timm's ``reparameterize_model``)
     and BatchNorms folded.
 
     The original is not modified. The class is kept, so ``forward`` (and the staged contract)
@@ -113,6 +115,7 @@ def to_deploy(
     deployed = copy.deepcopy(model).eval()
     fold_dirac(deployed)
     fold_repvgg(deployed)
+    reparameterize_timm(deployed)  # timm's RepVGG / MobileOne blocks, by timm's own code
     fold_batchnorms(deployed)
     if example_input is not None:
         was_training = model.training
