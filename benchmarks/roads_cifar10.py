@@ -53,7 +53,7 @@ from resdist.deploy.onnx_eval import evaluate_onnx
 from resdist.deploy.quantize import calibration_batches, quantize_onnx
 from resdist.engine import build_optimizer
 from resdist.engine.build import build_objective, model_kwargs
-from resdist.engine.trainer import accumulation_step
+from resdist.engine.trainer import accumulation_step, amp_setup
 from resdist.experiments.records import RecordError, RunStore
 from resdist.experiments.suites import CIFAR10_ROWS, Row, run_config, run_name, suite_settings
 from resdist.machine import fingerprint, fingerprint_name, load_average
@@ -210,10 +210,11 @@ def speed_part(result: dict[str, Any], args: argparse.Namespace) -> None:
     labels = torch.randint(0, 10, (batch,), generator=g)
     if base.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    _, scaler = amp_setup(None, torch.device("cpu"))  # fp32: a scaler that does not scale
     load_start = load_average()
     for objective, opt in steppers.values():
         for _ in range(2):
-            accumulation_step(objective, opt, None, [(images, labels)], None)
+            accumulation_step(objective, opt, scaler, [(images, labels)], None)
     times: dict[str, list[float]] = {k: [] for k in steppers}
     names = list(steppers)
     start = time.perf_counter()
@@ -223,7 +224,7 @@ def speed_part(result: dict[str, Any], args: argparse.Namespace) -> None:
         for name in names[r % len(names):] + names[:r % len(names)]:
             objective, opt = steppers[name]
             t0 = time.perf_counter()
-            accumulation_step(objective, opt, None, [(images, labels)], None)
+            accumulation_step(objective, opt, scaler, [(images, labels)], None)
             times[name].append(time.perf_counter() - t0)
     ce = f"{STUDENT} ce"
     med_ce, min_ce = statistics.median(times[ce]), min(times[ce])
@@ -296,7 +297,7 @@ def format_markdown(result: dict[str, Any]) -> str:
                   f"{'x'.join(map(str, speed['input']))}, {speed['threads']} thread(s), steps "
                   f"interleaved, on {fingerprint_name(m)}; load "
                   f"average {speed['loadavg_start']} at start, {speed['loadavg_end']} at end "
-                  f"(other jobs shared the machine when it is above 0); environment "
+                  f"(above the thread count: other jobs shared the machine); environment "
                   f"{speed['env'] or 'default'}.", ""]
         lines.append(markdown_table(
             ["objective", "step ms (median)", "step ms (fastest)", "steps", "/ plain CE (median)",

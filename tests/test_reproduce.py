@@ -223,3 +223,35 @@ def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_def
     changed["data"]["crop_pct"] = 1.0
     with pytest.raises(RecordError, match=r"differs in: data\.crop_pct"):
         store.load(0, "run", changed)
+
+
+def test_report_only_makes_the_report_from_the_records_and_lists_the_missing_runs(tmp_path,
+                                                                                 capsys):
+    from pathlib import Path
+
+    from resdist.config import Config
+    from resdist.experiments.records import RecordError, RunStore
+
+    base = Config.from_dict(suites.suite_settings("cifar10")).validate()
+    store = RunStore(tmp_path / "res", "cifar10")
+    fields = {"final_top1": 70.0, "best_top1": 70.0, "curve": [70.0], "train_time_s": 1.0,
+              "history": [{"epoch": 4, "test_top1": 70.0, "epoch_time_s": 1.0}]}
+    plan = [("resnet20", suites.Row("ce"), 0), ("plain20", suites.Row("ce"), 0),
+            ("resnet20", suites.Row("ce"), 1), ("plain20", suites.CIFAR10_ROWS[-1], 0)]
+    for model, row, seed in plan:
+        cfg = suites.run_config(base, model, row, "resnet20", Path("unused"))
+        cfg.train.seed = seed
+        store.save(seed, suites.run_name(model, row), cfg.to_dict(),
+                   {**fields, "final_top1": 70.0 + seed}, fingerprint("cpu"))
+    assert main(["reproduce", "cifar10", "--seeds", "0", "1", "--results", str(tmp_path / "res"),
+                 "--out", str(tmp_path / "runs"), "--report-only"]) == 0
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    summary = json.loads((tmp_path / "res" / "accuracy_cifar10.json").read_text())
+    assert [(r["model"], r["method"], r["seeds"]) for r in summary["rows"]] == [
+        ("resnet20", "ce", [0, 1]), ("plain20", "ce", [0]),
+        ("plain20 (RepVGG-style)", "jointrd", [0])]
+    assert "seed 1 plain20 ce" in summary["missing"] and len(summary["missing"]) == 10
+    assert "Not yet recorded" in (tmp_path / "res" / "accuracy_cifar10.md").read_text()
+    with pytest.raises(RecordError, match="no run of suite cifar10"):
+        suites.run_suite("cifar10", (2,), tmp_path / "runs", results_dir=tmp_path / "res",
+                         report_only=True)
