@@ -31,6 +31,7 @@ def test_help_lists_commands():
     (["train", "--data", "synthetic", "--device", "gpu0", "--epochs", "1"], "train.device"),
     (["train", "--data", "synthetic", "--limit-train", "0", "--epochs", "1"], "data.limit_train"),
     (["train", "--data", "synthetic", "--set", "model.stem=foo", "--epochs", "1"], "unknown stem"),
+    (["train", "--data", "synthetic", "--dirac", "--student-param", "repvgg"], "drop --dirac"),
 ])
 def test_user_errors_are_reported_without_traceback(args, match, capsys, tmp_path):
     code, out, err = _run(args + (["--out", str(tmp_path)] if args[0] == "train" else []), capsys)
@@ -160,6 +161,22 @@ def test_dry_run_says_where_the_teacher_comes_from(capsys, extra, words):
     assert main(["train", "--data", "synthetic", "--model", "plain20", "--method", "kd",
                  "--dry-run", *extra]) == 0
     assert words in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, kwargs", [
+    (["--student-param", "repvgg"], {"repvgg": True}),
+    (["--student-param", "dirac"], {"dirac": True}),
+    (["--dirac"], {"dirac": True}),
+    ([], {}),
+])
+def test_student_param_flag_picks_the_student_convs(flags, kwargs):
+    from resdist.cli import build_parser
+    from resdist.cli.train import config_from_args
+    from resdist.engine.build import model_kwargs
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--data", "synthetic", *flags]))
+    built = model_kwargs(cfg.validate().model, 10, 3)
+    assert {k: v for k, v in built.items() if k in ("dirac", "repvgg")} == kwargs
 
 
 def test_eval_scores_a_plain_state_dict_given_its_model(tmp_path, capsys):

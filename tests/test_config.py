@@ -65,6 +65,7 @@ def test_data_section_check_raises_the_callers_error():
     "optim.weight_decay=-1", "optim.schedule=linear", "optim.milestones=[0.5,nan]",
     "optim.gamma=0", "optim.step_size=0", "optim.warmup_epochs=-1", "train.epochs=0",
     "train.seed=-1", "train.device=tpu:x", "train.amp=fp8", "train.eval_every=0",
+    "model.student_param=repvgg2",
 ])
 def test_validate_rejects_every_out_of_range_value_naming_the_key(bad):
     key = bad.split("=")[0]
@@ -77,3 +78,5 @@ def test_validate_rejects_contradictions():
         Config().override(["optim.momentum=0"]).validate()
     with pytest.raises(ConfigError, match="exclude each other"):
         Config().override(["train.resume=true", "train.overwrite=true"]).validate()
+    with pytest.raises(ConfigError, match="drop --dirac"):
+        Config().override(["model.dirac=true", "model.student_param=repvgg"]).validate()

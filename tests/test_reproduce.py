@@ -118,6 +118,26 @@ def test_paired_differences_pair_students_of_the_same_seed_with_a_t_interval():
     assert all(p["ci95"] is None for p in one)
 
 
+def test_each_other_road_is_compared_with_plain_ce_plain_jointrd_and_the_teacher():
+    summary = {"rows": [
+        _row("resnet20", "ce", [0, 1], [80.0, 81.0]),
+        _row("plain20", "ce", [0, 1], [70.0, 72.0]),
+        _row("plain20", "jointrd", [0, 1], [78.0, 79.0]),
+        _row("plain20 (RepVGG-style)", "ce", [0, 1], [75.0, 74.0]),
+        _row("plain20 (RepVGG-style)", "jointrd", [0, 1], [79.0, 80.0]),
+    ]}
+    by_name = {p["comparison"]: p["differences"] for p in paired_differences(summary)}
+    assert by_name == {
+        "plain20 jointrd - plain CE": [8.0, 7.0], "teacher - plain20 jointrd": [2.0, 2.0],
+        "plain20 (RepVGG-style) ce - plain CE": [5.0, 2.0],
+        "plain20 (RepVGG-style) ce - plain JointRD": [-3.0, -5.0],
+        "teacher - plain20 (RepVGG-style) ce": [5.0, 7.0],
+        "plain20 (RepVGG-style) jointrd - plain CE": [9.0, 8.0],
+        "plain20 (RepVGG-style) jointrd - plain JointRD": [1.0, 1.0],
+        "teacher - plain20 (RepVGG-style) jointrd": [1.0, 1.0],
+    }
+
+
 def test_the_t_interval_takes_its_quantile_from_students_t():
     low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, std 1, n 3: t(0.975, 2 df) = 4.303
     assert (high - 2.0) * 3**0.5 == pytest.approx(4.303, abs=5e-4)
@@ -169,12 +189,17 @@ def test_the_cifar10_suite_runs_the_paper_recipe_on_the_official_layout(tmp_path
     summary = json.loads((tmp_path / "res" / "accuracy_cifar10.json").read_text())
     model = summary["config"]["model"]["name"]
     teacher = model.replace("plain", "resnet")
+    road = f"{model} (RepVGG-style)"
     assert [(r["model"], r["method"]) for r in summary["rows"]] == [
-        (teacher, "ce"), (model, "ce"), (model, "kd"), (model, "feature-kd"), (model, "jointrd")]
+        (teacher, "ce"), (model, "ce"), (model, "kd"), (model, "feature-kd"), (model, "jointrd"),
+        (road, "ce"), (road, "jointrd")]
+    assert summary["config"]["model"]["student_param"] == "plain"
     md = (tmp_path / "res" / "accuracy_cifar10.md").read_text()
     assert md.startswith("CIFAR-10 (JPEG copy): all 50000 training images, full 10k test set")
     records = tmp_path / "res" / "runs" / "cifar10" / "seed0"
     assert (records / f"{teacher}-ce.pth").exists() and (records / f"{model}-jointrd.json").exists()
+    made = json.loads((records / f"{model}-jointrd-repvgg.json").read_text())["settings"]
+    assert made["model"]["student_param"] == "repvgg" and made["distill"]["method"] == "jointrd"
 
 
 def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_default(tmp_path):
@@ -198,3 +223,35 @@ def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_def
     changed["data"]["crop_pct"] = 1.0
     with pytest.raises(RecordError, match=r"differs in: data\.crop_pct"):
         store.load(0, "run", changed)
+
+
+def test_report_only_makes_the_report_from_the_records_and_lists_the_missing_runs(tmp_path,
+                                                                                 capsys):
+    from pathlib import Path
+
+    from resdist.config import Config
+    from resdist.experiments.records import RecordError, RunStore
+
+    base = Config.from_dict(suites.suite_settings("cifar10")).validate()
+    store = RunStore(tmp_path / "res", "cifar10")
+    fields = {"final_top1": 70.0, "best_top1": 70.0, "curve": [70.0], "train_time_s": 1.0,
+              "history": [{"epoch": 4, "test_top1": 70.0, "epoch_time_s": 1.0}]}
+    plan = [("resnet20", suites.Row("ce"), 0), ("plain20", suites.Row("ce"), 0),
+            ("resnet20", suites.Row("ce"), 1), ("plain20", suites.CIFAR10_ROWS[-1], 0)]
+    for model, row, seed in plan:
+        cfg = suites.run_config(base, model, row, "resnet20", Path("unused"))
+        cfg.train.seed = seed
+        store.save(seed, suites.run_name(model, row), cfg.to_dict(),
+                   {**fields, "final_top1": 70.0 + seed}, fingerprint("cpu"))
+    assert main(["reproduce", "cifar10", "--seeds", "0", "1", "--results", str(tmp_path / "res"),
+                 "--out", str(tmp_path / "runs"), "--report-only"]) == 0
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    summary = json.loads((tmp_path / "res" / "accuracy_cifar10.json").read_text())
+    assert [(r["model"], r["method"], r["seeds"]) for r in summary["rows"]] == [
+        ("resnet20", "ce", [0, 1]), ("plain20", "ce", [0]),
+        ("plain20 (RepVGG-style)", "jointrd", [0])]
+    assert "seed 1 plain20 ce" in summary["missing"] and len(summary["missing"]) == 10
+    assert "Not yet recorded" in (tmp_path / "res" / "accuracy_cifar10.md").read_text()
+    with pytest.raises(RecordError, match="no run of suite cifar10"):
+        suites.run_suite("cifar10", (2,), tmp_path / "runs", results_dir=tmp_path / "res",
+                         report_only=True)

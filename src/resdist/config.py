@@ -31,6 +31,7 @@ PATH_LOSSES = ("ce", "kd")
 SCHEDULES = ("multistep", "step", "cosine", "onecycle", "constant")
 AMP_MODES = ("bf16", "fp16", "auto")
 STEMS = ("imagenet", "cifar", "deep")
+STUDENT_PARAMS = ("plain", "dirac", "repvgg")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 NORMALIZATIONS = ("imagenet", "dataset")
 TRAIN_CROPS = ("random-resized", "pad-crop")
@@ -164,10 +165,26 @@ class ModelConfig:
     name: str = "plain56"
     stem: str | None = None  # None: the builder's default ("cifar" for thin nets)
     width_mult: float | None = None  # thin CIFAR ResNets only
-    dirac: bool = False  # Dirac-parametrised block convs (plain students)
+    dirac: bool = False  # Dirac-parametrised block convs (plain students); = student_param dirac
     keep_downsample_shortcuts: bool = False
     weights: str | None = None  # torchvision weights name or state-dict file
     init_from_teacher: bool = False  # copy the teacher's matching tensors into the student
+    student_param: str = "plain"  # how the student's convs train: plain | dirac | repvgg
+
+    @property
+    def param(self) -> str:
+        """The training-time parametrisation of the convs: ``student_param``, or ``"dirac"``
+        when the older switch ``dirac`` is on."""
+        return "dirac" if self.dirac else self.student_param
+
+    def check(self) -> None:
+        """Check ``student_param`` and that it agrees with ``dirac``."""
+        check_choice("model.student_param", self.student_param, STUDENT_PARAMS,
+                     "student parametrisation")
+        if self.dirac and self.student_param not in ("plain", "dirac"):
+            raise ConfigError(f"model.dirac=true and model.student_param={self.student_param} "
+                              "name two parametrisations: drop --dirac (it means "
+                              "--student-param dirac)")
 
 
 @dataclass
@@ -260,6 +277,7 @@ class Config:
         """
         d, m, o, t = self.data, self.model, self.optim, self.train
         d.check()
+        m.check()
         self.distill.check()
         if m.stem is not None:
             check_choice("model.stem", m.stem, STEMS, "stem")

@@ -64,6 +64,7 @@ def test_onnx_round_trip_with_dynamic_batch(tmp_path):
     [
         ("plain20", {}, 0),
         ("plain20", {"dirac": True}, 0),
+        ("plain20", {"repvgg": True}, 0),  # the branches' sums fold into the convs
         ("plain20", {"keep_downsample_shortcuts": True}, 2),  # stages 2..3
         ("resnet20", {}, 9),  # one per block
     ],
@@ -141,6 +142,23 @@ def test_export_from_checkpoint_reports(tmp_path):
     assert report.parameters < sum(p.numel() for p in model.parameters())
     ts = export(path, "torchscript", tmp_path / "m.pt")
     assert ts.feature_adds == 0 and ts.max_rel_error < 1e-4
+
+
+def test_repvgg_student_exports_as_the_plain_graph(tmp_path):
+    path, model = _checkpoint(tmp_path, repvgg=True)
+    report = export(path, "onnx", tmp_path / "r.onnx")
+    assert report.feature_adds == 0 == report.expected_shortcut_adds
+    assert report.max_rel_error < 1e-4
+    plain = export(randomize(create_model("plain20", **SMALL)), "onnx", tmp_path / "p.onnx",
+                   SHAPE)
+    assert report.parameters < sum(p.numel() for p in model.parameters())
+
+    def ops(p):
+        return [n.op_type for n in onnx.load(p).graph.node]
+
+    # the same operators in the same order as the plain student's (convs with biases, ReLUs)
+    assert ops(tmp_path / "r.onnx") == ops(tmp_path / "p.onnx")
+    assert report.parameters == plain.parameters
 
 
 def test_export_errors(tmp_path):

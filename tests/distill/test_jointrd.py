@@ -236,3 +236,31 @@ def test_baselines_return_losses_and_keep_teacher_frozen():
         out["loss"].backward()
         assert not teacher.training
         assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_jointrd_trains_a_repvgg_student_through_the_teachers_later_stages():
+    from resdist.models import RepVGGConv2d
+
+    teacher, student = _pair(repvgg=True)
+    d = ResidualDistiller(teacher, student, feature_weight=0.0)
+    d.train()
+    x, y = _batch()
+    out = d.paths(x)
+    # path 1: student stem and stage 1, then the teacher's stages 2 and 3 and head
+    torch.nn.functional.cross_entropy(out["path_logits"][0], y).backward()
+
+    def branch_grads(module):
+        layers = [m for m in module.modules() if isinstance(m, RepVGGConv2d)]
+        return [(p.grad is not None and float(p.grad.abs().sum()) > 0)
+                for m in layers
+                for branch in (m.conv_kxk, m.bn_kxk, m.conv_1x1, m.bn_1x1, m.bn_identity)
+                if branch is not None for p in branch.parameters()]
+
+    early = branch_grads(student.layer1) + branch_grads(student.conv1)
+    assert early and all(early)  # every branch, the identity BNs included
+    assert not any(branch_grads(student.layer2) + branch_grads(student.layer3))
+    assert all(p.grad is None for p in teacher.parameters())
+    # the full objective reaches every branch of every stage
+    student.zero_grad()
+    d(x, y)["loss"].backward()
+    assert all(branch_grads(student))

@@ -130,3 +130,20 @@ def test_a_trained_teacher_is_scored_before_the_student_learns_from_it(tmp_path,
     expected = evaluate_checkpoint(tmp_path / "t", device="cpu")
     assert record["split"] == "test" and record["top1"] == pytest.approx(expected.top1)
     assert f"test top-1 {expected.top1:.2f}%" in said.out + said.err
+
+
+def test_repvgg_student_trains_with_every_method(tmp_path):
+    from resdist.models import RepVGGConv2d
+
+    train(_cfg(tmp_path / "t", **{"model.name": "resnet20", "train.epochs": 1,
+                                  "data.synthetic_samples": 128}))
+    teacher = str(tmp_path / "t/run/last.pth")
+    for method in ("ce", "kd", "feature-kd", "jointrd"):
+        r = train(_cfg(tmp_path / method, **{
+            "distill.method": method, "teacher.checkpoint": teacher, "train.epochs": 1,
+            "model.student_param": "repvgg", "data.synthetic_samples": 128}))
+        assert r.history[-1]["epoch"] == 1 and r.history[-1]["train_loss"] > 0
+        ckpt = load_checkpoint(tmp_path / method / "run/last.pth")
+        assert ckpt.model_kwargs.get("repvgg") is True
+        model = model_from_checkpoint(ckpt)
+        assert sum(isinstance(m, RepVGGConv2d) for m in model.modules()) == 19

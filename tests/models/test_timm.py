@@ -153,3 +153,47 @@ def test_a_resnet_d_state_dict_for_a_plain_resnet_names_the_layout_to_use(tmp_pa
     with pytest.raises(WeightsError, match="torchvision publishes no resnet50d weights: use "
                                            "--teacher timm:resnet50d"):
         load_torchvision_weights(create_model("resnet50d", num_classes=5), "resnet50d", "DEFAULT")
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0"])
+def test_timms_reparameterisable_networks_fold_through_timms_own_code(name, monkeypatch):
+    """``timm:repvgg_a0`` / ``timm:mobileone_s0`` are built as timm defines them, offline, and
+    ``to_deploy`` switches them to their deploy form through timm's ``reparameterize_model``."""
+    import timm.utils.model
+
+    from resdist.models import calibrate_bn
+
+    calls = []
+    real = timm.utils.model.reparameterize_model
+    monkeypatch.setattr(timm.utils.model, "reparameterize_model",
+                        lambda m, inplace=False: calls.append(m) or real(m, inplace=inplace))
+    model = create_model(f"timm:{name}", num_classes=5, in_chans=3).double()
+    assert type(model).__module__.startswith("timm.")
+    calibrate_bn(model, 2, (3, 32, 32), 4)
+    deployed = to_deploy(model)
+    assert len(calls) == 1
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert sum(p.numel() for p in deployed.parameters()) < sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = model(x), deployed(x)
+    assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+    with pytest.raises(ModelError, match="takes no shortcuts=False"):
+        create_model(f"timm:{name}", num_classes=5, shortcuts=False)
+
+
+def test_profile_puts_timms_repvgg_and_mobileone_beside_resnet18_offline(tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # random weights: nothing is fetched
+    out = tmp_path / "prof"
+    assert main(["profile", "resnet18", "timm:repvgg_a0", "timm:mobileone_s0", "--input-size",
+                 "32", "--no-latency", "--batch-sizes", "1", "--out", str(out)]) == 0
+    import json
+
+    result = json.loads(next(out.glob("*.json")).read_text())
+    by = {m["name"]: m for m in result["models"]}
+    assert by["resnet18"]["feature_adds"] == 8
+    for name in ("timm:repvgg_a0", "timm:mobileone_s0"):
+        assert by[name]["feature_adds"] == 0 and not by[name]["is_resnet"]
+        assert "calibrated" in by[name]["weights"]
+    assert {p["plain"] for p in result["pairs"]} == {"timm:repvgg_a0", "timm:mobileone_s0"}

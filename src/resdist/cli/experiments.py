@@ -55,6 +55,9 @@ def add_parsers(sub) -> None:
                    "(default: runs/reproduce/results)")
     r.add_argument("--data-dir", metavar="DIR",
                    help="Fashion-MNIST folder (default: the standard locations)")
+    r.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the runs recorded under "
+                   "--results, listing those not recorded yet")
     add_set_arg(r, "override a config key of every run (repeatable)")
     r.set_defaults(func=cmd_reproduce)
 
@@ -81,7 +84,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     ])
     try:
         summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
-                            command)
+                            command, report_only=args.report_only)
     except KeyboardInterrupt as e:
         raise type(e)(f"the finished runs and their records in {args.results} are kept; run "
                       "the same command again to go on (an unfinished run continues from its "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import AMP_MODES, METHODS, SCHEDULES, STEMS, Config
+from ..config import AMP_MODES, METHODS, SCHEDULES, STEMS, STUDENT_PARAMS, Config
 from .args import DEFAULTS as _D
 from .args import add_data_args, add_set_arg
 
@@ -13,7 +13,8 @@ FLAG_KEYS = {
     "data": "data.name", "data_dir": "data.data_dir", "batch_size": "data.batch_size",
     "limit_train": "data.limit_train", "limit_test": "data.limit_test",
     "val_split": "data.val_split", "download": "data.download",
-    "model": "model.name", "dirac": "model.dirac", "stem": "model.stem",
+    "model": "model.name", "dirac": "model.dirac", "student_param": "model.student_param",
+    "stem": "model.stem",
     "keep_downsample_shortcuts": "model.keep_downsample_shortcuts",
     "method": "distill.method", "teacher": "teacher.name",
     "teacher_checkpoint": "teacher.checkpoint", "teacher_weights": "teacher.weights",
@@ -76,8 +77,12 @@ def _add_model_args(g: argparse._ArgumentGroup) -> None:
                    "cifar its conv1 does not fit; deep: ResNet-D's three 3x3 convs and a "
                    "max-pool (default: the model's own, imagenet for ResNet-18/34/50, deep for "
                    "ResNet-18/34/50-D, cifar for the thin nets)")
+    g.add_argument("--student-param", choices=STUDENT_PARAMS, default=None,
+                   help="how the student's convs train, all folded into plain convs at export: "
+                   "plain; dirac (alpha*I + beta*W); repvgg (every 3x3 conv as 3x3+BN, 1x1+BN "
+                   "and identity+BN branches, RepVGG-style) (default: plain)")
     g.add_argument("--dirac", action="store_true", default=None,
-                   help="Dirac-parametrised student convs, alpha*I + beta*W (folded away at export)")
+                   help="the same as --student-param dirac")
     g.add_argument("--keep-downsample-shortcuts", action="store_true", default=None,
                    help="plain student keeps the stride-2 projection shortcuts (released code)")
 

@@ -24,8 +24,8 @@ def model_kwargs(cfg: ModelConfig, num_classes: int, in_chans: int) -> dict[str,
         kw["stem"] = cfg.stem
     if cfg.width_mult is not None:
         kw["width_mult"] = cfg.width_mult
-    if cfg.dirac:
-        kw["dirac"] = True
+    if cfg.param != "plain":
+        kw[cfg.param] = True  # dirac=True or repvgg=True
     if cfg.keep_downsample_shortcuts:
         kw["keep_downsample_shortcuts"] = True
     return kw
@@ -34,7 +34,7 @@ def model_kwargs(cfg: ModelConfig, num_classes: int, in_chans: int) -> dict[str,
 def teacher_kwargs(student_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The teacher shares the student's classes, channels, stem and width, with shortcuts."""
     return {k: v for k, v in student_kwargs.items()
-            if k not in ("dirac", "keep_downsample_shortcuts", "shortcuts")}
+            if k not in ("dirac", "repvgg", "keep_downsample_shortcuts", "shortcuts")}
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict]:

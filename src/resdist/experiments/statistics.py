@@ -37,32 +37,53 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return mean - half, mean + half
 
 
+#: Labels of rows that take another road to a shortcut-free network than distillation into the
+#: plain student; each is compared with plain CE, with JointRD on the plain student and with the
+#: teacher.
+ROADS: tuple[str, ...] = ("RepVGG-style",)
+
+
+def _is_road(row: dict[str, Any]) -> bool:
+    return any(f"({label})" in row["model"] for label in ROADS)
+
+
 def paired_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-seed paired differences of final top-1 between rows that share seeds (the students
     of seed s share the teacher and the data order): for every JointRD row, JointRD - CE,
-    JointRD - feature KD and teacher - JointRD. Each comes with its mean, sample std and a 95%
-    t interval (:func:`t_interval`; none for one seed)."""
+    JointRD - feature KD and teacher - JointRD; for every row of another road (a label in
+    :data:`ROADS`, such as the RepVGG-style student), that row - plain CE, that row - JointRD
+    on the plain student and teacher - that row. Each comes with its mean, sample std and a
+    95% t interval (:func:`t_interval`; none for one seed)."""
     rows = summary["rows"]
     teacher = rows[0]  # the suite trains the teacher first
     student = next((r for r in rows if r["method"] == "ce" and r is not teacher), None)
     plain = {r["method"]: r for r in rows if r["model"] == (student or {}).get("model")}
-    out = []
-    for jrd in (r for r in rows if r["method"] == "jointrd" and "Dirac" not in r["model"]):
+    plain_jrd = plain.get("jointrd")
+    comparisons = []
+    for jrd in (r for r in rows if r["method"] == "jointrd" and "Dirac" not in r["model"]
+                and not _is_road(r)):
         name = f"{jrd['model']} jointrd"
-        for label, a, b in ((f"{name} - plain CE", jrd, plain.get("ce")),
-                            (f"{name} - feature KD", jrd, plain.get("feature-kd")),
-                            (f"teacher - {name}", teacher, jrd)):
-            if b is None:
-                continue
-            va, vb = dict(zip(a["seeds"], a["final_top1"])), dict(zip(b["seeds"], b["final_top1"]))
-            seeds = [s for s in a["seeds"] if s in vb]
-            diffs = [va[s] - vb[s] for s in seeds]
-            if not diffs:
-                continue
-            row: dict[str, Any] = {"comparison": label, "seeds": seeds, "differences": diffs,
-                                   "mean": fmean(diffs), "ci95": None}
-            interval = t_interval(diffs)
-            if interval is not None:
-                row.update(std=stdev(diffs), ci95=list(interval))
-            out.append(row)
+        comparisons += [(f"{name} - plain CE", jrd, plain.get("ce")),
+                        (f"{name} - feature KD", jrd, plain.get("feature-kd")),
+                        (f"teacher - {name}", teacher, jrd)]
+    for road in (r for r in rows if _is_road(r)):
+        name = f"{road['model']} {road['method']}"
+        comparisons += [(f"{name} - plain CE", road, plain.get("ce")),
+                        (f"{name} - plain JointRD", road, plain_jrd),
+                        (f"teacher - {name}", teacher, road)]
+    out = []
+    for label, a, b in comparisons:
+        if b is None:
+            continue
+        va, vb = dict(zip(a["seeds"], a["final_top1"])), dict(zip(b["seeds"], b["final_top1"]))
+        seeds = [s for s in a["seeds"] if s in vb]
+        diffs = [va[s] - vb[s] for s in seeds]
+        if not diffs:
+            continue
+        row: dict[str, Any] = {"comparison": label, "seeds": seeds, "differences": diffs,
+                               "mean": fmean(diffs), "ci95": None}
+        interval = t_interval(diffs)
+        if interval is not None:
+            row.update(std=stdev(diffs), ci95=list(interval))
+        out.append(row)
     return out

@@ -37,12 +37,15 @@ from .registry import (
     student_name_for,
     teacher_name_for,
 )
+from .repvgg import RepVGGConv2d, fold_repvgg
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
-    "THIN_DEPTHS", "BasicBlock", "Bottleneck", "DiracConv2d", "ResNet", "StageMismatchError",
+    "THIN_DEPTHS", "BasicBlock", "Bottleneck", "DiracConv2d", "RepVGGConv2d", "ResNet",
+    "StageMismatchError",
     "StagedModel", "UnknownModelError", "builders", "calibrate_bn", "check_staged",
-    "check_staged_pair", "create_model", "fold_batchnorms", "fold_dirac", "from_torchvision",
+    "check_staged_pair", "create_model", "fold_batchnorms", "fold_dirac", "fold_repvgg",
+    "from_torchvision",
     "fuse_conv_bn", "is_model", "last_bn_of", "list_models", "model_description",
     "parameter_count", "plain18", "plain20", "plain32", "plain34", "plain44", "plain50", "plain56",
     "plain110", "register_model", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet110",

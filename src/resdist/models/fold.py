@@ -1,4 +1,4 @@
-"""Model transforms: fold Dirac kernels and BatchNorm into the convolutions, calibrate BatchNorm.
+"""Model transforms: fold Dirac kernels, RepVGG-style branches and BatchNorm into the convolutions, calibrate BatchNorm.
 
 ``to_deploy(model)`` returns a standard conv(-bias)-ReLU network computing the same function as
 ``model.eval()`` (docs/method.md section 7). ``calibrate_bn`` re-estimates BatchNorm statistics from
@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from .dirac import fold_dirac
 from .errors import ModelError
+from .repvgg import fold_repvgg
+from .timm_adapter import reparameterize_timm
 
 __all__ = ["calibrate_bn", "fold_batchnorms", "fuse_conv_bn", "to_deploy"]
 
@@ -109,6 +111,8 @@ def _folded(model: nn.Module, **to: torch.device | torch.dtype) -> nn.Module:
     if to:
         deployed.to(**to)
     fold_dirac(deployed)
+    fold_repvgg(deployed)
+    reparameterize_timm(deployed)  # timm's RepVGG / MobileOne blocks, by timm's own code
     fold_batchnorms(deployed)
     return deployed
 
@@ -127,11 +131,14 @@ def _fold_error(model: nn.Module, deployed64: nn.Module, example_input: Tensor,
 def to_deploy(
     model: nn.Module, example_input: Tensor | None = None, rtol: float = 1e-5
 ) -> nn.Module:
-    """Deploy form of ``model``: a deep copy in eval mode with Dirac convs and BatchNorms folded.
+    """Deploy form of ``model``: a deep copy in eval mode with Dirac convs, RepVGG-style branches
+    (resdist's, and timm's re-parameterisable blocks through timm's ``reparameterize_model``)
+    and BatchNorms folded.
 
     The original is not modified. The class is kept, so ``forward`` (and the staged contract)
-    still work; the result has no ``DiracConv2d`` and, for staged ResNet-layout models, no
-    ``BatchNorm2d`` left.
+    still work; the result has no ``DiracConv2d`` or ``RepVGGConv2d`` (timm's RepVGG and
+    MobileOne blocks are switched to their deploy form by timm's own code) and, for staged
+    ResNet-layout models, no ``BatchNorm2d`` left.
 
     If ``example_input`` is given, the fold is checked: it is done in float64, the folded and the
     original eval-mode network both compute ``example_input`` in float64, and a

@@ -58,7 +58,7 @@ def is_model(name: str) -> bool:
 
 
 _INT_KWARGS = ("num_classes", "in_chans", "stem_width")
-_BOOL_KWARGS = ("dirac", "keep_downsample_shortcuts", "shortcuts", "zero_init_residual", "avg_down",
+_BOOL_KWARGS = ("dirac", "repvgg", "keep_downsample_shortcuts", "shortcuts", "zero_init_residual", "avg_down",
                 "progress")
 #: builder arguments that fetch or load weights: left out of the size probe
 _WEIGHT_KWARGS = ("weights", "progress", "pretrained")

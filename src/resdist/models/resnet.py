@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..config import STEMS, check_choice
 from .dirac import DiracConv2d
 from .errors import ModelError
+from .repvgg import repvgg_conv
 
 ConvLayer = Callable[..., nn.Module]
 NormLayer = Callable[[int], nn.Module]
@@ -40,6 +41,12 @@ def conv1x1(
     return conv_layer(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+def norm_after(conv: nn.Module, norm_layer: NormLayer, planes: int) -> nn.Module:
+    """The normalisation following ``conv``: ``norm_layer(planes)``, or ``nn.Identity`` when the
+    convolution normalises its own output (a RepVGG-style conv, whose branches carry BNs)."""
+    return nn.Identity() if getattr(conv, "includes_norm", False) else norm_layer(planes)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs; with ``shortcut=True`` the input (or its projection) is added at the end."""
 
@@ -57,10 +64,10 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride, conv_layer)
-        self.bn1 = norm_layer(planes)
+        self.bn1 = norm_after(self.conv1, norm_layer, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, 1, conv_layer)
-        self.bn2 = norm_layer(planes)
+        self.bn2 = norm_after(self.conv2, norm_layer, planes)
         self.downsample = downsample
         self.stride = stride
         self.shortcut = shortcut
@@ -97,11 +104,11 @@ class Bottleneck(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes, 1, conv_layer)
-        self.bn1 = norm_layer(planes)
+        self.bn1 = norm_after(self.conv1, norm_layer, planes)
         self.conv2 = conv3x3(planes, planes, stride, conv_layer)
-        self.bn2 = norm_layer(planes)
+        self.bn2 = norm_after(self.conv2, norm_layer, planes)
         self.conv3 = conv1x1(planes, planes * self.expansion, 1, conv_layer)
-        self.bn3 = norm_layer(planes * self.expansion)
+        self.bn3 = norm_after(self.conv3, norm_layer, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -143,6 +150,9 @@ class ResNet(nn.Module):
         keep_downsample_shortcuts: for a plain CNN, keep the projection shortcuts of stride-2
             blocks (the authors' released code) instead of removing everything.
         dirac: use :class:`DiracConv2d` for block convolutions (plain students only).
+        repvgg: train every 3x3 convolution (blocks and the cifar/deep stem) as RepVGG-style
+            3x3+BN, 1x1+BN and identity+BN branches (:class:`~resdist.models.repvgg.RepVGGConv2d`;
+            plain students only); the BatchNorm after each such conv becomes ``nn.Identity``.
         norm_layer: normalisation layer factory, ``nn.BatchNorm2d`` by default.
         zero_init_residual: zero the last BN of each residual block (ignored for plain blocks).
     """
@@ -159,6 +169,7 @@ class ResNet(nn.Module):
         shortcuts: bool = True,
         keep_downsample_shortcuts: bool = False,
         dirac: bool = False,
+        repvgg: bool = False,
         norm_layer: NormLayer | None = None,
         zero_init_residual: bool = False,
         avg_down: bool = False,
@@ -171,13 +182,19 @@ class ResNet(nn.Module):
             raise ModelError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
         if shortcuts and keep_downsample_shortcuts:
             raise ModelError("keep_downsample_shortcuts only applies to plain networks (shortcuts=False)")
+        if dirac and repvgg:
+            raise ModelError("dirac and repvgg are two parametrisations of the same convs: "
+                             "choose one")
         norm_layer = norm_layer or nn.BatchNorm2d
         self._norm_layer = norm_layer
-        self._conv_layer: ConvLayer = DiracConv2d if dirac else nn.Conv2d
+        self._conv_layer: ConvLayer = (DiracConv2d if dirac else repvgg_conv if repvgg
+                                       else nn.Conv2d)
+        stem_conv: ConvLayer = repvgg_conv if repvgg else nn.Conv2d
         self.block = block
         self.shortcuts = shortcuts
         self.keep_downsample_shortcuts = keep_downsample_shortcuts
         self.dirac = dirac
+        self.repvgg = repvgg
         self.stem_type = stem
         self.avg_down = avg_down
         self.inplanes = stem_width or widths[0]
@@ -188,16 +205,18 @@ class ResNet(nn.Module):
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         elif stem == "deep":
             inner = max(1, self.inplanes // 2)
+            first, second = conv3x3(in_chans, inner, 2, stem_conv), conv3x3(inner, inner, 1, stem_conv)
             self.conv1 = nn.Sequential(
-                conv3x3(in_chans, inner, 2), norm_layer(inner), nn.ReLU(inplace=True),
-                conv3x3(inner, inner), norm_layer(inner), nn.ReLU(inplace=True),
-                conv3x3(inner, self.inplanes),
+                first, norm_after(first, norm_layer, inner), nn.ReLU(inplace=True),
+                second, norm_after(second, norm_layer, inner), nn.ReLU(inplace=True),
+                conv3x3(inner, self.inplanes, 1, stem_conv),
             )
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
-            self.conv1 = nn.Conv2d(in_chans, self.inplanes, 3, stride=1, padding=1, bias=False)
+            self.conv1 = conv3x3(in_chans, self.inplanes, 1, stem_conv)
             self.maxpool = nn.Identity()
-        self.bn1 = norm_layer(self.inplanes)
+        last = self.conv1[-1] if isinstance(self.conv1, nn.Sequential) else self.conv1
+        self.bn1 = norm_after(last, norm_layer, self.inplanes)
         self.relu = nn.ReLU(inplace=True)
 
         self.num_stages = len(layers)

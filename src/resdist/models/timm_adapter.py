@@ -197,6 +197,8 @@ def create_timm_resnet(
     try:
         layout = timm_layout(model)
     except ModelError as e:
+        if is_reparameterisable(model):
+            return _deploy_network(arch, model, shortcuts, stem, overrides)
         raise ModelError(f"timm:{arch}: {e}") from e
     if stem is None or stem == layout["stem"]:
         return from_timm(model, shortcuts=shortcuts, **overrides)
@@ -204,6 +206,43 @@ def create_timm_resnet(
         raise ModelError(f"the timm weights of {arch} have its {layout['stem']} stem, not "
                          f"{stem}: leave out --stem (or model.stem) to use them")
     return _resnet(layout, stem=stem, stem_width=None, shortcuts=shortcuts, **overrides)
+
+
+#: What timm's re-parameterisable blocks implement to switch to their deploy form
+#: (``timm.utils.model.reparameterize_model`` calls the first one a block has).
+_REPARAM_HOOKS = ("fuse", "reparameterize", "switch_to_deploy")
+
+
+def is_reparameterisable(model: nn.Module) -> bool:
+    """Whether ``model`` holds timm blocks that re-parameterise for deployment (RepVGG,
+    MobileOne, FastViT, ...): training-time branches that fold into one convolution."""
+    return any(type(m).__module__.startswith("timm.") and
+               any(callable(getattr(m, hook, None)) for hook in _REPARAM_HOOKS)
+               for m in model.modules())
+
+
+def _deploy_network(arch: str, model: nn.Module, shortcuts: bool, stem: str | None,
+                    overrides: dict[str, Any]) -> nn.Module:
+    """A timm network that is not a ResNet but re-parameterises for deployment, as timm builds
+    it: resdist can profile and export it (:func:`reparameterize_timm` folds it), not use it
+    as a teacher or student."""
+    if not shortcuts or stem is not None or overrides:
+        asked = ", ".join(["shortcuts=False"] * (not shortcuts) + [f"stem={stem}"] * bool(stem)
+                          + list(overrides))
+        raise ModelError(f"timm:{arch} is built as timm defines it (it re-parameterises for "
+                         f"deployment); it takes no {asked}")
+    return model
+
+
+def reparameterize_timm(model: nn.Module) -> nn.Module:
+    """Switch every timm re-parameterisable block of ``model`` to its deploy form, in place,
+    through timm's own ``timm.utils.model.reparameterize_model``; other models are returned
+    unchanged. Use it on a model in eval mode: the branches' BatchNorm statistics are folded."""
+    if not is_reparameterisable(model):
+        return model
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model, inplace=True)
 
 
 def plain_counterpart(name: str) -> str | None:
