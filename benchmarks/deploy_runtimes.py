@@ -50,20 +50,28 @@ def _plot(result: dict, path: Path) -> None:
 
     lat = result["runtimes"]["latency"]
     pairs = [(p["resnet"], p["plain"]) for p in result["pairs"]]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
-    for ax, (res, plain) in zip(axes[0], pairs):
-        labels, ratios = [], []
+    bars = max(1, len(lat) // max(2 * len(pairs), 1))
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(max(6.0, 0.32 * bars), 4.5 * len(pairs)),
+                             squeeze=False)
+    colours = {"onnxruntime": "tab:blue", "openvino": "tab:orange", "executorch": "tab:green",
+               "litert": "tab:red"}
+    for ax, (res, plain) in zip(axes[:, 0], pairs):
+        labels, ratios, colour = [], [], []
         for r in lat:
             if r["model"] != plain:
                 continue
             match = [x for x in lat if x["model"] == res and all(
                 x[k] == r[k] for k in ("runtime", "precision", "threads", "batch"))]
             if match:
-                labels.append(f"{r['runtime']}\n{r['precision']} t{r['threads']} b{r['batch']}")
+                labels.append(f"{r['precision']} t{r['threads']} b{r['batch']}")
                 ratios.append(match[0]["median_ms"] / r["median_ms"])
-        ax.bar(range(len(ratios)), ratios, color="tab:blue")
+                colour.append(colours.get(r["runtime"], "tab:gray"))
+        ax.bar(range(len(ratios)), ratios, color=colour)
+        for name, c in colours.items():
+            ax.bar([0], [0], color=c, label=name)
+        ax.legend(fontsize=7, loc="upper left")
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(ratios)), labels, rotation=90, fontsize=6)
+        ax.set_xticks(range(len(ratios)), labels, rotation=90, fontsize=7)
         ax.set_title(f"{res} / {plain}: latency ratio (>1: plain faster)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
