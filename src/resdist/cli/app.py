@@ -7,16 +7,28 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import ResdistError
 from . import catalogue, deploy, evaluate, experiments, train
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``PROG: error: ...; see PROG
+    --help``, exit status 2) instead of argparse's usage block followed by the message; its
+    sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one line and exit with status 2."""
+        msg = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {msg}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``resdist`` parser, one sub-command per job."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="resdist", description="Residual Distillation: plain CNNs trained to ResNet "
         "accuracy through a ResNet teacher, deployed without shortcuts. Each command's "
         "--help says what it takes; `resdist docs` lists the guides (method, training, "

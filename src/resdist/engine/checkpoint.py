@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from ..errors import ResdistError
 from ..models import create_model, is_model
 from ..models.errors import ModelError
 from ..models.registry import check_model_kwargs
-from ..safe_load import UnsafeFileError, load_torch_file
+from ..safe_load import UnsafeFileError, load_torch_file, read_failure
 
 __all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "load_weights",
            "model_from_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
@@ -199,10 +198,7 @@ class Checkpoint:
         except UnsafeFileError:
             raise
         except Exception as e:
-            reason = _first_line(e)
-            if isinstance(e, pickle.UnpicklingError) or not reason or reason.isdigit():
-                reason = "not a PyTorch file, or corrupt"  # e.g. a bare KeyError of a byte value
-            raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
+            raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(e)}") from e
         return cls.from_dict(raw, source=str(path))
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -334,11 +330,6 @@ def load_weights(model: nn.Module, state: dict[str, Any], source: str, strict: b
         raise CheckpointError(
             f"the weights of {source} do not fit {type(model).__name__}: {detail}"
         ) from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def rng_state() -> dict[str, Any]:
