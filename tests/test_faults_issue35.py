@@ -31,13 +31,16 @@ def _train(out: Path, *extra: str, epochs: int = 1) -> list[str]:
     return ["train", *TINY, "--epochs", str(epochs), "--out", str(out), *extra]
 
 
-def fails(args: list[str], capsys) -> str:
-    """Run the CLI, expect exit status 2 and exactly one error line; return it."""
+def fails(args: list[str], capsys, progress: bool = False) -> str:
+    """Run the CLI, expect exit status 2 and exactly one error line (after the progress lines
+    a command prints on stderr, with ``progress``); return it."""
     got = main(args)
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert got == 2, err
     assert "Traceback" not in err
+    if progress:
+        lines = [ln for ln in lines if ln.startswith(f"resdist {args[0]}: ")]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"resdist {args[0]}: error: "), lines[0]
     return lines[0]
@@ -102,3 +105,113 @@ def test_state_dict_values(tmp_path, capsys, kind, words, where):
     line = fails(args, capsys)
     assert words in line and "weights_only" not in line and len(line) < 400
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+# --- huge-lr ---------------------------------------------------------------------------------
+
+def test_huge_lr(tmp_path, capsys):
+    line = fails(_train(tmp_path / "run", "--lr", "1e39"), capsys)
+    assert "optim.lr must lie in (0, 3.40282e+38]" in line
+    assert not (tmp_path / "run").exists()
+
+
+# --- profile-input-too-large -----------------------------------------------------------------
+
+def test_profile_input_too_large(capsys, monkeypatch):
+    import resdist.deploy.profile.compare as compare
+
+    def never(*a, **k):
+        raise AssertionError("calibration ran: the input was not counted first")
+
+    monkeypatch.setattr(compare, "calibrate_bn", never)
+    line = fails(["profile", "plain20", "--no-latency", "--input-size", "60000"], capsys)
+    assert "3x60000x60000 needs at least" in line and "--input-size" in line
+
+
+# --- disk-full-small-files -------------------------------------------------------------------
+
+def test_disk_full_small_files_lock(tmp_path, capsys, monkeypatch):
+    real = os.write
+
+    def full(fd, data):
+        if data.startswith(b"pid "):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    run = tmp_path / "run"
+    line = fails(_train(run), capsys)
+    assert f"cannot write the lock file {run / '.lock'}: no space left on the device" in line
+    assert "make room" in line
+    assert not run.exists()  # no lock-only folder
+
+
+def test_disk_full_small_files_profile_out(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnx")
+    import pathlib
+
+    real = pathlib.Path.write_text
+
+    def full(self, text, *a, **k):
+        if self.name.startswith(".profile."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    out = tmp_path / "prof"
+    line = fails(["profile", "plain20", "--no-latency", "--input-size", "8", "--out", str(out)],
+                 capsys, progress=True)
+    assert f"cannot write {out / 'profile.json'}: no space left on the device" in line
+    assert "make room" in line and "check that the path exists" not in line
+    assert not list(out.glob(".*.tmp"))
+
+
+# --- best-after-disk-full --------------------------------------------------------------------
+
+def test_best_after_disk_full(tmp_path, capsys, monkeypatch):
+    """A full disk while best.pth is written; after making room, --resume writes it again."""
+    run = tmp_path / "run"
+    real = torch.save
+
+    def full_for_best(obj, f, *a, **k):
+        if Path(getattr(f, "name", "")).name.startswith(".best.pth") and obj["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_for_best)
+    monkeypatch.setattr("resdist.engine.trainer.Trainer._evaluate",
+                        lambda self: {"test_top1": float(len(self.logger.read()) + 1),
+                                     "test_top5": 100.0})
+    line = fails(_train(run, epochs=3), capsys)
+    assert "best.pth: no space left on the device" in line and "--resume" in line
+    assert load_checkpoint(run / "last.pth").epoch == 1
+    monkeypatch.setattr(torch, "save", real)  # room made
+    assert main(_train(run, "--resume", epochs=3)) == 0
+    assert load_checkpoint(run / "best.pth").epoch == 3
+    assert load_checkpoint(run / "last.pth").epoch == 3
+
+
+# --- keep-foreign-files ----------------------------------------------------------------------
+
+def test_keep_foreign_files_on_early_failure(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "tb" / "mine.txt").write_text("the user's own notes")
+    (run / "teacher.json").write_text('{"mine": true}')
+    missing = tmp_path / "no-teacher.pth"
+    fails(_train(run, "--method", "kd", "--teacher-checkpoint", str(missing)), capsys)
+    assert (run / "tb" / "mine.txt").read_text() == "the user's own notes"
+    assert (run / "teacher.json").read_text() == '{"mine": true}'
+    assert not (run / "config.yaml").exists()
+
+
+def test_keep_foreign_files_resume_without_last(tmp_path, capsys, trained):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "last.pth").unlink()
+    best = (run / "best.pth").read_bytes()
+    line = fails(_train(run, "--resume"), capsys)
+    assert "holds best.pth and metrics.jsonl but no last.pth" in line and "--overwrite" in line
+    assert (run / "best.pth").read_bytes() == best

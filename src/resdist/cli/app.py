@@ -4,6 +4,7 @@ becomes one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _os_error_line(e: OSError) -> str:
     where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write{where or ' a file'}: no space left on the device; make room and " \
+            "run the command again"
     return f"{e.strerror or e}:{where}; check that the path exists and that you may use it"
 
 

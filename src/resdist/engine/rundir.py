@@ -50,8 +50,10 @@ class RunDirError(ResdistError, RuntimeError):
 
 
 def _os_error(e: OSError, what: str) -> RunDirError:
-    reason = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-    return RunDirError(f"{what}: {reason}; choose another --out")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunDirError(f"{what}: no space left on the device; make room, or choose another "
+                           "--out")
+    return RunDirError(f"{what}: {e.strerror or e}; choose another --out")
 
 
 class RunLock:
@@ -61,6 +63,7 @@ class RunLock:
         self.path = run_dir / LOCK_NAME
         self.remove_empty_dir = remove_empty_dir  # the run created the folder: tidy up
         self.fresh = False  # the folder held no run when it was opened (set by open_run_dir)
+        self.preexisting: set[str] = set()  # names in the folder before the run: never removed
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -89,8 +92,14 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        except OSError as e:  # a full disk: leave no lock file behind
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(fd)
+            raise _os_error(e, f"cannot write the lock file {self.path}") from e
         self._fd = fd
 
     def release(self) -> None:
@@ -193,11 +202,18 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
         raise RunDirError(f"cannot write into the run directory {run_dir}: permission denied; "
                           "choose another --out")
     lock = RunLock(run_dir, remove_empty_dir=created)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except RunDirError:
+        if created:  # leave no folder behind that holds nothing (or only a lock file)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     try:
         found = existing_run(run_dir)
         if cfg.train.resume:
             check_resume_matches(run_dir, cfg)
+            check_resumable(run_dir)
         elif found and cfg.train.overwrite:
             say(f"--overwrite: moved the previous run in {run_dir} to {move_aside(run_dir)}")
         elif found:
@@ -208,20 +224,43 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
             )
         remove_stale_temporaries(run_dir)
         lock.fresh = not existing_run(run_dir)
+        lock.preexisting = {p.name for p in run_dir.iterdir() if p.name != LOCK_NAME}
     except BaseException:
         lock.release()
         raise
     return lock
 
 
-def discard_unstarted_run(run_dir: Path) -> list[str]:
+def check_resumable(run_dir: Path) -> None:
+    """Raise :class:`RunDirError` when ``run_dir`` holds a run's results (``best.pth``, metric
+    rows) but no ``last.pth`` to continue from: resuming would start from scratch and replace
+    them."""
+    from .metrics import read_metrics
+
+    if (run_dir / "last.pth").exists():
+        return
+    found = [name for name in ("best.pth",) if (run_dir / name).exists()]
+    if read_metrics(run_dir / "metrics.jsonl"):
+        found.append("metrics.jsonl")
+    if found:
+        raise RunDirError(
+            f"--resume: {run_dir} holds {' and '.join(found)} but no last.pth to continue "
+            "from; restore last.pth, or start the run again with --overwrite (the old files "
+            f"move to {run_dir.name}.old-<time>)")
+
+
+def discard_unstarted_run(run_dir: Path, keep: set[str] | frozenset[str] = frozenset()
+                          ) -> list[str]:
     """Remove what a run that failed before its first checkpoint wrote (``config.yaml``,
-    metrics, ``tb/``), so that the next run into the folder needs no ``--overwrite``; a folder
-    with a ``last.pth`` is left alone. Returns the names removed."""
+    metrics, ``tb/``), so that the next run into the folder needs no ``--overwrite``; names in
+    ``keep`` (what the folder held before the run) and a folder with a ``last.pth`` are left
+    alone. Returns the names removed."""
     if (run_dir / "last.pth").exists():
         return []
     removed = []
     for name in (*RUN_FILES, "teacher.json", "tb"):
+        if name in keep:
+            continue
         path = run_dir / name
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():

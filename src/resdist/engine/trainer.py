@@ -164,7 +164,7 @@ def train(cfg: Config) -> RunResult:
         return _train(cfg, info, device)
     except BaseException:
         if lock is not None and lock.fresh:  # nothing worth keeping was written
-            discard_unstarted_run(Path(cfg.train.out))
+            discard_unstarted_run(Path(cfg.train.out), keep=lock.preexisting)
         raise
     finally:
         if lock is not None:
@@ -443,20 +443,17 @@ class Trainer:
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             rng=rng_state(),
         )
-        last = self.run_dir / "last.pth"
-        try:
-            save_checkpoint(state, last)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
-                "written; make room and continue with --resume"
-            ) from e
-        if best and self.cfg.train.save_best:
+        # best.pth first: if it cannot be written, last.pth still holds the epoch before, so
+        # --resume trains this epoch again and writes best.pth then
+        files = ["best.pth", "last.pth"] if best and self.cfg.train.save_best else ["last.pth"]
+        for name in files:
             try:
-                save_checkpoint(state, self.run_dir / "best.pth")
+                save_checkpoint(state, self.run_dir / name)
             except CheckpointError as e:
-                raise CheckpointError(f"{e}; {last} holds epoch {epoch}; make room and "
-                                      "continue with --resume") from e
+                raise CheckpointError(
+                    f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
+                    "written; make room and continue with --resume"
+                ) from e
 
     def _kept(self, epoch: int) -> str:
         """What survives a failure after ``epoch`` completed epochs, for error messages."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
 from ..config import Config, check_choice, settings
 from ..machine import fingerprint, fingerprint_name
 from ..presets import preset_dict
@@ -311,5 +311,6 @@ def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accura
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(results_dir / f"{stem}.png", dpi=120)
+    with atomic_path(results_dir / f"{stem}.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
