@@ -215,3 +215,47 @@ def test_keep_foreign_files_resume_without_last(tmp_path, capsys, trained):
     line = fails(_train(run, "--resume"), capsys)
     assert "holds best.pth and metrics.jsonl but no last.pth" in line and "--overwrite" in line
     assert (run / "best.pth").read_bytes() == best
+
+
+# --- tampered-resume -------------------------------------------------------------------------
+
+def _tamper_rng(d):
+    d["rng"]["torch"] = "not a generator state"
+
+
+def _tamper_rng_python(d):
+    d["rng"]["python"] = [3, [1, 2], None]
+
+
+def _tamper_scheduler(d):
+    d["scheduler"]["last_epoch"] = "three"
+
+
+def _tamper_lr(d):
+    d["optimizer"]["param_groups"][0]["lr"] = "fast"
+
+
+def _tamper_momentum_buffer(d):
+    first = next(iter(d["optimizer"]["state"]))
+    d["optimizer"]["state"][first]["momentum_buffer"] = "zeros"
+
+
+@pytest.mark.parametrize("tamper,words", [
+    (_tamper_rng, "rng: torch must be a uint8 tensor"),
+    (_tamper_rng_python, "rng: python must be"),
+    (_tamper_scheduler, "scheduler.last_epoch must be a finite number"),
+    (_tamper_lr, "optimizer.param_groups[0].lr must be a finite number"),
+    (_tamper_momentum_buffer, "optimizer.state must map parameters to their tensors"),
+])
+def test_tampered_resume(tmp_path, capsys, trained, tamper, words):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    d = torch.load(run / "last.pth", weights_only=True)
+    tamper(d)
+    torch.save(d, run / "last.pth")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    line = fails(_train(run, "--resume", epochs=2), capsys)
+    assert str(run / "last.pth") in line and words in line, line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -53,6 +53,7 @@ from .build import build_all
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
+    check_state_like,
     load_checkpoint,
     load_weights,
     rng_state,
@@ -401,6 +402,7 @@ class Trainer:
         if ckpt.optimizer is None or ckpt.scheduler is None:
             raise CheckpointError(f"{path} holds no optimiser state (a weights-only file) and "
                                   "cannot be resumed; start anew with --overwrite")
+        self._check_training_state(ckpt, path)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)
             self.scheduler.load_state_dict(ckpt.scheduler)
@@ -424,6 +426,21 @@ class Trainer:
         if self.logger is not None:  # one row per checkpointed epoch, whatever the crash left
             self.logger.reconcile(self.start_epoch, ckpt.metrics)
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
+
+    def _check_training_state(self, ckpt: Checkpoint, path: Path) -> None:
+        """Refuse optimiser and scheduler state whose fields differ in kind from this run's
+        (torch would load them and fail mid-training)."""
+        check_state_like(self.scheduler.state_dict(), ckpt.scheduler, f"{path}: scheduler")
+        optimizer = ckpt.optimizer or {}
+        check_state_like(self.optimizer.state_dict()["param_groups"],
+                         optimizer.get("param_groups"), f"{path}: optimizer.param_groups")
+        state = optimizer.get("state")
+        if not isinstance(state, dict) or not all(
+                isinstance(s, dict) and all(v is None or isinstance(v, torch.Tensor | int | float)
+                                            for v in s.values()) for s in state.values()):
+            raise CheckpointError(f"{path}: optimizer.state must map parameters to their "
+                                  "tensors; the file is damaged or was not written by resdist; "
+                                  "start anew with --overwrite")
 
     def _not_checkpointed(self) -> tuple[str, ...]:
         """Objective state kept out of ``objective`` in checkpoints: the student (saved as
