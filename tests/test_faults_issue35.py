@@ -259,3 +259,95 @@ def test_tampered_resume(tmp_path, capsys, trained, tamper, words):
     line = fails(_train(run, "--resume", epochs=2), capsys)
     assert str(run / "last.pth") in line and words in line, line
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+# --- run-record-fields, reproduce-seeds, reproduce-locked ----------------------------------------
+
+@pytest.fixture
+def fake_suite(monkeypatch, tiny_run, trained):
+    """``reproduce`` on tiny settings whose every run "trains" in no time: it copies a finished
+    checkpoint and reports top-1 50%; the calls are counted."""
+    import shutil
+    from types import SimpleNamespace
+
+    from resdist.engine import trainer
+    from resdist.experiments import suites
+
+    monkeypatch.setattr(suites, "suite_settings", lambda name: tiny_run)
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(cfg.train.out)
+        Path(cfg.train.out).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trained / "last.pth", Path(cfg.train.out) / "last.pth")
+        return SimpleNamespace(history=[{"epoch": 1, "test_top1": 50.0, "epoch_time_s": 1.0}])
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    return calls
+
+
+def _reproduce(tmp_path, *seeds, extra=()):
+    return ["reproduce", "fashion-mnist", "--seeds", *map(str, seeds), "--out",
+            str(tmp_path / "runs"), "--results", str(tmp_path / "res"), *extra]
+
+
+@pytest.mark.parametrize("seeds,words", [
+    ((0, -1), "each seed must be a whole number in [0, 2^32 - 1], got -1"),
+    ((0, 0), "names seed 0 more than once"),
+])
+def test_reproduce_seeds(tmp_path, capsys, fake_suite, seeds, words):
+    line = fails(_reproduce(tmp_path, *seeds), capsys)
+    assert words in line
+    assert fake_suite == [] and not (tmp_path / "res").exists()
+
+
+def test_reproduce_locked(tmp_path, capsys, fake_suite):
+    from resdist.experiments.records import RunStore
+
+    store = RunStore(tmp_path / "res", "fashion-mnist")
+    store.check_writable()
+    lock = store.lock()
+    try:
+        line = fails(_reproduce(tmp_path, 0), capsys)
+    finally:
+        lock.release()
+    assert "is in use by another reproduce" in line and "another --results" in line
+    assert fake_suite == []
+
+
+def test_reproduce_other_settings_other_seed(tmp_path, capsys, fake_suite):
+    """A second suite with other settings and another seed into the same --results folder is
+    refused before it trains: the folder would hold records of two settings."""
+    assert main(_reproduce(tmp_path, 0)) == 0
+    n = len(fake_suite)
+    records = {p: p.read_bytes() for p in (tmp_path / "res").rglob("*.json")}
+    line = fails(_reproduce(tmp_path, 1, extra=("--set", "optim.lr=0.01")), capsys)
+    assert "was measured with other settings (differs in: optim.lr)" in line
+    assert len(fake_suite) == n
+    assert {p: p.read_bytes() for p in (tmp_path / "res").rglob("*.json")} == records
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("final_top1", "77.4", "final_top1 must be a percentage"),
+    ("final_top1", math.nan, "NaN is not a number JSON allows"),
+    ("best_top1", math.inf, "best_top1 must be a percentage in [0, 100], got inf"),
+    ("final_top1", True, "final_top1 must be a percentage"),
+    ("final_top1", -1e9, "final_top1 must be a percentage"),
+    ("train_time_s", None, "train_time_s must be a number of seconds"),
+    ("machine", {"cpu": "x", "torch": "2"}, "machine must name its cpu, cores"),
+    ("settings", "lr=0.1", "settings must map sections"),
+    ("curve", [], "curve must be a non-empty list"),
+])
+def test_run_record_fields(tmp_path, capsys, fake_suite, field, value, words):
+    assert main(_reproduce(tmp_path, 0)) == 0
+    capsys.readouterr()
+    path = tmp_path / "res" / "runs" / "fashion-mnist" / "seed0" / "plain20-kd.json"
+    text = path.read_text()
+    record = json.loads(text)
+    record[field] = value
+    text = json.dumps(record).replace("Infinity", "1e400")
+    path.write_text(text)
+    n = len(fake_suite)
+    line = fails(_reproduce(tmp_path, 0), capsys)
+    assert f"run record {path} is unreadable" in line and words in line, line
+    assert "delete it" in line and len(fake_suite) == n

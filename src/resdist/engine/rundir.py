@@ -49,18 +49,21 @@ class RunDirError(ResdistError, RuntimeError):
     """The run directory cannot be used as asked (the message says why and what to do)."""
 
 
-def _os_error(e: OSError, what: str) -> RunDirError:
+def _os_error(e: OSError, what: str, flag: str = "--out") -> RunDirError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return RunDirError(f"{what}: no space left on the device; make room, or choose another "
-                           "--out")
-    return RunDirError(f"{what}: {e.strerror or e}; choose another --out")
+                           f"{flag}")
+    return RunDirError(f"{what}: {e.strerror or e}; choose another {flag}")
 
 
 class RunLock:
     """An exclusive ``flock`` on ``out/.lock`` holding this process's pid and host name."""
 
-    def __init__(self, run_dir: Path, remove_empty_dir: bool = False) -> None:
+    def __init__(self, run_dir: Path, remove_empty_dir: bool = False, *, user: str = "training",
+                 flag: str = "--out") -> None:
         self.path = run_dir / LOCK_NAME
+        # for messages: what holds such folders, and the flag that names another folder
+        self.user, self.flag = user, flag
         self.remove_empty_dir = remove_empty_dir  # the run created the folder: tidy up
         self.fresh = False  # the folder held no run when it was opened (set by open_run_dir)
         self.preexisting: set[str] = set()  # names in the folder before the run: never removed
@@ -72,7 +75,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise _os_error(e, f"cannot write into the run directory {self.path.parent}") from e
+                raise _os_error(e, f"cannot write into {self.path.parent}", self.flag) from e
             if fcntl is None:
                 break
             try:
@@ -81,8 +84,9 @@ class RunLock:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
                 raise RunDirError(
-                    f"{self.path.parent} is in use by another training ({holder}); wait for it "
-                    "to finish, or train into another --out"
+                    f"{self.path.parent} is in use by another {self.user} ({holder}); wait for "
+                    f"it to finish, or {'train into' if self.user == 'training' else 'use'} another "
+                    f"{self.flag}"
                 ) from None
             # a releasing holder unlinks the file: make sure we locked the one on disk
             try:
@@ -99,7 +103,7 @@ class RunLock:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             os.close(fd)
-            raise _os_error(e, f"cannot write the lock file {self.path}") from e
+            raise _os_error(e, f"cannot write the lock file {self.path}", self.flag) from e
         self._fd = fd
 
     def release(self) -> None:
