@@ -351,3 +351,72 @@ def test_run_record_fields(tmp_path, capsys, fake_suite, field, value, words):
     line = fails(_reproduce(tmp_path, 0), capsys)
     assert f"run record {path} is unreadable" in line and words in line, line
     assert "delete it" in line and len(fake_suite) == n
+
+
+# --- worker-error ----------------------------------------------------------------------------
+
+def _folder_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "imagefolder", "--data-dir", str(root), "--model", "plain20",
+            "--epochs", "1", "--batch-size", "4", "--out", str(out), "--no-progress",
+            "--device", "cpu", "--set", "data.image_size=16", "--set", "data.num_workers=1",
+            "--set", "model.width_mult=0.25", "--set", "train.tensorboard=false", *extra]
+
+
+def test_worker_error(tmp_path, capsys):
+    """A truncated JPEG passes the header check (even with skip_bad_images) and fails when a
+    worker process decodes it: one line naming the file, not the worker's traceback."""
+    root = tmp_path / "imgs"
+    classes = write_imagefolder(root, num_classes=2, n_train=4, n_val=2, size=20)
+    victim = root / "train" / classes[1] / f"{classes[1]}_1.JPEG"
+    victim.write_bytes(victim.read_bytes()[:-50])  # the header and tables stay whole
+    line = fails(_folder_args(root, tmp_path / "run", "--set", "data.skip_bad_images=true"),
+                 capsys, progress=True)
+    assert str(victim) in line and "damaged image" in line
+    assert "replace or re-save the file" in line
+    assert "worker process" not in line and "Traceback" not in line and len(line) < 400
+
+
+def test_worker_error_file_removed(tmp_path, capsys, monkeypatch):
+    """An image deleted while the workers read the folder: one line that says so."""
+    from resdist.data import imagefolder
+
+    root = tmp_path / "imgs"
+    classes = write_imagefolder(root, num_classes=2, n_train=4, n_val=2, size=20)
+    victim = root / "train" / classes[0] / f"{classes[0]}_2.JPEG"
+    real = imagefolder._check_images
+
+    def then_remove(dataset, folder, skip):
+        real(dataset, folder, skip)
+        victim.unlink(missing_ok=True)  # after the check, before training reads it
+
+    monkeypatch.setattr(imagefolder, "_check_images", then_remove)
+    line = fails(_folder_args(root, tmp_path / "run"), capsys, progress=True)
+    assert str(victim) in line and "no such file" in line and "restore it" in line
+    assert "worker process" not in line
+
+
+# --- unreadable-class-folder -----------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["chmod", "simulated"])
+def test_unreadable_class_folder(tmp_path, capsys, monkeypatch, how):
+    root = tmp_path / "imgs"
+    classes = write_imagefolder(root, num_classes=2, n_train=2, n_val=1, size=12)
+    locked = root / "train" / classes[1]
+    if how == "chmod":
+        if os.geteuid() == 0:
+            pytest.skip("root reads every folder")
+        locked.chmod(0)
+    else:
+        real = os.scandir
+
+        def scandir(path="."):
+            if Path(path) == locked:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        line = fails(_folder_args(root, tmp_path / "run"), capsys, progress=True)
+    finally:
+        locked.chmod(0o755)
+    assert str(locked) in line and "permission denied" in line and "chmod" in line

@@ -22,6 +22,17 @@ def folder_links(class_dir: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def _check_listable(folder: Path) -> None:
+    """Raise :class:`DataError` if ``folder`` cannot be listed (torchvision would skip it
+    silently and then report "no valid file")."""
+    try:
+        with os.scandir(folder):
+            pass
+    except PermissionError as e:
+        raise DataError(f"{show(folder)}: permission denied, so its images cannot be listed; "
+                        "make the folder readable (chmod a+rx)") from e
+
+
 def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
     from torchvision.datasets import ImageFolder
 
@@ -32,6 +43,7 @@ def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
         @staticmethod
         def make_dataset(directory, class_to_idx, *args, **kwargs):
             for name in sorted(class_to_idx):
+                _check_listable(Path(directory) / name)
                 links = folder_links(Path(directory) / name)
                 if links:
                     raise DataError(

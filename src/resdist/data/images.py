@@ -41,9 +41,14 @@ def open_image(path: str | os.PathLike, mode: str):  # -> PIL.Image.Image
         raise DataError(f"{path}: {bomb_reason(e)}") from e
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image") from e
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such file (removed while resdist was reading its folder?); "
+                        "restore it, or leave the folder unchanged while resdist uses it") from e
+    except PermissionError as e:
+        raise DataError(f"{path}: permission denied; make the file readable (chmod a+r)") from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged data
-        raise DataError(f"{path}: damaged image ({str(e).splitlines()[0] if str(e) else e!r})"
-                        ) from e
+        raise DataError(f"{path}: damaged image ({str(e).splitlines()[0] if str(e) else e!r});"
+                        " replace or re-save the file") from e
 
 
 def bomb_reason(e: BaseException) -> str:
