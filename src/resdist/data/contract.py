@@ -131,10 +131,11 @@ class InputContract:
         if not all(isinstance(n, str) for n in names):
             raise DataError("input contract: class_names must be a list of strings")
         odd = next((n for n in names if len(n) > MAX_NAME or any(
-            unicodedata.category(ch) in ("Cc", "Cf") for ch in n)), None)
-        if odd is not None:
+            unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in n)), None)
+        if odd is not None:  # Cs: a lone surrogate, which no UTF-8 output can print
             raise DataError(f"input contract: class name {odd[:40]!r} holds control or "
-                            f"formatting characters, or is longer than {MAX_NAME}")
+                            f"formatting characters or a lone surrogate, or is longer than "
+                            f"{MAX_NAME}")
         self.class_names = list(names)
         self.resize = _whole("resize", self.resize, MAX_SIDE)
         if self.resize < max(h, w):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..data.contract import InputContract
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError, require
-from .runtime import cpu_session
+from .runtime import check_logits, cpu_session, session_runner
 
 __all__ = ["evaluate_onnx", "evaluate_onnx_file", "evaluate_torchscript_file", "model_file_kind",
            "onnx_input_shape", "score_batches"]
@@ -33,6 +33,9 @@ def _parse_onnx(path: Path) -> Any | None:
     onnx = require("onnx")
     try:
         model = onnx.load(os.fspath(path))
+    except PermissionError as e:
+        raise DeployError(f"cannot read {path}: permission denied; make the file readable "
+                          "(chmod a+r) or use a copy you may read") from e
     except Exception:
         return None
     if not model.HasField("graph") or not model.graph.node or model.ir_version < 1:
@@ -81,48 +84,44 @@ def evaluate_onnx(
     threads: int | None = None,
     contract: InputContract | None = None,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of an ONNX model over ``loader``.
 
     ``loader`` yields ``(images, labels)`` batches as resdist loaders do (float32 NCHW,
     normalised with ``normalization = (mean, std)``); a graph whose ``contract`` says it
     normalises itself gets the images back in [0, 1] (or as 0..255 ``uint8`` pixels), as its
-    contract asks. ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
+    contract asks. ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice);
+    ``num_classes``, when given, is the logit count each image must get.
     Returns the same keys as :func:`resdist.engine.evaluate`.
     """
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"ONNX file not found: {path}")
-    session = cpu_session(path, threads)
-    in_name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        try:
-            return session.run(None, {in_name: x})[0]
-        except Exception as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DeployError(f"ONNX Runtime failed on a batch of shape {x.shape}: {detail}") \
-                from e
-
-    return score_batches(run, loader, _feeder(contract, normalization))
+    run = session_runner(cpu_session(path, threads), path)
+    return score_batches(run, loader, _feeder(contract, normalization), num_classes=num_classes,
+                         source=str(path))
 
 
 def score_batches(run: Callable[[np.ndarray], np.ndarray],
                   loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  feed: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> dict[str, float]:
+                  feed: Callable[[np.ndarray], np.ndarray] = lambda x: x, *,
+                  num_classes: int | None = None, source: str = "the model") -> dict[str, float]:
     """Top-1/top-5 (%) and mean cross-entropy of ``run`` (a prepared batch -> logits, as NumPy)
-    over ``loader``; ``feed`` turns the loader's normalised batches into what ``run`` takes."""
+    over ``loader``; ``feed`` turns the loader's normalised batches into what ``run`` takes.
+    Each image must get ``num_classes`` (when given) finite logits
+    (:func:`~resdist.deploy.runtime.check_logits`)."""
     from ..engine.metrics import topk_correct
 
     totals = np.zeros(4, dtype=np.float64)
     for images, labels in loader:
         logits = run(feed(images.detach().to("cpu", torch.float32).contiguous().numpy()))
-        out = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        out = torch.from_numpy(check_logits(logits, len(labels), num_classes, source))
         y = labels.detach().cpu()
-        if out.dim() != 2 or int(y.max()) >= out.shape[1]:
+        if int(y.max()) >= out.shape[1]:
             raise DeployError(
-                f"the model outputs shape {tuple(out.shape)}, not (N, classes) for the "
-                f"data set's labels (up to {int(y.max())})"
+                f"{source}: the model outputs {out.shape[1]} logits, fewer than the data set's "
+                f"labels (up to {int(y.max())}); evaluate it on the data set it was trained on"
             )
         c1, c5 = topk_correct(out, y)
         totals += [float(F.cross_entropy(out, y, reduction="sum")), float(c1), float(c5),
@@ -218,7 +217,8 @@ def evaluate_onnx_file(
         data = props.get(DATA_METADATA_KEY) or None
     bundle, cfg = _test_data(path, contract, data, data_dir=data_dir, download=download,
                              batch_size=batch_size, limit_test=limit_test, overrides=overrides)
-    want = onnx_input_shape(proto)
+    # a graph of any input size is fed what its contract says, as predict feeds it
+    want = onnx_input_shape(proto) or (tuple(contract.input_shape) if contract else None)
     have = (bundle.in_chans, bundle.image_size, bundle.image_size)
     if want is not None and want != have:
         raise DeployError(
@@ -228,7 +228,8 @@ def evaluate_onnx_file(
     loader_contract = contract_from_bundle(bundle)
     metrics: dict[str, Any] = evaluate_onnx(
         path, bundle.test, threads=threads, contract=contract,
-        normalization=(loader_contract.mean, loader_contract.std))
+        normalization=(loader_contract.mean, loader_contract.std),
+        num_classes=len(contract.class_names) if contract and contract.class_names else None)
     int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
     metrics.update({"data": cfg.name, "precision": "int8" if int8 else "fp32",
                     "path": str(path)})

@@ -26,7 +26,7 @@ from ..data.contract import InputContract
 from ..data.images import open_image
 from ..safe_load import is_torchscript, load_torchscript
 from .errors import DeployError, require
-from .runtime import cpu_session
+from .runtime import check_logits, cpu_session, session_runner
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "Predictor", "find_images", "load_image", "predict"]
 
@@ -156,13 +156,7 @@ class Predictor:
         if contract is None:
             raise DeployError(f"{path} records no input contract (metadata 'input_contract'); "
                               "export it again with `resdist export`")
-        session = cpu_session(path)
-        name = session.get_inputs()[0].name
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            return session.run(None, {name: batch})[0]
-
-        return cls(run, contract, str(path))
+        return cls(session_runner(cpu_session(path), path), contract, str(path))
 
     @classmethod
     def _from_checkpoint(cls, path: Path) -> Predictor:
@@ -179,8 +173,15 @@ class Predictor:
         return cls(run, contract, str(path))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` prepared images -> ``(N, classes)`` logits."""
-        return np.asarray(self._run(batch))
+        """``(N, C, H, W)`` prepared images -> ``(N, classes)`` logits.
+
+        Raises:
+            DeployError: the model's output is not one finite logit per named class for each
+                image (:func:`~resdist.deploy.runtime.check_logits`).
+        """
+        names = self.contract.class_names
+        return check_logits(self._run(batch), len(batch), len(names) if names else None,
+                            self.source)
 
     def predict_files(
         self, paths: Sequence[str | os.PathLike], topk: int = 5, batch_size: int = 32
