@@ -420,3 +420,161 @@ def test_unreadable_class_folder(tmp_path, capsys, monkeypatch, how):
     finally:
         locked.chmod(0o755)
     assert str(locked) in line and "permission denied" in line and "chmod" in line
+
+
+# --- stranger-onnx ---------------------------------------------------------------------------
+
+def _stranger_onnx(path: Path, contract_json: str, kind: str, classes: int = 10) -> Path:
+    """A hand-made ONNX graph taking [N, 1, 8, 8] (or any size: ``dynamic-size``) whose output
+    is odd in the way ``kind`` says."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims_in: list = ["N", 1, 8, 8]
+    weight = np.full((64, classes), 0.01, dtype=np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1)]
+    if kind == "nan":
+        weight[:] = np.nan
+    if kind == "dynamic-size":
+        nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+                 helper.make_node("Flatten", ["g"], ["f"], axis=1)]
+        weight = np.full((1, classes), 0.01, dtype=np.float32)
+        dims_in = ["N", 1, "H", "W"]
+    inits = [numpy_helper.from_array(weight, "w")]
+    nodes.append(helper.make_node("MatMul", ["f", "w"], ["z"]))
+    out_type, out_dims, last = TensorProto.FLOAT, ["N", "K"], "z"
+    if kind == "rank1":
+        nodes.append(helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0))
+        out_dims, last = None, "y"
+    elif kind == "rank3":
+        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "ax"))
+        nodes.append(helper.make_node("Unsqueeze", ["z", "ax"], ["y"]))
+        out_dims, last = ["N", 1, "K"], "y"
+    elif kind == "string":
+        nodes.append(helper.make_node("Cast", ["z"], ["y"], to=TensorProto.STRING))
+        out_type, last = TensorProto.STRING, "y"
+    elif kind == "zero-rows":
+        for name in ("s", "e", "a"):
+            inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), name))
+        nodes.append(helper.make_node("Slice", ["z", "s", "e", "a"], ["y"]))
+        last = "y"
+    elif kind == "runtime-failure":  # a reshape that only works for a batch of 2
+        inits.append(numpy_helper.from_array(np.array([2, classes], dtype=np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["z", "shape"], ["y"]))
+        last = "y"
+    nodes.append(helper.make_node("Identity", [last], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "stranger", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims_in)],
+        [helper.make_tensor_value_info("logits", out_type, out_dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"input_contract": contract_json})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def contract_json(trained, tmp_path_factory) -> str:
+    """The input contract of the trained run's ONNX export (1 x 8 x 8, 10 classes)."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    path = tmp_path_factory.mktemp("export") / "m.onnx"
+    assert main(["export", "--checkpoint", str(trained), "--out", str(path)]) == 0
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}["input_contract"]
+
+
+@pytest.mark.parametrize("kind,words", [
+    ("rank1", "outputs shape () for 1 image(s), not (images, classes)"),
+    ("rank3", "outputs shape (1, 1, 10) for 1 image(s)"),
+    ("string", "outputs object values, not logits"),
+    ("zero-rows", "outputs shape (0, 10) for 1 image(s)"),
+    ("runtime-failure", "ONNX Runtime failed on a batch of shape (1, 1, 8, 8)"),
+    ("nan", "outputs NaN or infinite logits"),
+    ("three", "outputs 3 logits, but 10 classes are named"),
+])
+def test_stranger_onnx_predict(tmp_path, capsys, contract_json, kind, words):
+    from PIL import Image
+
+    model = _stranger_onnx(tmp_path / f"{kind}.onnx", contract_json, kind,
+                           classes=3 if kind == "three" else 10)
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8), 3).save(image)
+    got = main(["predict", str(model), str(image), "--json"])
+    cap = capsys.readouterr()
+    assert got == 2 and cap.out == "", cap.out
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and len(lines[0]) < 500, cap.err
+
+
+def test_stranger_onnx_lone_surrogate(tmp_path, capsys, contract_json):
+    d = json.loads(contract_json)
+    d["class_names"][0] = "\ud800cat"
+    model = _stranger_onnx(tmp_path / "s.onnx", json.dumps(d), "ok")
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    line = fails(["predict", str(model), str(tmp_path / "x.png"), "--json"], capsys)
+    assert "lone surrogate" in line
+
+
+@pytest.mark.parametrize("kind,extra,words", [
+    ("dynamic-size", ["--set", "data.synthetic_size=16"],
+     "takes 1x8x8 inputs but synthetic images are 1x16x16"),
+    ("three", [], "outputs 3 logits, but 10 classes are named"),
+    ("nan", [], "outputs NaN or infinite logits"),
+])
+def test_stranger_onnx_eval(tmp_path, capsys, contract_json, kind, extra, words):
+    model = _stranger_onnx(tmp_path / f"{kind}.onnx", contract_json, kind,
+                           classes=3 if kind == "three" else 10)
+    line = fails(["eval", "--checkpoint", str(model), "--limit-test", "16", *extra], capsys)
+    assert words in line
+
+
+# --- onnx-permission-denied ------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_onnx_permission_denied(tmp_path, capsys, monkeypatch, contract_json, command):
+    import onnx
+
+    model = _stranger_onnx(tmp_path / "m.onnx", contract_json, "ok")
+    if os.geteuid() == 0:  # root reads any file: refuse it the way the system would
+        real = onnx.load
+
+        def load(f, *a, **k):
+            if Path(f) == model:
+                raise PermissionError(errno.EACCES, "Permission denied", str(f))
+            return real(f, *a, **k)
+
+        monkeypatch.setattr(onnx, "load", load)
+    else:
+        model.chmod(0)
+    args = {"predict": ["predict", str(model), str(tmp_path / "x.png")],
+            "eval": ["eval", "--checkpoint", str(model)]}[command]
+    line = fails(args, capsys)
+    assert f"cannot read {model}: permission denied" in line and "chmod" in line
+    assert "truncated" not in line
+
+
+# --- image-format ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".spi"])
+def test_image_format_predict(tmp_path, capsys, trained, suffix):
+    from PIL import Image
+
+    image = tmp_path / f"scan{suffix}"
+    Image.new("F", (8, 8), 1.5).save(image, format="SPIDER")
+    line = fails(["predict", str(trained), str(image)], capsys)
+    assert f"{image}: not a readable image (resdist reads PNG, JPEG" in line
+
+
+def test_image_format_imagefolder(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    classes = write_imagefolder(root, num_classes=2, n_train=2, n_val=1, size=12)
+    odd = root / "train" / classes[0] / "odd.png"
+    Image.new("F", (12, 12), 1.5).save(odd, format="SPIDER")
+    line = fails(_folder_args(root, tmp_path / "run"), capsys, progress=True)
+    assert f"{odd}: not a readable image (resdist reads PNG" in line and "skip_bad_images" in line

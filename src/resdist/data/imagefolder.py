@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import DataError
-from .images import bomb_reason, pil_loader
+from .images import IMAGE_FORMATS, bomb_reason, pil_loader, unreadable_reason
 from .locations import default_data_dir, show
 from .transforms import FolderPreprocessing
 
@@ -66,7 +66,7 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
     """The files among ``paths`` that cannot be images: ``(path, reason)`` for each file that
     is empty, unreadable or that PIL cannot identify or verify. Cheap: a size check and PIL's
     header parse and ``verify()``, no decoding of the pixels."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     bad = []
     for path in paths:
@@ -74,11 +74,13 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
             if Path(path).stat().st_size == 0:
                 bad.append((path, "empty file (0 bytes)"))
                 continue
-            with Image.open(path) as im:
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
                 im.verify()
         except Image.DecompressionBombError as e:
             bad.append((path, bomb_reason(e)))
-        except OSError as e:  # PIL.UnidentifiedImageError is an OSError too
+        except UnidentifiedImageError:
+            bad.append((path, f"not a readable image ({unreadable_reason()})"))
+        except OSError as e:
             bad.append((path, e.strerror or str(e).split("\n")[0]))
         except Exception as e:  # verify() raises several types for corrupt data
             bad.append((path, f"corrupt image ({type(e).__name__})"))
