@@ -28,7 +28,8 @@ def add_parsers(sub) -> None:
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``resdist export --checkpoint PATH --format {onnx,torchscript} --out FILE``."""
-    from ..deploy.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from ..deploy.formats import FORMATS
+    from ..deploy.formats.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
     p = subparsers.add_parser(
         "export",
@@ -40,8 +41,10 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="resdist checkpoint (.pth) or run folder holding last.pth")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", dest="fmt",
-                   help="output format (default: onnx)")
+    p.add_argument("--format", choices=list(FORMATS), default="onnx", dest="fmt",
+                   help="output format: " + ", ".join(
+                       f"{f.name} ({f.runtime})" for f in FORMATS.values())
+                   + " (default: onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
     p.add_argument("--input-shape", type=positive_int, nargs=3, metavar=("C", "H", "W"),
                    help="input shape (default: the one stored in the checkpoint)")

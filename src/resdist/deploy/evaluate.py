@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..engine.evaluation import CheckpointScore, evaluate_checkpoint
-from ..safe_load import is_torchscript
 from .errors import DeployError
-from .onnx_eval import evaluate_onnx_file, evaluate_torchscript_file, model_file_kind
+from .formats import get_format
+from .onnx_eval import evaluate_export_file, model_file_kind
 
 __all__ = ["evaluate_file"]
 
@@ -37,8 +37,8 @@ def evaluate_file(
     """Top-1/top-5 and loss of the model in ``path`` on a data set.
 
     Args:
-        path: a resdist checkpoint (or its run folder), an ``.onnx`` export (fp32 or INT8, run
-            with ONNX Runtime on the CPU), a TorchScript export (only with
+        path: a resdist checkpoint (or its run folder), an export in any registered format
+            (fp32 or INT8, run in its own runtime on the CPU; a TorchScript export only with
             ``trust_torchscript``: loading it runs the code it carries), or, with ``model``, a
             plain state dict of that registry network.
         data, data_dir, download: the data set (default: the one the file records).
@@ -58,21 +58,17 @@ def evaluate_file(
         TorchScriptFileError: a TorchScript file without ``trust_torchscript``.
         ConfigError, CheckpointError: as :func:`~resdist.engine.evaluation.evaluate_checkpoint`.
     """
-    torchscript = is_torchscript(path)
-    if not (torchscript or model_file_kind(path) == "onnx"):
+    kind = model_file_kind(path)
+    if kind == "checkpoint":
         return evaluate_checkpoint(
             path, data=data, data_dir=data_dir, download=download, batch_size=batch_size,
             limit_test=limit_test, overrides=overrides, split=split, device=device, model=model)
     if split != "test":
         raise DeployError("an exported model is evaluated on the test split only; --split val "
                           "needs the run's checkpoint (its config holds the validation split)")
-    common = dict(data_dir=data_dir, download=download or None, batch_size=batch_size,
-                  limit_test=limit_test, overrides=overrides)
-    if torchscript:
-        m = evaluate_torchscript_file(path, data, trust=trust_torchscript, **common)
-        kind = "TorchScript"
-    else:
-        m = evaluate_onnx_file(path, data, **common)
-        kind = "ONNX"
-    return CheckpointScore(f"{Path(path).name} ({kind} {m['precision']})", m["data"], "test",
+    m = evaluate_export_file(path, data, trust=trust_torchscript, data_dir=data_dir,
+                             download=download or None, batch_size=batch_size,
+                             limit_test=limit_test, overrides=overrides)
+    label = get_format(kind).label
+    return CheckpointScore(f"{Path(path).name} ({label} {m['precision']})", m["data"], "test",
                            m["top1"], m["top5"], m["loss"], int(m["samples"]))

@@ -1,4 +1,5 @@
-"""Evaluate an exported ONNX model (fp32 or INT8) with ONNX Runtime on a resdist test set.
+"""Evaluate an exported model (any registered format, fp32 or INT8) in its own runtime on a
+resdist test set.
 
 The images go through the same reading and preprocessing as in training and in
 ``resdist eval`` of a checkpoint (:func:`resdist.data.build_data`), and the metrics are those of
@@ -9,11 +10,10 @@ checkpoint and of its fp32 export agree.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,48 +21,30 @@ import torch.nn.functional as F
 
 from ..data.contract import InputContract
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
-from .errors import DeployError, require
-from .runtime import check_logits, cpu_session, session_runner
+from .errors import DeployError
+from .formats import FORMATS, format_of
+from .runtime import check_logits
 
-__all__ = ["evaluate_onnx", "evaluate_onnx_file", "evaluate_torchscript_file", "model_file_kind",
-           "onnx_input_shape", "score_batches"]
-
-
-def _parse_onnx(path: Path) -> Any | None:
-    """The ModelProto in ``path`` if it is a real ONNX model (a graph with nodes), else None."""
-    onnx = require("onnx")
-    try:
-        model = onnx.load(os.fspath(path))
-    except PermissionError as e:
-        raise DeployError(f"cannot read {path}: permission denied; make the file readable "
-                          "(chmod a+r) or use a copy you may read") from e
-    except Exception:
-        return None
-    if not model.HasField("graph") or not model.graph.node or model.ir_version < 1:
-        return None
-    return model
+__all__ = ["evaluate_export_file", "evaluate_onnx", "evaluate_onnx_file",
+           "evaluate_torchscript_file", "model_file_kind", "onnx_input_shape", "score_batches"]
 
 
-def model_file_kind(path: str | os.PathLike) -> Literal["checkpoint", "onnx"]:
-    """Whether ``path`` holds a resdist checkpoint (a run folder or a torch zip archive) or an
-    ONNX model. A missing path, or a file that is not ONNX, counts as a checkpoint (its loader
-    then says what is wrong with it) unless it ends in ``.onnx``: a missing or unreadable
-    ``.onnx`` file raises :class:`DeployError`."""
+def model_file_kind(path: str | os.PathLike) -> str:
+    """``"checkpoint"`` for a resdist checkpoint, run folder or state dict (or a missing path,
+    which its loader then reports), else the export format's name
+    (:func:`resdist.deploy.formats.format_of`). A missing file with an export's suffix, or a
+    ``.onnx`` file that is not ONNX, raises :class:`DeployError`."""
     path = Path(path)
-    if not path.exists() and path.suffix.lower() == ".onnx":
-        raise DeployError(f"ONNX file not found: {path}")
-    if path.is_dir() or not path.exists():
+    fmt = format_of(path)
+    if fmt is None:
         return "checkpoint"
-    if zipfile.is_zipfile(path):
-        return "checkpoint"
-    if _parse_onnx(path) is not None:
-        return "onnx"
-    if path.suffix.lower() != ".onnx":
-        return "checkpoint"  # its loader says what is wrong with it (corrupt, refused, ...)
-    raise DeployError(
-        f"cannot read {path}: not an ONNX model, or truncated (a .pth written by resdist train "
-        "or an .onnx written by resdist export is expected); export it again"
-    )
+    if not path.exists():
+        raise DeployError(f"{fmt.label} file not found: {path}")
+    if fmt.name == "onnx" and not fmt.impl().sniff(path):
+        raise DeployError(
+            f"cannot read {path}: not an ONNX model, or truncated (a .pth written by resdist "
+            "train or an .onnx written by resdist export is expected); export it again")
+    return fmt.name
 
 
 def onnx_input_shape(onnx_model_or_path: Any) -> tuple[int, int, int] | None:
@@ -98,7 +80,7 @@ def evaluate_onnx(
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"ONNX file not found: {path}")
-    run = session_runner(cpu_session(path, threads), path)
+    run = FORMATS["onnx"].load_runner(path, threads)
     return score_batches(run, loader, _feeder(contract, normalization), num_classes=num_classes,
                          source=str(path))
 
@@ -176,10 +158,11 @@ def _override_data(cfg: Any, overrides: Sequence[str]) -> Any:
     return whole.data
 
 
-def evaluate_onnx_file(
+def evaluate_export_file(
     path: str | os.PathLike,
     data: Any = None,
     *,
+    trust: bool = False,
     data_dir: str | None = None,
     download: bool | None = None,
     batch_size: int | None = None,
@@ -187,53 +170,70 @@ def evaluate_onnx_file(
     threads: int | None = None,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Evaluate an ONNX model on the test set of a resdist data set.
+    """Evaluate an exported file, run in its own runtime, on the test set of a data set.
 
     The images are prepared as the file's input contract says: an ImageFolder at the
     contract's input size, synthetic data of its shape and class count; ``overrides``
-    (``data.key=value``, as ``--set``) change any data setting.
+    (``data.key=value``, as ``--set``) change any data setting. A format whose files carry
+    code (TorchScript) is run only with ``trust``; contracts are read without running anything.
 
     Args:
-        path: the ``.onnx`` file (fp32 or INT8).
-        data: a data set name or :class:`~resdist.config.DataConfig`; None reads the name from
-            the model's metadata (``resdist.data``, written by INT8 export).
+        path: the exported file (fp32 or INT8, any format of
+            :data:`resdist.deploy.formats.FORMATS`).
+        data: a data set name or :class:`~resdist.config.DataConfig`; None reads the name the
+            file records (INT8 exports record their calibration data), else its contract's.
         data_dir, download, batch_size, limit_test: as in ``resdist eval``.
-        threads: ONNX Runtime intra-op threads.
+        threads: the runtime's intra-op threads.
 
     Returns:
-        The metrics of :func:`evaluate_onnx` plus ``data`` (the data set), ``precision``
-        (``"int8"`` when the graph holds ``QuantizeLinear`` nodes, else ``"fp32"``) and
-        ``path``.
+        The metrics of :func:`score_batches` plus ``data`` (the data set), ``precision``
+        (``"fp32"``/``"int8"``), ``format`` and ``path``.
     """
     from ..data.contract import contract_from_bundle
-    from .export import read_contract
-    from .quantize import DATA_METADATA_KEY
 
     path = Path(path)
-    proto = load_onnx(path)
-    contract = read_contract(path)
-    if data is None:
-        props = {p.key: p.value for p in proto.metadata_props}
-        data = props.get(DATA_METADATA_KEY) or None
-    bundle, cfg = _test_data(path, contract, data, data_dir=data_dir, download=download,
-                             batch_size=batch_size, limit_test=limit_test, overrides=overrides)
-    # a graph of any input size is fed what its contract says, as predict feeds it
-    want = onnx_input_shape(proto) or (tuple(contract.input_shape) if contract else None)
+    fmt = format_of(path)
+    if fmt is None:
+        raise DeployError(f"{path} is not an exported model; evaluate checkpoints with "
+                          "resdist eval --checkpoint")
+    run = fmt.load_runner(path, threads, trust) if fmt.runs_code else None
+    contract = fmt.read_contract(path)
+    info = fmt.file_info(path)
+    run = run or fmt.load_runner(path, threads)
+    bundle, cfg = _test_data(path, contract, data if data is not None else info.data,
+                             data_dir=data_dir, download=download, batch_size=batch_size,
+                             limit_test=limit_test, overrides=overrides)
     have = (bundle.in_chans, bundle.image_size, bundle.image_size)
+    # a graph of any input size is fed what its contract says, as predict feeds it
+    want = info.input_shape or (tuple(contract.input_shape) if contract else None)
     if want is not None and want != have:
         raise DeployError(
             f"{path.name} takes {want[0]}x{want[1]}x{want[2]} inputs but {cfg.name} images are "
             f"{have[0]}x{have[1]}x{have[2]}; evaluate it on the data set it was exported for"
         )
     loader_contract = contract_from_bundle(bundle)
-    metrics: dict[str, Any] = evaluate_onnx(
-        path, bundle.test, threads=threads, contract=contract,
-        normalization=(loader_contract.mean, loader_contract.std),
-        num_classes=len(contract.class_names) if contract and contract.class_names else None)
-    int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
-    metrics.update({"data": cfg.name, "precision": "int8" if int8 else "fp32",
+    metrics: dict[str, Any] = score_batches(
+        run, bundle.test, _feeder(contract, (loader_contract.mean, loader_contract.std)),
+        num_classes=len(contract.class_names) if contract and contract.class_names else None,
+        source=str(path))
+    metrics.update({"data": cfg.name, "precision": info.precision, "format": fmt.name,
                     "path": str(path)})
     return metrics
+
+
+def evaluate_onnx_file(path: str | os.PathLike, data: Any = None, **kwargs: Any
+                       ) -> dict[str, Any]:
+    """:func:`evaluate_export_file` of an ONNX file (fp32 or INT8, run with ONNX Runtime)."""
+    if Path(path).suffix.lower() != ".onnx" and model_file_kind(path) != "onnx":
+        raise DeployError(f"{path} is not an ONNX file")
+    return evaluate_export_file(path, data, **kwargs)
+
+
+def evaluate_torchscript_file(path: str | os.PathLike, data: Any = None, *, trust: bool = False,
+                              **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate_export_file` of a TorchScript export: run only with ``trust``, as
+    loading one runs the code it carries."""
+    return evaluate_export_file(path, data, trust=trust, **kwargs)
 
 
 def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_dir, download,
@@ -262,33 +262,3 @@ def _test_data(path: Path, contract: InputContract | None, data: Any, *, data_di
     return build_data(cfg, device="cpu"), cfg
 
 
-def evaluate_torchscript_file(
-    path: str | os.PathLike,
-    data: Any = None,
-    *,
-    trust: bool = False,
-    data_dir: str | None = None,
-    download: bool | None = None,
-    batch_size: int | None = None,
-    limit_test: int | None = None,
-    overrides: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Evaluate a TorchScript file from ``resdist export`` like :func:`evaluate_onnx_file`.
-
-    Loading a TorchScript file runs the code it carries, so it is refused unless ``trust``
-    (``--trust-torchscript``); its contract is read from the archive without loading it.
-    """
-    from ..data.contract import contract_from_bundle
-    from .export import read_contract
-    from .predict import torchscript_runner
-
-    path = Path(path)
-    run = torchscript_runner(path, trust, "evaluate its checkpoint or ONNX export")
-    contract = read_contract(path)
-    bundle, cfg = _test_data(path, contract, data, data_dir=data_dir, download=download,
-                             batch_size=batch_size, limit_test=limit_test, overrides=overrides)
-    loader_contract = contract_from_bundle(bundle)
-    metrics: dict[str, Any] = score_batches(
-        run, bundle.test, _feeder(contract, (loader_contract.mean, loader_contract.std)))
-    metrics.update({"data": cfg.name, "precision": "fp32", "path": str(path)})
-    return metrics

@@ -1,7 +1,8 @@
 """Classify image files with a trained model, fed as its recorded input contract says.
 
-``Predictor.load(path)`` takes a resdist checkpoint (``.pth`` or a run folder), an exported
-ONNX file (run with ONNX Runtime) or an exported TorchScript file; all carry the input contract
+``Predictor.load(path)`` takes a resdist checkpoint (``.pth`` or a run folder) or an exported
+file of any registered format (:mod:`resdist.deploy.formats`), run in its own runtime; all
+carry the input contract
 (:mod:`resdist.data.contract`). :func:`load_image` turns a PNG/JPEG file into the array the
 model takes: colour mode converted (grey or RGB), shorter side resized and centre-cropped to the
 input size, scaled to [0, 1] and normalised (or left to the graph when it normalises itself).
@@ -14,7 +15,7 @@ input size, scaled to [0, 1] and normalised (or left to the graph when it normal
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import torch
 
 from ..data.contract import InputContract
 from ..data.images import open_image
-from ..safe_load import is_torchscript, load_torchscript
-from .errors import DeployError, require
-from .runtime import check_logits, cpu_session, session_runner
+from .errors import DeployError
+from .formats import format_of
+from .formats.common import CONTRACT_KEY
+from .runtime import check_logits
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "Predictor", "find_images", "load_image", "predict"]
 
@@ -93,21 +95,6 @@ def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def torchscript_runner(path: str | os.PathLike, trusted: bool, instead: str
-                       ) -> Callable[[np.ndarray], np.ndarray]:
-    """A prepared ``(N, C, H, W)`` batch -> logits function of a TorchScript file, loaded only
-    when ``trusted`` (loading runs its code; otherwise one line says to use ``instead`` or
-    ``--trust-torchscript``)."""
-    module = load_torchscript(path, trusted=trusted, what=f"{instead}, or pass "
-                              "--trust-torchscript if you trust where the file came from")
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(batch)).float().numpy()
-
-    return run
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -124,39 +111,23 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, trust_torchscript: bool = False) -> Predictor:
-        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder) or an ONNX file;
-        a TorchScript file from ``resdist export`` only with ``trust_torchscript=True``, as
-        loading one runs the code it carries (checkpoints and ONNX files run none)."""
+        """From a resdist checkpoint (``.pth``/``.pt`` file or run folder) or an exported file
+        of any registered format; a TorchScript file only with ``trust_torchscript=True``, as
+        loading one runs the code it carries (checkpoints and the other formats run none)."""
         path = Path(path)
         if not path.exists():
             raise DeployError(f"model not found: {path}")
-        if path.suffix.lower() == ".onnx":
-            return cls._from_onnx(path)
-        if is_torchscript(path):
-            return cls._from_torchscript(path, trust_torchscript)
-        return cls._from_checkpoint(path)
-
-    @classmethod
-    def _from_torchscript(cls, path: Path, trusted: bool) -> Predictor:
-        from .export import read_contract
-
-        run = torchscript_runner(path, trusted, "predict with its checkpoint or ONNX export")
-        contract = read_contract(path)
+        fmt = format_of(path)
+        if fmt is None:
+            return cls._from_checkpoint(path)
+        # a file that carries code is refused before anything is read from it; the others
+        # are read (and a damaged file said to be so) before their runtime opens them
+        run = fmt.load_runner(path, trusted=trust_torchscript) if fmt.runs_code else None
+        contract = fmt.read_contract(path)
         if contract is None:
-            raise DeployError(f"{path} records no input contract (extra file "
-                              "input_contract.json); export it again with `resdist export`")
-        return cls(run, contract, str(path))
-
-    @classmethod
-    def _from_onnx(cls, path: Path) -> Predictor:
-        from .export import read_contract
-
-        require("onnxruntime")  # a missing extra is said before any other work
-        contract = read_contract(path)
-        if contract is None:
-            raise DeployError(f"{path} records no input contract (metadata 'input_contract'); "
-                              "export it again with `resdist export`")
-        return cls(session_runner(cpu_session(path), path), contract, str(path))
+            raise DeployError(f"{path} records no input contract ({CONTRACT_KEY}); export it "
+                              "again with `resdist export`")
+        return cls(run or fmt.load_runner(path), contract, str(path))
 
     @classmethod
     def _from_checkpoint(cls, path: Path) -> Predictor:

@@ -15,7 +15,9 @@ import numpy as np
 from ...data.contract import InputContract
 from ...models.fold import to_deploy
 from ..errors import DeployError
-from ..export import CONTRACT_KEY, DEFAULT_OPSET, export_onnx, load_model_source
+from ..export import load_model_source
+from ..formats.common import CONTRACT_KEY
+from ..formats.onnx import DEFAULT_OPSET, export_onnx
 from ..runtime import cpu_session
 from .calibration import DEFAULT_CALIBRATION_IMAGES, calibration_batches
 from .static import DATA_METADATA_KEY, QuantizeReport, quantize_onnx

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._onnx_graph import graph_inputs, load_onnx
 from ..errors import DeployError, require
-from ..export import count_feature_adds, save_onnx
+from ..formats.onnx import count_feature_adds, save_onnx
 from ..quiet import quiet
 from .calibration import calibration_reader
 
