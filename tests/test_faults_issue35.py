@@ -578,3 +578,69 @@ def test_image_format_imagefolder(tmp_path, capsys):
     Image.new("F", (12, 12), 1.5).save(odd, format="SPIDER")
     line = fails(_folder_args(root, tmp_path / "run"), capsys, progress=True)
     assert f"{odd}: not a readable image (resdist reads PNG" in line and "skip_bad_images" in line
+
+
+# --- export-target ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target,words", [
+    ("RUN/last.pth", "ONNX files end in .onnx"),
+    ("notes", "ONNX files end in .onnx"),
+    ("newdir/", "names a folder, not a file"),
+    ("stranger.onnx", "exists and is no ONNX file"),
+])
+def test_export_target(tmp_path, capsys, trained, target, words):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (tmp_path / "notes").write_text("my notes\n")
+    (tmp_path / "stranger.onnx").write_text("not a model, but mine\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = target.replace("RUN", str(run)) if target.startswith("RUN") else \
+        str(tmp_path / target) + ("/" if target.endswith("/") else "")
+    line = fails(["export", "--checkpoint", str(run / "last.pth"), "--out", out], capsys)
+    assert words in line and "--out" in line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "newdir").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace/save are deprecated
+def test_export_target_ten_thousand_classes(tmp_path, capsys, trained, fmt):
+    """A 10,000-class model with CJK class names (a contract of about 1.3 MB of JSON) exports,
+    over an earlier export, and its contract reads back."""
+    import dataclasses
+
+    pytest.importorskip("onnx")
+    from resdist.deploy.export import read_contract
+    from resdist.engine import Checkpoint
+    from resdist.models import create_model
+
+    base = load_checkpoint(trained / "last.pth")
+    names = [f"图像分类数据集的类别名称第{i:05d}号的长名字" for i in range(10_000)]
+    contract = dataclasses.replace(base.contract, class_names=names)
+    kw = {**base.model_kwargs, "num_classes": 10_000}
+    ckpt = Checkpoint(base.model_name, kw, create_model(base.model_name, **kw).state_dict(),
+                      contract=contract)
+    assert len(contract.to_json()) > 1 << 20
+    path = ckpt.save(tmp_path / "big.pth")
+    out = tmp_path / ("big.onnx" if fmt == "onnx" else "big.pt")
+    args = ["export", "--checkpoint", str(path), "--out", str(out), "--format", fmt,
+            "--no-verify"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert main(args) == 0, capsys.readouterr().err  # again, over the earlier export
+    assert read_contract(out).class_names == names
+
+
+def test_export_target_bad_contract_writes_nothing(tmp_path, capsys, trained, monkeypatch):
+    """A contract that would not read back is refused before the file is written: an earlier
+    good export stays as it was."""
+    from resdist.data import contract as contract_module
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    good = out.read_bytes()
+    monkeypatch.setattr(contract_module, "MAX_JSON", 100)
+    line = fails(["export", "--checkpoint", str(trained), "--out", str(out)], capsys)
+    assert "characters of JSON" in line and "nothing was written" in line
+    assert out.read_bytes() == good

@@ -21,7 +21,15 @@ from torch import nn
 from ..data.contract import InputContract
 from ..models.fold import to_deploy
 from .errors import DeployError
-from .formats import FORMATS, ExportJob, Format, format_of, get_format
+from .formats import (
+    FORMATS,
+    ExportJob,
+    Format,
+    check_export_contract,
+    check_export_target,
+    format_of,
+    get_format,
+)
 from .formats.common import (
     CONTRACT_KEY,
     INPUT_NAME,
@@ -266,11 +274,13 @@ def export(
     """
     form = get_format(fmt)
     _check_export_request(form, input_dtype, preprocess, quantize)
+    check_export_target(out, form)  # before anything is built or written
     model, shape, name, found = load_model_source(checkpoint_or_model, input_shape,
                                                   with_contract=True)
     _check_exportable(model, shape)
     deployed, reference, contract = _deploy_form(model, contract or found, preprocess,
                                                  input_dtype)
+    check_export_contract(contract)
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
                     verify, opset, quantize == "int8", calibration, check_images)
     written = form.write(job)

@@ -16,6 +16,7 @@ from ...data.contract import InputContract
 from ...models.fold import to_deploy
 from ..errors import DeployError
 from ..export import load_model_source
+from ..formats import FORMATS, check_export_contract, check_export_target
 from ..formats.common import CONTRACT_KEY
 from ..formats.onnx import DEFAULT_OPSET, export_onnx
 from ..runtime import cpu_session
@@ -113,6 +114,7 @@ def quantize_checkpoint(
         An :class:`Int8Export`: the quantiser's report, the model, its input shape and the
         fp32 top-1 agreement of the INT8 model on the calibration images.
     """
+    check_export_target(out, FORMATS["onnx"])  # before anything is built or written
     ckpt = None
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         from ...engine.checkpoint import load_checkpoint
@@ -120,6 +122,7 @@ def quantize_checkpoint(
         ckpt = load_checkpoint(checkpoint_or_model)
     model, shape, name, contract = load_model_source(
         ckpt if ckpt is not None else checkpoint_or_model, input_shape, with_contract=True)
+    check_export_contract(contract)
     data_cfg = _calibration_data(ckpt, calibration_data, data_dir)
     batches = calibration_batches(data_cfg, calibration_images, seed=seed)
     if shape is None:
