@@ -14,10 +14,12 @@
   augmentation, ...; ``train.epochs`` may change) other than the saved ``config.yaml``'s is
   refused, naming the key, before anything in the folder changes, so ``config.yaml`` always
   describes the run it sits beside;
+* ``--resume`` into a folder holding ``best.pth`` or metric rows but no ``last.pth`` is
+  refused (starting from scratch would replace them);
 * temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed;
 * a new run that fails before its first checkpoint (a teacher that does not fit, a bad
   image, ...) leaves nothing behind (:func:`discard_unstarted_run`), so the next attempt needs
-  no ``--overwrite``.
+  no ``--overwrite``; what the folder held before the run (a ``tb/`` of the user's) is kept.
 """
 
 from __future__ import annotations
