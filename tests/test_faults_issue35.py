@@ -645,3 +645,16 @@ def test_export_target_bad_contract_writes_nothing(tmp_path, capsys, trained, mo
     line = fails(["export", "--checkpoint", str(trained), "--out", str(out)], capsys)
     assert "characters of JSON" in line and "nothing was written" in line
     assert out.read_bytes() == good
+
+
+def test_keep_foreign_files_resume_after_kill_between_best_and_last(tmp_path, capsys, trained):
+    """Killed after the first best.pth and before the first last.pth: --resume starts again."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "best.pth"):
+        shutil.copyfile(trained / name, run / name)
+    assert load_checkpoint(run / "best.pth").epoch == 1
+    assert main(_train(run, "--resume")) == 0, capsys.readouterr().err
+    assert load_checkpoint(run / "last.pth").epoch == 1

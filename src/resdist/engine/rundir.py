@@ -238,15 +238,26 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
 
 
 def check_resumable(run_dir: Path) -> None:
-    """Raise :class:`RunDirError` when ``run_dir`` holds a run's results (``best.pth``, metric
-    rows) but no ``last.pth`` to continue from: resuming would start from scratch and replace
-    them."""
+    """Raise :class:`RunDirError` when ``run_dir`` holds a run's results (metric rows, or a
+    ``best.pth`` of a later epoch than the first) but no ``last.pth`` to continue from:
+    resuming would start from scratch and replace them. A ``best.pth`` of epoch 1 alone is
+    what a run killed between writing its first ``best.pth`` and its first ``last.pth``
+    leaves; that run starts again."""
+    from .checkpoint import CheckpointError, load_checkpoint
     from .metrics import read_metrics
 
     if (run_dir / "last.pth").exists():
         return
-    found = [name for name in ("best.pth",) if (run_dir / name).exists()]
-    if read_metrics(run_dir / "metrics.jsonl"):
+    rows = bool(read_metrics(run_dir / "metrics.jsonl"))
+    best = run_dir / "best.pth"
+    found = ["best.pth"] if best.exists() else []
+    if found and not rows:
+        try:
+            if load_checkpoint(best).epoch <= 1:
+                found = []
+        except (CheckpointError, ResdistError):
+            pass  # unreadable: not ours to replace
+    if rows:
         found.append("metrics.jsonl")
     if found:
         raise RunDirError(
