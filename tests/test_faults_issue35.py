@@ -658,3 +658,13 @@ def test_keep_foreign_files_resume_after_kill_between_best_and_last(tmp_path, ca
     assert load_checkpoint(run / "best.pth").epoch == 1
     assert main(_train(run, "--resume")) == 0, capsys.readouterr().err
     assert load_checkpoint(run / "last.pth").epoch == 1
+
+
+def test_export_target_openvino_weights_file(tmp_path, capsys, trained):
+    """OpenVINO writes MODEL.bin beside MODEL.xml: a MODEL.bin of the user's is never replaced."""
+    (tmp_path / "model.bin").write_bytes(b"my own binary data")
+    line = fails(["export", "--checkpoint", str(trained), "--format", "openvino", "--out",
+                  str(tmp_path / "model.xml")], capsys)
+    assert f"would also write {tmp_path / 'model.bin'}" in line
+    assert (tmp_path / "model.bin").read_bytes() == b"my own binary data"
+    assert not (tmp_path / "model.xml").exists()

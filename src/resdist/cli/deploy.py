@@ -33,7 +33,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "export",
-        help="fold BatchNorm/Dirac and export a trained network to ONNX or TorchScript",
+        help="fold BatchNorm/Dirac and export a trained network (ONNX, TorchScript, OpenVINO, "
+        "ExecuTorch, LiteRT)",
         description="Fold BatchNorm and Dirac kernels into the convolutions, export the "
         "network with its input contract (input shape, channels, mean/std, class names) in "
         "the file's metadata, check the exported graph against PyTorch and print a JSON "
@@ -61,7 +62,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "--preprocess (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip running the exported model against PyTorch")
-    q = p.add_argument_group("INT8 quantisation (ONNX Runtime's static QDQ quantiser)")
+    q = p.add_argument_group("INT8 quantisation (each runtime's own quantiser: ONNX Runtime's "
+                             "static QDQ tool, NNCF for OpenVINO, PT2E with the XNNPACK or "
+                             "LiteRT quantiser)")
     q.add_argument("--quantize", choices=("int8",), default=None,
                    help="write a statically quantised model: per-channel INT8 weights, INT8 "
                    "activations calibrated on training images")
@@ -85,9 +88,9 @@ def _check_quantize_args(args: argparse.Namespace) -> None:
         if given:
             raise DeployError(f"{given[0]} is only used with --quantize int8")
         return
-    if args.fmt != "onnx":
-        raise DeployError("--quantize int8 writes ONNX; use --format onnx (TorchScript export "
-                          "stays fp32)")
+    if args.fmt == "torchscript":
+        raise DeployError("--quantize int8 writes ONNX, OpenVINO, ExecuTorch or LiteRT; "
+                          "TorchScript export stays fp32")
     if args.preprocess or args.input_dtype != "float32":
         raise DeployError("--quantize int8 takes normalised float inputs; drop --preprocess / "
                           "--input-dtype (bake the normalisation into an fp32 export instead)")
@@ -104,6 +107,15 @@ def run_export(args: argparse.Namespace) -> int:
     if not ckpt.exists():
         raise DeployError(f"checkpoint not found: {ckpt}")
     _check_quantize_args(args)
+    if args.quantize == "int8" and args.fmt != "onnx":
+        from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, export_int8
+
+        report = export_int8(
+            ckpt, args.fmt, args.out, args.calibration_data, data_dir=args.data_dir,
+            calibration_images=args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
+            input_shape=args.input_shape)
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
     if args.quantize == "int8":
         from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_checkpoint
 
@@ -200,6 +212,12 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also quantise every model to INT8 (ONNX Runtime static QDQ) and time "
                    "it beside fp32; checkpoints calibrate on their run's training images, "
                    "random-weight models on Gaussian images")
+    p.add_argument("--runtime", nargs="+", default=[], metavar="NAME",
+                   choices=["onnxruntime", "openvino", "executorch", "litert", "all"],
+                   help="also time every model on these runtimes (onnxruntime, openvino, "
+                   "executorch, litert, or all), fp32 and with --int8 INT8 through each "
+                   "runtime's own quantiser, with the memory each runtime plans; each needs its "
+                   "extra: pip install 'resdist[openvino,executorch,litert]'")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write profile.json, profile.png and profile.md there")
     p.set_defaults(func=run_profile)
@@ -226,16 +244,20 @@ def run_profile(args: argparse.Namespace) -> int:
         args.models, input_shape=(args.in_chans, args.input_size, args.input_size),
         model_kwargs=kwargs, batch_sizes=args.batch_sizes,
         threads=[t or None for t in args.threads], runs=args.runs, max_seconds=args.max_seconds,
-        latency=not args.no_latency, int8=args.int8,
+        latency=not args.no_latency, int8=args.int8, runtimes=args.runtime,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     result.meta["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))
     if args.int8:
         print("\n" + format_int8_table(result))
+    if result.runtimes is not None:
+        from ..deploy.profile.report import runtime_report
+
+        print("\n" + runtime_report(result))
     if args.out:
         write_profile_report(result, args.out)
-        written = "profile.png, profile.md and profile_int8.md" if args.int8 else \
-            "profile.png and profile.md"
+        written = ", ".join(["profile.png", "profile.md"] + ["profile_int8.md"] * args.int8
+                            + ["profile_runtimes.md"] * bool(args.runtime))
         print(f"\nwrote {Path(args.out) / 'profile.json'}, {written}")
     return 0

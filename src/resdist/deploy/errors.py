@@ -13,10 +13,12 @@ class DeployError(ResdistError, ValueError):
 
 
 class MissingDependencyError(DeployError):
-    """An optional dependency (onnx, onnxruntime, matplotlib) is not installed."""
+    """An optional dependency (onnx, onnxruntime, matplotlib, a runtime) is not installed."""
 
 
-_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot"}
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot",
+           "openvino": "openvino", "nncf": "openvino", "executorch": "executorch",
+           "torchao": "executorch", "ai_edge_litert": "litert", "litert_torch": "litert"}
 
 
 def require(module: str) -> ModuleType:

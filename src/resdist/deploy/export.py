@@ -256,6 +256,7 @@ def export(
     quantize: str | None = None,
     calibration: Any = None,
     check_images: Any = None,
+    data_name: str | None = None,
 ) -> ExportReport:
     """Fold and export a checkpoint (path) or a model to ``out``; returns a small report.
 
@@ -282,7 +283,7 @@ def export(
                                                  input_dtype)
     check_export_contract(contract)
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
-                    verify, opset, quantize == "int8", calibration, check_images)
+                    verify, opset, quantize == "int8", calibration, check_images, data_name)
     written = form.write(job)
     return ExportReport(
         path=str(written.path),

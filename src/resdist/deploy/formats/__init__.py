@@ -77,6 +77,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", "ONNX", (".onnx",), "ONNX Runtime", "onnx", int8=True),
     Format("torchscript", "TorchScript", (".pt", ".ts", ".torchscript"), "torch.jit",
            "torchscript", runs_code=True),
+    Format("openvino", "OpenVINO", (".xml",), "OpenVINO", "openvino", int8=True),
+    Format("executorch", "ExecuTorch", (".pte",), "ExecuTorch (XNNPACK)", "executorch",
+           int8=True),
+    Format("tflite", "LiteRT", (".tflite",), "LiteRT", "litert", int8=True),
 )}
 """Every format resdist exports, by ``--format`` name."""
 
@@ -144,6 +148,7 @@ def check_export_target(out: str | os.PathLike, fmt: Format) -> Path:
             f"--out {text}: {fmt.label} files end in {' or '.join(fmt.suffixes)}, so "
             f"that no other file (a checkpoint, your own file) is replaced; name it e.g. "
             f"{path.with_name(path.stem + fmt.suffixes[0])}")
+    ours = False
     if path.exists() or path.is_symlink():
         if not path.is_file():
             raise DeployError(f"--out {text} exists and is not a regular file; choose another "
@@ -152,7 +157,18 @@ def check_export_target(out: str | os.PathLike, fmt: Format) -> Path:
             raise DeployError(f"--out {text} exists and is no {fmt.label} file, so resdist "
                               "did not write it and will not replace it; choose another --out, "
                               "or move that file away first")
+        ours = True
+    for suffix in _SIDE_FILES.get(fmt.name, ()):
+        side = path.with_suffix(suffix)
+        if not ours and (side.exists() or side.is_symlink()):
+            raise DeployError(f"--out {text} would also write {side}, which exists and is no "
+                              f"part of an earlier {fmt.label} export there; choose another "
+                              "--out, or move that file away first")
     return path
+
+
+#: files a format writes beside the one ``--out`` names (OpenVINO keeps its weights in a .bin)
+_SIDE_FILES: dict[str, tuple[str, ...]] = {"openvino": (".bin",)}
 
 
 def check_export_contract(contract: InputContract | None) -> None:

@@ -25,7 +25,8 @@ from ..errors import DeployError
 
 __all__ = ["CONTRACT_KEY", "INPUT_NAME", "OUTPUT_NAME", "ExportJob", "FileInfo", "Runner",
            "Written", "check_input_shape", "example_input", "first_line", "first_output",
-           "model_device", "reference_outputs", "relative_error", "write_file"]
+           "int8_agreement", "model_device", "reference_outputs", "relative_error",
+           "verify_runner", "write_file"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -51,8 +52,13 @@ class ExportJob:
         int8: quantise with the runtime's own INT8 tool.
         calibration: for ``int8``, a function returning an iterator of prepared calibration
             batches (``(N, C, H, W)`` arrays, as the contract says).
-        check_images: for ``int8``, prepared real images (with their labels or None) on which
-            the INT8 file's top-1 agreement with the fp32 model is measured.
+        check_images: for ``int8``, prepared real images on which the INT8 file's top-1
+            agreement with the fp32 PyTorch model is measured.
+        data_name: the data set the calibration images came from, recorded in INT8 files so
+            that ``resdist eval`` scores them on it without options.
+        batch: the batch size of formats whose programs take a fixed one (ExecuTorch).
+        delegate: lower to the runtime's accelerated backend (ExecuTorch: XNNPACK); False
+            keeps its portable kernels, whose memory plan shows every activation.
     """
 
     deployed: nn.Module
@@ -66,6 +72,9 @@ class ExportJob:
     int8: bool = False
     calibration: Callable[[], Iterator[np.ndarray]] | None = None
     check_images: np.ndarray | None = None
+    data_name: str | None = None
+    batch: int = 1
+    delegate: bool = True
 
 
 @dataclass
@@ -170,6 +179,21 @@ def verify_runner(run: Runner, model: nn.Module, shape: Sequence[int], input_dty
         x = example_input(b, shape, input_dtype, gen)
         worst = max(worst, relative_error(run(x.numpy()), reference_outputs(model, x)))
     return worst
+
+
+def int8_agreement(run: Runner, model: nn.Module, images: np.ndarray | None,
+                   batch: int = 1) -> float | None:
+    """Fraction of ``images`` whose top-1 class under ``run`` (an INT8 file) is the PyTorch
+    model's (None without images); ``batch`` is the batch size the file takes."""
+    if images is None or len(images) == 0:
+        return None
+    same = 0
+    for i in range(0, len(images) - len(images) % batch, batch):
+        x = np.ascontiguousarray(images[i:i + batch])
+        ref = reference_outputs(model, torch.from_numpy(x)).argmax(1)
+        same += int((np.asarray(run(x)).argmax(1) == ref).sum())
+    counted = len(images) - len(images) % batch
+    return same / max(counted, 1)
 
 
 def write_file(path: str | os.PathLike, write: Callable[[Path], Any], what: str) -> Path:

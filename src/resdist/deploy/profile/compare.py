@@ -48,6 +48,7 @@ from .records import (
     ProfileSettings,
     as_profile,
 )
+from .runtimes import RuntimeProfile, check_runtimes, profile_runtimes
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _check_activation_memory(name: str, model: nn.Module, shape: Sequence[int], 
 
 def _profile_one(
     src: _Source, index: int, s: ProfileSettings, onnx_dir: Path
-) -> tuple[ModelProfile, Path, tuple[int, ...]]:
+) -> tuple[ModelProfile, Path, tuple[int, ...], nn.Module]:
     """Calibrate (if asked), fold, export and analyse one model; latency comes later."""
     shape = tuple(int(d) for d in src.input_shape)
     model = src.model
@@ -195,7 +196,7 @@ def _profile_one(
     )
     if s.memory_check:
         record.memory_check = memory_cross_check(deployed, shape, proto, 1, deploy=False)
-    return record, path, shape
+    return record, path, shape, deployed
 
 
 def _meta(s: ProfileSettings) -> dict[str, Any]:
@@ -218,18 +219,21 @@ def _meta(s: ProfileSettings) -> dict[str, Any]:
 
 
 def _profile(
-    models: Sequence[Any], s: ProfileSettings, onnx_dir: Path, log: Callable[[str], None]
+    models: Sequence[Any], s: ProfileSettings, onnx_dir: Path, log: Callable[[str], None],
+    deployed: dict[str, nn.Module] | None = None,
 ) -> ProfileResult:
     meta = _meta(s)
     records: list[ModelProfile] = []
     paths: dict[str, Path] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    deployed = {} if deployed is None else deployed
     for idx, spec in enumerate(models):
         src = _resolve_model(spec, idx, s.input_shape, s.model_kwargs)
         if src.name in paths:
             src.name = f"{src.name}#{idx}"
         t0 = time.perf_counter()
-        record, paths[src.name], shapes[src.name] = _profile_one(src, idx, s, onnx_dir)
+        record, paths[src.name], shapes[src.name], deployed[src.name] = _profile_one(
+            src, idx, s, onnx_dir)
         records.append(record)
         log(f"{src.name}: exported and analysed in {time.perf_counter() - t0:.1f} s "
             f"(peak {record.peak_activation_bytes_per_image / 2**10:.0f} KiB/image, "
@@ -263,6 +267,7 @@ def profile_models(
     onnx_dir: str | os.PathLike | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    runtimes: Sequence[str] = (),
 ) -> ProfileResult:
     """Profile several models side by side: memory, bytes moved, MACs, ORT latency, ratios.
 
@@ -280,6 +285,11 @@ def profile_models(
             ``latency``.
         onnx_dir: keep the exported graphs there (default: a temporary folder).
         log: called with progress lines.
+        runtimes: also time every model on these runtimes
+            (:data:`~resdist.deploy.profile.runtimes.RUNTIMES`, or ``all``), fp32 and, with
+            ``int8``, INT8 through each runtime's own quantiser, with their planned memory
+            (:func:`~resdist.deploy.profile.runtimes.profile_runtimes`); the result's
+            ``runtimes``.
 
     Denormals are flushed while this runs (:func:`resdist.engine.denormals.flush_denormal`,
     which then restores the mode set before; ORT sessions set ``session.set_denormal_as_zero``).
@@ -298,6 +308,8 @@ def profile_models(
     require("onnx")
     if latency:
         require("onnxruntime")
+    if runtimes:
+        runtimes = check_runtimes(runtimes)  # a missing runtime is said before any work
     settings = ProfileSettings(
         input_shape=tuple(input_shape), batch_sizes=batch_sizes, threads=threads, runs=runs,
         warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
@@ -310,10 +322,35 @@ def profile_models(
             onnx_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="resdist-profile-"))
         onnx_dir = Path(onnx_dir)
         onnx_dir.mkdir(parents=True, exist_ok=True)
-        result = _profile(models, settings, onnx_dir, log or (lambda _msg: None))
+        deployed: dict[str, nn.Module] = {}
+        result = _profile(models, settings, onnx_dir, log or (lambda _msg: None), deployed)
         if int8:  # fp32 and INT8 are timed together there, interleaved
             add_int8_latency(result, onnx_dir, log=log)
+        if runtimes:
+            result.runtimes = _runtimes(result, deployed, runtimes, settings, int8, onnx_dir,
+                                        log)
         return result
+
+
+def _runtimes(result: ProfileResult, deployed: Mapping[str, nn.Module], runtimes: Sequence[str],
+              s: ProfileSettings, int8: bool, folder: Path,
+              log: Callable[[str], None] | None) -> RuntimeProfile:
+    """Every model of ``result`` on ``runtimes`` (calibrated as the INT8 ONNX path is)."""
+    from ..quantize.calibration import calibration_for
+
+    models = {m.name: (deployed[m.name], tuple(m.input_shape)) for m in result.models}
+    calibration = None
+    if int8:
+        calibration = {}
+        for m in result.models:
+            batches, _ = calibration_for(m.checkpoint if m.source == "checkpoint" else None,
+                                         m.input_shape, 64, seed=s.seed)
+            calibration[m.name] = lambda b=batches: iter(b)
+    runs = s.runs if isinstance(s.runs, int) else max(s.runs.values())
+    return profile_runtimes(models, runtimes, folder / "runtimes", int8=int8,
+                            calibration=calibration, threads=s.threads,
+                            batch_sizes=s.batch_sizes, runs=runs, warmup=s.warmup, seed=s.seed,
+                            log=log)
 
 
 def merge_profiles(results: Sequence[ProfileResult | Mapping[str, Any]]) -> ProfileResult:
@@ -329,5 +366,8 @@ def merge_profiles(results: Sequence[ProfileResult | Mapping[str, Any]]) -> Prof
     meta["runs_meta"] = [
         {k: p.meta.get(k) for k in ("date", "loadavg_start", "loadavg_end")} for p in profiles
     ]
+    timed = [p.runtimes for p in profiles if p.runtimes is not None]
+    runtimes = RuntimeProfile([r for t in timed for r in t.latency],
+                              [m for t in timed for m in t.memory]) if timed else None
     return ProfileResult(meta, [m for p in profiles for m in p.models],
-                         [c for p in profiles for c in p.pairs])
+                         [c for p in profiles for c in p.pairs], runtimes=runtimes)

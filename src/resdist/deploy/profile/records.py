@@ -188,17 +188,24 @@ class ProfileResult:
     models: list[ModelProfile]
     pairs: list[PairComparison]
     settings: ProfileSettings | None = None
+    runtimes: Any = None  # a RuntimeProfile (profile --runtime), else None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``profile.json``)."""
-        return {"meta": self.meta, "models": [m.to_dict() for m in self.models],
-                "pairs": [p.to_dict() for p in self.pairs]}
+        out = {"meta": self.meta, "models": [m.to_dict() for m in self.models],
+               "pairs": [p.to_dict() for p in self.pairs]}
+        if self.runtimes is not None:
+            out["runtimes"] = self.runtimes.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProfileResult:
         """The profile back from :meth:`to_dict`, e.g. a saved ``profile.json``."""
+        from .runtimes import RuntimeProfile
+
+        runtimes = RuntimeProfile.from_dict(d["runtimes"]) if "runtimes" in d else None
         return cls(dict(d["meta"]), [ModelProfile.from_dict(m) for m in d["models"]],
-                   [PairComparison.from_dict(p) for p in d["pairs"]])
+                   [PairComparison.from_dict(p) for p in d["pairs"]], runtimes=runtimes)
 
     def model(self, name: str) -> ModelProfile:
         """The model called ``name``."""

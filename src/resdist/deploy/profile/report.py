@@ -208,4 +208,19 @@ def write_profile_report(
     write_text_atomic(out / f"{name}.md", md)
     if any(m.int8 for m in profile.models):
         write_text_atomic(out / f"{name}_int8.md", format_int8_table(profile) + "\n")
+    if profile.runtimes is not None:
+        write_text_atomic(out / f"{name}_runtimes.md", runtime_report(profile) + "\n")
     return md
+
+
+def runtime_report(profile: ProfileResult) -> str:
+    """The runtime table of ``profile`` (``profile --runtime``) with its machine."""
+    from .runtimes import format_runtime_table
+
+    pairs = [(p.plain, p.resnet) for p in profile.pairs]
+    meta = profile.meta
+    head = [f"# ResNet vs plain on each runtime ({meta.get('date', '')})", "",
+            f"- CPU: {meta.get('cpu', '?')} ({meta.get('cores', '?')} cores available)",
+            "- Medians of interleaved runs after warm-up; ratio = ResNet / plain (above 1: "
+            "the plain network is faster)", ""]
+    return "\n".join(head) + "\n" + format_runtime_table(profile.runtimes, pairs)

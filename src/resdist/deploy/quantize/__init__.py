@@ -9,7 +9,8 @@ activations whose ranges are calibrated (MinMax) on the batches a
 :func:`calibration_batches` (:mod:`.calibration`) draws those batches from a resdist data set's
 training split with the training preprocessing but no random augmentation, so nothing of the
 test set is seen. :func:`quantize_checkpoint` (:mod:`.checkpoint`) is the whole path from a
-checkpoint.
+checkpoint; :func:`export_int8` takes the same calibration images through another runtime's
+own quantiser (NNCF for OpenVINO, PT2E with the XNNPACK or LiteRT quantiser).
 
 Activations are ``QUInt8`` (U8S8), not the tool's default ``QInt8``: ONNX Runtime's CPU
 provider (1.32) turns a QDQ ``Add`` into ``QLinearAdd`` only for uint8, so with int8
@@ -26,11 +27,11 @@ from .calibration import (
     calibration_for,
     gaussian_batches,
 )
-from .checkpoint import Int8Export, quantize_checkpoint
+from .checkpoint import Int8Export, export_int8, quantize_checkpoint
 from .static import DATA_METADATA_KEY, QuantizeReport, count_qdq, quantize_onnx
 
 __all__ = [
     "DATA_METADATA_KEY", "DEFAULT_CALIBRATION_IMAGES", "Int8Export", "QuantizeReport",
-    "calibration_batches", "calibration_for", "count_qdq", "gaussian_batches",
+    "calibration_batches", "calibration_for", "count_qdq", "export_int8", "gaussian_batches",
     "quantize_checkpoint", "quantize_onnx",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 from ...data.contract import InputContract
 from ...models.fold import to_deploy
 from ..errors import DeployError
-from ..export import load_model_source
+from ..export import ExportReport, load_model_source
 from ..formats import FORMATS, check_export_contract, check_export_target
 from ..formats.common import CONTRACT_KEY
 from ..formats.onnx import DEFAULT_OPSET, export_onnx
@@ -146,3 +146,43 @@ def quantize_checkpoint(
     return Int8Export(quantization=replace(report, fp32_path=None), model=name,
                       input_shape=list(shape), opset=opset, calibration_agreement=agreement,
                       input_contract=contract)
+
+
+def export_int8(
+    checkpoint_or_model: Any,
+    fmt: str,
+    out: str | os.PathLike,
+    calibration_data: Any = None,
+    *,
+    data_dir: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    input_shape: Sequence[int] | None = None,
+    check_images: int = 256,
+    seed: int = 0,
+) -> ExportReport:
+    """INT8 export through a runtime's own quantiser (``fmt``: ``openvino``, ``executorch``,
+    ``tflite``), calibrated on the training images of the checkpoint's run as
+    :func:`quantize_checkpoint` is; the report's ``extra["int8_agreement"]`` is the fraction
+    of the first ``check_images`` calibration images whose INT8 top-1 class is the fp32
+    PyTorch model's.
+    """
+    from ..export import export
+
+    ckpt = None
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        from ...engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_or_model)
+    source = ckpt if ckpt is not None else checkpoint_or_model
+    _, shape, _, _ = load_model_source(source, input_shape, with_contract=True)
+    data_cfg = _calibration_data(ckpt, calibration_data, data_dir)
+    batches = calibration_batches(data_cfg, calibration_images, seed=seed)
+    if shape is not None and tuple(batches[0].shape[1:]) != tuple(shape):
+        raise DeployError(
+            f"calibration images of {data_cfg.name} have shape {tuple(batches[0].shape[1:])}, "
+            f"the model takes {tuple(shape)}"
+        )
+    images = np.concatenate(batches)[:check_images]
+    return export(source, fmt, out, input_shape=shape or tuple(batches[0].shape[1:]),
+                  quantize="int8", calibration=lambda: iter(batches), check_images=images,
+                  data_name=data_cfg.name)

@@ -1,0 +1,272 @@
+"""OpenVINO, ExecuTorch and LiteRT end to end: export (fp32 and INT8) with the contract in the
+file, no shortcut Add, predict and eval in each runtime equal to the checkpoint, stranger's
+files refused in one line, and ``profile --runtime`` side by side.
+
+Each runtime is an optional extra. A runtime that is not installed skips its tests, unless
+``RESDIST_REQUIRE_RUNTIMES`` names it (``make test`` does, for the virtual environment that
+holds it), where a missing runtime fails them: CI runs every path for real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+
+from data_writers import write_cifar, write_imagefolder  # noqa: E402
+
+from resdist.cli import main  # noqa: E402
+from resdist.deploy import evaluate_file, export, read_contract  # noqa: E402
+from resdist.deploy.errors import DeployError, MissingDependencyError  # noqa: E402
+from resdist.deploy.formats import format_of, get_format  # noqa: E402
+from resdist.engine.checkpoint import load_checkpoint  # noqa: E402
+
+PACKAGES = {"openvino": ("openvino", "nncf"), "executorch": ("executorch", "torchao"),
+            "tflite": ("ai_edge_litert", "litert_torch")}
+EXTRA = {"openvino": "openvino", "executorch": "executorch", "tflite": "litert"}
+RUNTIME = {"openvino": "openvino", "executorch": "executorch", "tflite": "litert"}
+FORMATS = list(PACKAGES)
+
+
+def need(fmt: str) -> None:
+    """Skip unless ``fmt``'s runtime is installed; fail instead where it is required."""
+    missing = [p for p in PACKAGES[fmt] if importlib.util.find_spec(p) is None]
+    if not missing:
+        return
+    required = os.environ.get("RESDIST_REQUIRE_RUNTIMES", "").split(",")
+    if EXTRA[fmt] in required:
+        pytest.fail(f"{', '.join(missing)} missing although RESDIST_REQUIRE_RUNTIMES asks for "
+                    f"resdist[{EXTRA[fmt]}]")
+    pytest.skip(f"resdist[{EXTRA[fmt]}] is not installed here")
+
+
+def _train(args: list[str]) -> None:
+    assert main(["train", "--model", "plain20", "--epochs", "1", "--no-progress",
+                 "--device", "cpu", "--set", "model.width_mult=0.25", "--set",
+                 "train.tensorboard=false", "--set", "data.num_workers=0", *args]) == 0
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """A thin CIFAR model (plain-20 at a quarter width) trained one epoch on CIFAR pickles."""
+    root = tmp_path_factory.mktemp("rt-cifar")
+    write_cifar(root, per_batch=12, n_test=40)
+    _train(["--data", "cifar10", "--data-dir", str(root), "--batch-size", "20",
+            "--out", str(root / "run")])
+    return {"data": root, "ckpt": root / "run" / "last.pth"}
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """An ImageFolder model trained at 20x20 (not ImageNet's 224)."""
+    root = tmp_path_factory.mktemp("rt-folder")
+    write_imagefolder(root / "imgs", num_classes=3, n_train=8, n_val=4, size=30)
+    _train(["--data", "imagefolder", "--data-dir", str(root / "imgs"), "--batch-size", "6",
+            "--out", str(root / "run"), "--set", "data.image_size=20"])
+    return {"data": root / "imgs", "ckpt": root / "run" / "last.pth"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fp32_export_carries_the_contract_and_scores_the_checkpoint(fmt, cifar_run, tmp_path,
+                                                                     capsys):
+    need(fmt)
+    out = tmp_path / f"m{get_format(fmt).suffixes[0]}"
+    report = export(cifar_run["ckpt"], fmt, out)
+    assert report.format == fmt and report.feature_adds == 0
+    assert report.max_rel_error is not None and report.max_rel_error < 1e-4
+    want = load_checkpoint(cifar_run["ckpt"]).contract
+    assert read_contract(out) == want and format_of(out).name == fmt
+    by_file = evaluate_file(out, data_dir=str(cifar_run["data"]))
+    by_ckpt = evaluate_file(cifar_run["ckpt"], data_dir=str(cifar_run["data"]), device="cpu")
+    assert by_file.samples == by_ckpt.samples == 40
+    assert by_file.top1 == pytest.approx(by_ckpt.top1)
+    assert by_file.loss == pytest.approx(by_ckpt.loss, rel=1e-4, abs=1e-5)
+    assert main(["eval", "--checkpoint", str(out), "--data-dir", str(cifar_run["data"])]) == 0
+    assert f"{get_format(fmt).label} fp32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_imagefolder_model_predicts_and_evaluates_like_its_checkpoint(fmt, folder_run,
+                                                                      tmp_path, capsys):
+    need(fmt)
+    out = tmp_path / f"m{get_format(fmt).suffixes[0]}"
+    assert main(["export", "--checkpoint", str(folder_run["ckpt"]), "--format", fmt,
+                 "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["input_contract"]["input_shape"] == [3, 20, 20]
+    images = sorted((folder_run["data"] / "val").rglob("*.JPEG"))[:5]
+    tops = []
+    for model in (folder_run["ckpt"], out):
+        assert main(["predict", str(model), *map(str, images), "--json", "--topk", "3"]) == 0
+        tops.append([[t["index"] for t in r["top"]] for r in json.loads(capsys.readouterr().out)])
+    assert tops[0] == tops[1]
+    scores = [evaluate_file(p, data_dir=str(folder_run["data"]), device="cpu")
+              for p in (folder_run["ckpt"], out)]
+    assert scores[0].samples == scores[1].samples == 12
+    assert scores[1].top1 == pytest.approx(scores[0].top1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_export_is_checked_on_real_images_and_states_its_drop(fmt, cifar_run, tmp_path,
+                                                                   capsys):
+    need(fmt)
+    out = tmp_path / f"m-int8{get_format(fmt).suffixes[0]}"
+    assert main(["export", "--checkpoint", str(cifar_run["ckpt"]), "--format", fmt,
+                 "--out", str(out), "--quantize", "int8", "--calibration-images", "32"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] == "int8" and report["feature_adds"] == 0
+    assert 0.0 <= report["extra"]["int8_agreement"] <= 1.0
+    assert read_contract(out) == load_checkpoint(cifar_run["ckpt"]).contract
+    info = format_of(out).file_info(out)
+    assert info.precision == "int8" and info.data == "cifar10"
+    score = evaluate_file(out, data_dir=str(cifar_run["data"]))  # data set from the file
+    assert score.samples == 40 and "int8" in score.model_name
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resnet_keeps_its_shortcut_adds(fmt, tmp_path):
+    need(fmt)
+    from resdist.models import create_model
+    from resdist.models.fold import calibrate_bn
+
+    model = create_model("resnet20", num_classes=4, in_chans=3, width_mult=0.25)
+    calibrate_bn(model, input_shape=(3, 16, 16))
+    report = export(model.eval(), fmt, tmp_path / f"r{get_format(fmt).suffixes[0]}",
+                    input_shape=(3, 16, 16))
+    assert report.feature_adds == model.count_shortcut_adds() == 9
+    assert report.max_rel_error < 1e-4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_strangers_and_damaged_files_are_refused_in_one_line(fmt, cifar_run, tmp_path, capsys):
+    need(fmt)
+    suffix = get_format(fmt).suffixes[0]
+    junk = tmp_path / f"junk{suffix}"
+    junk.write_bytes(b"\x00" * 64)
+    good = tmp_path / f"good{suffix}"
+    export(cifar_run["ckpt"], fmt, good, verify=False)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    for path in (junk, cut):
+        for args in (["predict", str(path), str(image)],
+                     ["eval", "--checkpoint", str(path), "--data-dir", str(cifar_run["data"])]):
+            assert main(args) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "export it again" in err, err
+    bare = tmp_path / f"bare{suffix}"
+    from resdist.models import create_model
+
+    export(create_model("plain20", num_classes=10, width_mult=0.25).eval(), fmt, bare,
+           input_shape=(3, 32, 32), verify=False)
+    assert read_contract(bare) is None
+    assert main(["predict", str(bare), str(image)]) == 2
+    assert "records no input contract" in capsys.readouterr().err
+
+
+def test_a_failed_openvino_write_keeps_the_previous_pair(cifar_run, tmp_path, monkeypatch):
+    """The .xml/.bin pair is written beside the target and moved in: a full disk while saving
+    leaves the previous export whole (the other formats write through one atomic file)."""
+    need("openvino")
+    import errno
+
+    import openvino
+
+    out = tmp_path / "m.xml"
+    export(cifar_run["ckpt"], "openvino", out, verify=False)
+    before = (out.read_bytes(), out.with_suffix(".bin").read_bytes())
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(openvino, "save_model", full_disk)
+    with pytest.raises(DeployError, match="previous file is kept"):
+        export(cifar_run["ckpt"], "openvino", out, verify=False)
+    assert (out.read_bytes(), out.with_suffix(".bin").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    """Without the package the command says which extra installs it."""
+    for name in ("openvino", "executorch", "ai_edge_litert", "litert_torch"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    from resdist.deploy.errors import require
+
+    for module, extra in (("openvino", "openvino"), ("executorch", "executorch"),
+                          ("ai_edge_litert", "litert")):
+        with pytest.raises(MissingDependencyError, match=rf"resdist\[{extra}\]"):
+            require(module)
+    pte = tmp_path / "m.pte"
+    pte.write_bytes(b"\x00\x00\x00\x00ET12" + b"\x00" * 32)
+    assert main(["predict", str(pte), str(tmp_path)]) == 2
+    assert "pip install 'resdist[executorch]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "litert", "executorch"])
+def test_profile_times_resnet_and_plain_on_the_runtime(runtime, tmp_path, capsys):
+    fmt = {"litert": "tflite"}.get(runtime, runtime)
+    need(fmt)
+    out = tmp_path / "prof"
+    assert main(["profile", "resnet20", "plain20", "--input-size", "16", "--batch-sizes", "1",
+                 "2", "--threads", "1", "--runs", "2", "--runtime", runtime, "--int8",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "resnet20 / plain20" in text
+    saved = json.loads((out / "profile.json").read_text())["runtimes"]
+    got = {(r["runtime"], r["model"], r["precision"], r["batch"]) for r in saved["latency"]}
+    for model in ("resnet20", "plain20"):
+        for precision in ("fp32", "int8"):
+            for batch in (1, 2):
+                assert (runtime, model, precision, batch) in got
+    assert all(r["median_ms"] > 0 for r in saved["latency"])
+    assert (out / "profile_runtimes.md").is_file()
+    if runtime == "executorch":  # its own memory plan: the portable plan shows the shortcut
+        plans = {(m["model"], m["covers"].split(":")[0]): m["planned_bytes"]
+                 for m in saved["memory"] if m["precision"] == "fp32"}
+        portable = "memory plan of the portable-kernel program"
+        assert plans[("resnet20", portable)] > plans[("plain20", portable)]
+
+
+def _snippet(runtime_heading: str) -> str:
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    section = text.split(f"### {runtime_heading} without resdist", 1)[1].split("\n#", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return code
+
+
+@pytest.mark.parametrize(("fmt", "heading"), [("openvino", "OpenVINO"),
+                                              ("executorch", "ExecuTorch"),
+                                              ("tflite", "LiteRT")])
+def test_docs_runtime_example_prints_what_predict_prints(fmt, heading, folder_run, tmp_path,
+                                                          capsys):
+    """The docs' dozen lines in the runtime's own API follow the contract: same class as
+    resdist predict, on an ImageFolder model at 20x20 and a picture of another size."""
+    need(fmt)
+    import subprocess
+
+    from PIL import Image
+
+    suffix = get_format(fmt).suffixes[0]
+    export(folder_run["ckpt"], fmt, tmp_path / f"plain56{suffix}", verify=False)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)).save(
+        tmp_path / "shoe.png")
+    proc = subprocess.run([sys.executable, "-c", _snippet(heading)], cwd=tmp_path,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["predict", str(tmp_path / f"plain56{suffix}"), str(tmp_path / "shoe.png"),
+                 "--topk", "1", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
+    assert proc.stdout.strip().splitlines()[-1] == best
