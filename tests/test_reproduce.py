@@ -210,7 +210,7 @@ def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_def
 
     store = RunStore(tmp_path, "suite")
     planned = Config().to_dict()
-    machine = {"cpu": "test cpu"}
+    machine = {"cpu": "test cpu", "cores": 2, "torch": "2.0"}  # what a report names
     fields = {"final_top1": 50.0, "best_top1": 50.0, "curve": [50.0], "train_time_s": 1.0,
               "history": []}
     store.save(0, "run", planned, fields, machine)

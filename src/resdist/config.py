@@ -35,6 +35,8 @@ STUDENT_PARAMS = ("plain", "dirac", "repvgg")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 NORMALIZATIONS = ("imagenet", "dataset")
 TRAIN_CROPS = ("random-resized", "pad-crop")
+#: the largest float32: optimiser settings beyond it overflow the float32 weights they scale
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def check_choice(
@@ -283,9 +285,10 @@ class Config:
             check_choice("model.stem", m.stem, STEMS, "stem")
         check_range("model.width_mult", m.width_mult, 0, low_open=True, optional=True)
         check_choice("optim.schedule", o.schedule, SCHEDULES, "schedule")
-        check_range("optim.lr", o.lr, 0, low_open=True)
+        # the optimiser multiplies float32 weights by these: larger values cannot be represented
+        check_range("optim.lr", o.lr, 0, FLOAT32_MAX, low_open=True)
         check_range("optim.momentum", o.momentum, 0, 1, high_open=True)
-        check_range("optim.weight_decay", o.weight_decay, 0)
+        check_range("optim.weight_decay", o.weight_decay, 0, FLOAT32_MAX)
         check_range("optim.gamma", o.gamma, 0, low_open=True)
         check_range("optim.step_size", o.step_size, 1)
         check_range("optim.warmup_epochs", o.warmup_epochs, 0)

@@ -91,7 +91,9 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """
     refuse_torchscript(path, "use the run's checkpoint (.pth) or a state-dict file instead")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         # "Unsupported operand": bytes that are no pickle at all (a corrupt file), not a payload
@@ -102,3 +104,17 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             "(only tensors, numbers and plain containers are); resdist will not execute it. "
             "Use a file written by resdist or a plain state dict from a source you trust"
         ) from None
+
+
+def read_failure(e: BaseException) -> str:
+    """Why :func:`load_torch_file` could not read a file, in a few words for a one-line
+    message: torch's own first line, or ``"not a PyTorch file, or corrupt"`` where that line
+    says nothing (a bare byte value of a garbled file, a pickle torch refuses)."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    lines = str(e).strip().splitlines()
+    reason = lines[0] if lines else ""
+    if isinstance(e, pickle.UnpicklingError) or not reason or reason.isdigit() or \
+            len(reason) > 200:
+        return "not a PyTorch file, or corrupt"
+    return reason

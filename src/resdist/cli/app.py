@@ -5,21 +5,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from ..errors import ResdistError
 from . import catalogue, deploy, evaluate, experiments, train
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``PROG: error: ...; see PROG
+    --help``, exit status 2) instead of argparse's usage block followed by the message; its
+    sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one line and exit with status 2."""
+        msg = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {msg}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``resdist`` parser, one sub-command per job."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="resdist", description="Residual Distillation: plain CNNs trained to ResNet "
         "accuracy through a ResNet teacher, deployed without shortcuts. Each command's "
         "--help says what it takes; `resdist docs` lists the guides (method, training, "
@@ -36,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _os_error_line(e: OSError) -> str:
     where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write{where or ' a file'}: no space left on the device; make room and " \
+            "run the command again"
     return f"{e.strerror or e}:{where}; check that the path exists and that you may use it"
 
 

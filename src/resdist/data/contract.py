@@ -61,7 +61,10 @@ INPUT_DTYPES = ("float32", "uint8")
 MIN_STD = 1e-6  # a smaller std is damage: x / std overflows float32
 MAX_NAME = 200  # characters of one class name
 MAX_PATH = 4096  # characters of the recorded data folder
-MAX_JSON = 1 << 20  # bytes of a contract's JSON text
+#: characters of a contract's JSON text: room for 100,000 class names of 25 characters written
+#: as JSON escapes (a CJK character is 6: \uXXXX), e.g. 10,000 classes of 200 such characters;
+#: the cap keeps a damaged or hostile file from being parsed at any length
+MAX_JSON = 16 << 20
 COLOR_MODES = ("L", "RGB", "")
 #: the largest image side or channel count a contract may name (larger ones are damage)
 MAX_SIDE = 16384
@@ -74,7 +77,7 @@ def class_name_problem(name: str) -> str | None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return "is not valid UTF-8"
+        return "is not valid UTF-8 (undecodable bytes, or a lone surrogate)"
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
         return "holds control or formatting characters"
     if len(name) > MAX_NAME:

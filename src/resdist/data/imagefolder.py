@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .contract import class_name_problem
 from .errors import DataError
-from .images import bomb_reason, pil_loader
+from .images import IMAGE_FORMATS, bomb_reason, pil_loader, unreadable_reason
 from .locations import default_data_dir, show
 from .transforms import FolderPreprocessing
 
@@ -48,6 +48,17 @@ def _visible_image(class_root: str, path: str) -> bool:
     return not any(p.startswith(".") for p in parts) and path.lower().endswith(IMG_EXTENSIONS)
 
 
+def _check_listable(folder: Path) -> None:
+    """Raise :class:`DataError` if ``folder`` cannot be listed (torchvision would skip it
+    silently and then report "no valid file")."""
+    try:
+        with os.scandir(folder):
+            pass
+    except PermissionError as e:
+        raise DataError(f"{show(folder)}: permission denied, so its images cannot be listed; "
+                        "make the folder readable (chmod a+rx)") from e
+
+
 def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -66,6 +77,7 @@ def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
         def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
                          allow_empty=False):
             for name in sorted(class_to_idx):
+                _check_listable(Path(directory) / name)
                 links = folder_links(Path(directory) / name)
                 if links:
                     raise DataError(
@@ -99,7 +111,7 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
     is empty, unreadable or that PIL cannot identify or verify. Cheap: a size check and PIL's
     header parse and ``verify()``, no decoding of the pixels, except for a JPEG file that does
     not end in JPEG's end marker (``verify()`` passes a JPEG cut short): it is decoded."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     bad = []
     for path in paths:
@@ -107,7 +119,7 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
             if Path(path).stat().st_size == 0:
                 bad.append((path, "empty file (0 bytes)"))
                 continue
-            with Image.open(path) as im:
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
                 kind = im.format
                 im.verify()
             if kind == "JPEG" and not _ends_with_jpeg_marker(path):
@@ -115,7 +127,9 @@ def bad_images(paths: list[str]) -> list[tuple[str, str]]:
                     im.load()  # a file cut short fails here
         except Image.DecompressionBombError as e:
             bad.append((path, bomb_reason(e)))
-        except OSError as e:  # PIL.UnidentifiedImageError is an OSError too
+        except UnidentifiedImageError:
+            bad.append((path, f"not a readable image ({unreadable_reason()})"))
+        except OSError as e:
             bad.append((path, e.strerror or str(e).split("\n")[0]))
         except Exception as e:  # verify() raises several types for corrupt data
             bad.append((path, f"corrupt image ({type(e).__name__})"))

@@ -15,7 +15,12 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["HIGH_DEPTH_MODES", "open_image", "pil_loader"]
+__all__ = ["HIGH_DEPTH_MODES", "IMAGE_FORMATS", "open_image", "pil_loader"]
+
+#: the Pillow formats resdist reads, whatever a file's suffix says (a camera's MPO is read as a
+#: JPEG). Other formats Pillow knows (SPIDER, FITS, EPS, ...) are refused: their readers are
+#: rarely used, and a crafted file can make them fail in ways no image of these formats does.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 #: Pillow modes of single-channel images deeper than 8 bits (scaled to 8 bits on reading)
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -35,7 +40,7 @@ def open_image(path: str | os.PathLike, mode: str):  # -> PIL.Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
                 img.load()
                 img = _to_8bit(ImageOps.exif_transpose(img), path)
                 return img.convert(mode)
@@ -45,12 +50,17 @@ def open_image(path: str | os.PathLike, mode: str):  # -> PIL.Image.Image
         raise DataError(f"{path}: the file is gone (removed or renamed while resdist was "
                         "reading the data?)") from e
     except PermissionError as e:
-        raise DataError(f"{path}: permission denied; make the file readable") from e
+        raise DataError(f"{path}: permission denied; make the file readable (chmod a+r)") from e
     except UnidentifiedImageError as e:
-        raise DataError(f"{path}: not a readable image") from e
+        raise DataError(f"{path}: not a readable image ({unreadable_reason()})") from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged data
-        raise DataError(f"{path}: damaged image ({str(e).splitlines()[0] if str(e) else e!r})"
-                        ) from e
+        raise DataError(f"{path}: damaged image ({str(e).splitlines()[0] if str(e) else e!r});"
+                        " replace or re-save the file") from e
+
+
+def unreadable_reason() -> str:
+    """What a file Pillow cannot open as one of :data:`IMAGE_FORMATS` is told."""
+    return "resdist reads PNG, JPEG, BMP, GIF, WebP, TIFF and PPM/PGM files; convert it to one"
 
 
 def bomb_reason(e: BaseException) -> str:

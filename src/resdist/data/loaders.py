@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..config import check_range
+from ..errors import ResdistError
 from .errors import DataError
 from .transforms import Normalize, RandomCropFlip
 
@@ -272,5 +273,34 @@ class TorchLoader:
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(self.epoch)
         self.epoch += 1
-        for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except (ResdistError, OSError) as e:
+            inner = worker_error_message(str(e))
+            if inner is None:
+                raise
+            try:
+                clean = type(e)(inner)
+            except Exception:  # noqa: BLE001 - a type that takes other arguments
+                raise e from None
+            raise clean from None
+
+
+def worker_error_message(text: str) -> str | None:
+    """The original message of an exception a ``DataLoader`` worker process raised, from the
+    text the main process re-raises it with (``Caught DataError in DataLoader worker process
+    0. Original Traceback ... resdist.data.errors.DataError: FILE: ...``); ``None`` if ``text``
+    is no such text."""
+    head, sep, tb = text.partition("Original Traceback (most recent call last):")
+    if not sep or "DataLoader worker process" not in head:
+        return None
+    lines = tb.splitlines()
+    frame = max((i for i, ln in enumerate(lines) if ln.startswith("  File ")), default=-1)
+    start = next((i for i in range(frame + 1, len(lines))
+                  if lines[i] and not lines[i][0].isspace()), None)
+    if start is None:
+        return None
+    message = " ".join(ln.strip() for ln in lines[start:] if ln.strip())
+    name, colon, rest = message.partition(": ")
+    return rest if colon and " " not in name else message

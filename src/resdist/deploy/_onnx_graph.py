@@ -26,6 +26,9 @@ def load_onnx(model_or_path: Any) -> Any:
             raise DeployError(f"ONNX file not found: {model_or_path}")
         try:
             model = onnx.load(os.fspath(model_or_path))
+        except PermissionError as e:
+            raise DeployError(f"cannot read {model_or_path}: permission denied; make the file "
+                              "readable (chmod a+r) or use a copy you may read") from e
         except Exception as e:  # a truncated file, or external data onnx refuses to read
             raise DeployError(f"cannot read {model_or_path}: not an ONNX model, truncated, or "
                               f"its external data is refused ({_first_line(e)}); export it "

@@ -21,7 +21,15 @@ from torch import nn
 from ..data.contract import InputContract
 from ..models.fold import to_deploy
 from .errors import DeployError
-from .formats import FORMATS, ExportJob, Format, format_of, get_format
+from .formats import (
+    FORMATS,
+    ExportJob,
+    Format,
+    check_export_contract,
+    check_export_target,
+    format_of,
+    get_format,
+)
 from .formats.common import (
     CONTRACT_KEY,
     INPUT_NAME,
@@ -270,6 +278,7 @@ def export(
 
     form = get_format(fmt)
     _check_export_request(form, input_dtype, preprocess, quantize)
+    check_export_target(out, form)  # before anything is built or written
     source = checkpoint_or_model
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
@@ -277,6 +286,7 @@ def export(
     _check_exportable(model, shape)
     deployed, reference, contract = _deploy_form(model, contract or found, preprocess,
                                                  input_dtype)
+    check_export_contract(contract)
     kwargs = dict(source.model_kwargs) if isinstance(source, Checkpoint) else None
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
                     verify, opset, quantize == "int8", calibration, check_images, data_name,

@@ -24,6 +24,7 @@ from ..safe_load import special_file
 from ._onnx_graph import graph_inputs, load_onnx, value_shapes
 from .errors import DeployError
 from .formats import FORMATS, format_of
+from .runtime import check_logits
 
 __all__ = ["evaluate_export_file", "evaluate_onnx", "evaluate_onnx_file",
            "evaluate_torchscript_file", "model_file_kind", "onnx_input_shape", "score_batches"]
@@ -69,38 +70,44 @@ def evaluate_onnx(
     threads: int | None = None,
     contract: InputContract | None = None,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of an ONNX model over ``loader``.
 
     ``loader`` yields ``(images, labels)`` batches as resdist loaders do (float32 NCHW,
     normalised with ``normalization = (mean, std)``); a graph whose ``contract`` says it
     normalises itself gets the images back in [0, 1] (or as 0..255 ``uint8`` pixels), as its
-    contract asks. ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
+    contract asks. ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice);
+    ``num_classes``, when given, is the logit count each image must get.
     Returns the same keys as :func:`resdist.engine.evaluate`.
     """
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"ONNX file not found: {path}")
     run = FORMATS["onnx"].load_runner(path, threads)
-    return score_batches(run, loader, _feeder(contract, normalization))
+    return score_batches(run, loader, _feeder(contract, normalization), num_classes=num_classes,
+                         source=str(path))
 
 
 def score_batches(run: Callable[[np.ndarray], np.ndarray],
                   loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  feed: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> dict[str, float]:
+                  feed: Callable[[np.ndarray], np.ndarray] = lambda x: x, *,
+                  num_classes: int | None = None, source: str = "the model") -> dict[str, float]:
     """Top-1/top-5 (%) and mean cross-entropy of ``run`` (a prepared batch -> logits, as NumPy)
-    over ``loader``; ``feed`` turns the loader's normalised batches into what ``run`` takes."""
+    over ``loader``; ``feed`` turns the loader's normalised batches into what ``run`` takes.
+    Each image must get ``num_classes`` (when given) finite logits
+    (:func:`~resdist.deploy.runtime.check_logits`)."""
     from ..engine.metrics import topk_correct
 
     totals = np.zeros(4, dtype=np.float64)
     for images, labels in loader:
         logits = run(feed(images.detach().to("cpu", torch.float32).contiguous().numpy()))
-        out = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        out = torch.from_numpy(check_logits(logits, len(labels), num_classes, source))
         y = labels.detach().cpu()
-        if out.dim() != 2 or int(y.max()) >= out.shape[1]:
+        if int(y.max()) >= out.shape[1]:
             raise DeployError(
-                f"the model outputs shape {tuple(out.shape)}, not (N, classes) for the "
-                f"data set's labels (up to {int(y.max())})"
+                f"{source}: the model outputs {out.shape[1]} logits, fewer than the data set's "
+                f"labels (up to {int(y.max())}); evaluate it on the data set it was trained on"
             )
         c1, c5 = topk_correct(out, y)
         totals += [float(F.cross_entropy(out, y, reduction="sum")), float(c1), float(c5),
@@ -192,7 +199,9 @@ def evaluate_export_file(
             f"images are {'x'.join(map(str, have))}; evaluate it on the data set it was "
             "exported for")
     metrics: dict[str, Any] = score_batches(
-        run, prepared.loader, _feeder(contract, (prepared.mean, prepared.std)))
+        run, prepared.loader, _feeder(contract, (prepared.mean, prepared.std)),
+        num_classes=len(contract.class_names) if contract and contract.class_names else None,
+        source=str(path))
     metrics.update({"data": prepared.data.name, "precision": info.precision, "format": fmt.name,
                     "path": str(path), "preprocessing": prepared.describe()})
     return metrics

@@ -30,6 +30,7 @@ from ..safe_load import special_file
 from .errors import DeployError
 from .formats import format_of
 from .formats.common import CONTRACT_KEY
+from .runtime import check_logits
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "Predictor", "find_images", "load_image", "predict"]
 
@@ -147,8 +148,15 @@ class Predictor:
         return cls(run, contract, str(path))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` prepared images -> ``(N, classes)`` logits."""
-        return np.asarray(self._run(batch))
+        """``(N, C, H, W)`` prepared images -> ``(N, classes)`` logits.
+
+        Raises:
+            DeployError: the model's output is not one finite logit per named class for each
+                image (:func:`~resdist.deploy.runtime.check_logits`).
+        """
+        names = self.contract.class_names
+        return check_logits(self._run(batch), len(batch), len(names) if names else None,
+                            self.source)
 
     def predict_files(
         self, paths: Sequence[str | os.PathLike], topk: int = 5, batch_size: int = 32

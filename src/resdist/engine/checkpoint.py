@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,10 @@ from ..errors import ResdistError
 from ..models import create_model, is_model
 from ..models.errors import ModelError
 from ..models.registry import check_model_kwargs
-from ..safe_load import UnsafeFileError, load_torch_file, special_file
+from ..safe_load import UnsafeFileError, load_torch_file, read_failure, special_file
 
-__all__ = ["Checkpoint", "CheckpointError", "NotACheckpointError", "load_checkpoint",
+__all__ = ["Checkpoint", "CheckpointError", "NotACheckpointError", "check_state_like",
+           "load_checkpoint",
            "load_weights", "model_from_checkpoint", "rng_state", "save_checkpoint",
            "set_rng_state"]
 
@@ -179,6 +179,10 @@ class Checkpoint:
             if classes is not None and c.class_names and len(c.class_names) != classes:
                 raise bad(f"the input contract names {len(c.class_names)} classes, the model "
                           f"has {classes}")
+        if self.rng is not None:
+            problem = _rng_problem(self.rng)
+            if problem:
+                raise bad(f"rng: {problem}")
         for key in ("test_top1", "test_top5", "val_top1"):
             value = self.metrics.get(key) if self.metrics else None
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
@@ -208,10 +212,7 @@ class Checkpoint:
         except UnsafeFileError:
             raise
         except Exception as e:
-            reason = _first_line(e)
-            if isinstance(e, pickle.UnpicklingError) or not reason or reason.isdigit():
-                reason = "not a PyTorch file, or corrupt"  # e.g. a bare KeyError of a byte value
-            raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
+            raise CheckpointError(f"cannot read checkpoint {path}: {read_failure(e)}") from e
         return cls.from_dict(raw, source=str(path))
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -345,11 +346,6 @@ def load_weights(model: nn.Module, state: dict[str, Any], source: str, strict: b
         ) from e
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and the current CUDA device's) RNG states as plain data:
     lists, numbers, strings and tensors only, so the checkpoint loads with
@@ -376,3 +372,67 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _rng_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's RNG state (the form :func:`rng_state` writes), or
+    None."""
+    py, npy = state.get("python"), state.get("numpy")
+    if not (isinstance(py, list | tuple) and len(py) == 3 and _is_int(py[0])
+            and isinstance(py[1], list | tuple) and len(py[1]) == 625
+            and all(_is_int(v) and 0 <= v < 2**32 for v in py[1])
+            and (py[2] is None or isinstance(py[2], float))):
+        return "python must be [version, 625 integers, gauss]"
+    if not (isinstance(npy, list | tuple) and len(npy) == 5 and npy[0] == "MT19937"
+            and isinstance(npy[1], torch.Tensor) and tuple(npy[1].shape) == (624,)
+            and not npy[1].is_floating_point() and _is_int(npy[2]) and 0 <= npy[2] <= 624
+            and _is_int(npy[3]) and isinstance(npy[4], int | float)):
+        return "numpy must be ['MT19937', 624-integer tensor, pos, has_gauss, cached]"
+    for key in ("torch", "cuda"):
+        t = state.get(key)
+        if (key == "torch" or t is not None) and not (
+                isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1):
+            return f"{key} must be a uint8 tensor (torch's generator state)"
+    return None
+
+
+def check_state_like(reference: Any, value: Any, where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``value`` has the shape of ``reference`` (a fresh
+    optimiser's or scheduler's ``state_dict()``): the same kinds (numbers, finite; bools;
+    strings; tensors), lists of the same length, and mappings checked key by key. ``None`` in
+    ``reference`` takes anything. Torch loads such state without checking it, and a wrong type
+    fails only mid-training; ``where`` names the field in the message."""
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"{where} {what}, got {value!r}"[:300] + "; the file is damaged "
+                               "or was not written by resdist; start anew with --overwrite")
+
+    if reference is None:
+        return
+    if isinstance(reference, bool):
+        if not isinstance(value, bool):
+            raise fail("must be true or false")
+    elif isinstance(reference, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value):
+            raise fail("must be a finite number")
+    elif isinstance(reference, str):
+        if not isinstance(value, str):
+            raise fail("must be a string")
+    elif isinstance(reference, torch.Tensor):
+        if not isinstance(value, torch.Tensor):
+            raise fail("must be a tensor")
+    elif isinstance(reference, list | tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(reference):
+            raise fail(f"must be a list of {len(reference)}")
+        for i, (r, v) in enumerate(zip(reference, value)):
+            check_state_like(r, v, f"{where}[{i}]")
+    elif isinstance(reference, dict):
+        if not isinstance(value, dict):
+            raise fail("must be a mapping")
+        for key, r in reference.items():
+            if key in value:
+                check_state_like(r, value[key], f"{where}.{key}")

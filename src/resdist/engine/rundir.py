@@ -14,10 +14,12 @@
   augmentation, ...; ``train.epochs`` may change) other than the saved ``config.yaml``'s is
   refused, naming the key, before anything in the folder changes, so ``config.yaml`` always
   describes the run it sits beside;
+* ``--resume`` into a folder holding ``best.pth`` or metric rows but no ``last.pth`` is
+  refused (starting from scratch would replace them);
 * temporary checkpoint files left by a crash mid-write (``.last.pth.*.tmp``) are removed;
 * a new run that fails before its first checkpoint (a teacher that does not fit, a bad
   image, ...) leaves nothing behind (:func:`discard_unstarted_run`), so the next attempt needs
-  no ``--overwrite``.
+  no ``--overwrite``; what the folder held before the run (a ``tb/`` of the user's) is kept.
 """
 
 from __future__ import annotations
@@ -49,18 +51,24 @@ class RunDirError(ResdistError, RuntimeError):
     """The run directory cannot be used as asked (the message says why and what to do)."""
 
 
-def _os_error(e: OSError, what: str) -> RunDirError:
-    reason = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-    return RunDirError(f"{what}: {reason}; choose another --out")
+def _os_error(e: OSError, what: str, flag: str = "--out") -> RunDirError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunDirError(f"{what}: no space left on the device; make room, or choose another "
+                           f"{flag}")
+    return RunDirError(f"{what}: {e.strerror or e}; choose another {flag}")
 
 
 class RunLock:
     """An exclusive ``flock`` on ``out/.lock`` holding this process's pid and host name."""
 
-    def __init__(self, run_dir: Path, remove_empty_dir: bool = False) -> None:
+    def __init__(self, run_dir: Path, remove_empty_dir: bool = False, *, user: str = "training",
+                 flag: str = "--out") -> None:
         self.path = run_dir / LOCK_NAME
+        # for messages: what holds such folders, and the flag that names another folder
+        self.user, self.flag = user, flag
         self.remove_empty_dir = remove_empty_dir  # the run created the folder: tidy up
         self.fresh = False  # the folder held no run when it was opened (set by open_run_dir)
+        self.preexisting: set[str] = set()  # names in the folder before the run: never removed
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -69,7 +77,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise _os_error(e, f"cannot write into the run directory {self.path.parent}") from e
+                raise _os_error(e, f"cannot write into {self.path.parent}", self.flag) from e
             if fcntl is None:
                 break
             try:
@@ -78,8 +86,9 @@ class RunLock:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
                 raise RunDirError(
-                    f"{self.path.parent} is in use by another training ({holder}); wait for it "
-                    "to finish, or train into another --out"
+                    f"{self.path.parent} is in use by another {self.user} ({holder}); wait for "
+                    f"it to finish, or {'train into' if self.user == 'training' else 'use'} another "
+                    f"{self.flag}"
                 ) from None
             # a releasing holder unlinks the file: make sure we locked the one on disk
             try:
@@ -89,8 +98,14 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        except OSError as e:  # a full disk: leave no lock file behind
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(fd)
+            raise _os_error(e, f"cannot write the lock file {self.path}", self.flag) from e
         self._fd = fd
 
     def release(self) -> None:
@@ -193,11 +208,18 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
         raise RunDirError(f"cannot write into the run directory {run_dir}: permission denied; "
                           "choose another --out")
     lock = RunLock(run_dir, remove_empty_dir=created)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except RunDirError:
+        if created:  # leave no folder behind that holds nothing (or only a lock file)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     try:
         found = existing_run(run_dir)
         if cfg.train.resume:
             check_resume_matches(run_dir, cfg)
+            check_resumable(run_dir)
         elif found and cfg.train.overwrite:
             say(f"--overwrite: moved the previous run in {run_dir} to {move_aside(run_dir)}")
         elif found:
@@ -208,20 +230,54 @@ def open_run_dir(cfg: Config, say=print) -> RunLock:
             )
         remove_stale_temporaries(run_dir)
         lock.fresh = not existing_run(run_dir)
+        lock.preexisting = {p.name for p in run_dir.iterdir() if p.name != LOCK_NAME}
     except BaseException:
         lock.release()
         raise
     return lock
 
 
-def discard_unstarted_run(run_dir: Path) -> list[str]:
+def check_resumable(run_dir: Path) -> None:
+    """Raise :class:`RunDirError` when ``run_dir`` holds a run's results (metric rows, or a
+    ``best.pth`` of a later epoch than the first) but no ``last.pth`` to continue from:
+    resuming would start from scratch and replace them. A ``best.pth`` of epoch 1 alone is
+    what a run killed between writing its first ``best.pth`` and its first ``last.pth``
+    leaves; that run starts again."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .metrics import read_metrics
+
+    if (run_dir / "last.pth").exists():
+        return
+    rows = bool(read_metrics(run_dir / "metrics.jsonl"))
+    best = run_dir / "best.pth"
+    found = ["best.pth"] if best.exists() else []
+    if found and not rows:
+        try:
+            if load_checkpoint(best).epoch <= 1:
+                found = []
+        except (CheckpointError, ResdistError):
+            pass  # unreadable: not ours to replace
+    if rows:
+        found.append("metrics.jsonl")
+    if found:
+        raise RunDirError(
+            f"--resume: {run_dir} holds {' and '.join(found)} but no last.pth to continue "
+            "from; restore last.pth, or start the run again with --overwrite (the old files "
+            f"move to {run_dir.name}.old-<time>)")
+
+
+def discard_unstarted_run(run_dir: Path, keep: set[str] | frozenset[str] = frozenset()
+                          ) -> list[str]:
     """Remove what a run that failed before its first checkpoint wrote (``config.yaml``,
-    metrics, ``tb/``, ``train.log``), so that the next run into the folder needs no ``--overwrite``; a folder
-    with a ``last.pth`` is left alone. Returns the names removed."""
+    metrics, ``tb/``, ``train.log``), so that the next run into the folder needs no
+    ``--overwrite``; names in ``keep`` (what the folder held before the run) and a folder with
+    a ``last.pth`` are left alone. Returns the names removed."""
     if (run_dir / "last.pth").exists():
         return []
     removed = []
     for name in (*RUN_FILES, "teacher.json", "tb", "steps.jsonl", "train.log"):
+        if name in keep:
+            continue
         path = run_dir / name
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():

@@ -56,6 +56,7 @@ from .build import build_all
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
+    check_state_like,
     load_checkpoint,
     load_weights,
     rng_state,
@@ -181,7 +182,7 @@ def train(cfg: Config) -> RunResult:
                       "train again") from None
     except BaseException:
         if lock is not None and lock.fresh:  # nothing worth keeping was written
-            discard_unstarted_run(Path(cfg.train.out))
+            discard_unstarted_run(Path(cfg.train.out), keep=lock.preexisting)
         raise
     finally:
         if lock is not None:
@@ -424,6 +425,7 @@ class Trainer:
         if ckpt.optimizer is None or ckpt.scheduler is None:
             raise CheckpointError(f"{path} holds no optimiser state (a weights-only file) and "
                                   "cannot be resumed; start anew with --overwrite")
+        self._check_training_state(ckpt, path)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)
             self.scheduler.load_state_dict(ckpt.scheduler)
@@ -473,6 +475,21 @@ class Trainer:
                  f"{self.start_epoch} epochs followed the {planned}-epoch plan, so for a run "
                  f"equal to a fresh {self.epochs}-epoch one start anew with --overwrite")
 
+    def _check_training_state(self, ckpt: Checkpoint, path: Path) -> None:
+        """Refuse optimiser and scheduler state whose fields differ in kind from this run's
+        (torch would load them and fail mid-training)."""
+        check_state_like(self.scheduler.state_dict(), ckpt.scheduler, f"{path}: scheduler")
+        optimizer = ckpt.optimizer or {}
+        check_state_like(self.optimizer.state_dict()["param_groups"],
+                         optimizer.get("param_groups"), f"{path}: optimizer.param_groups")
+        state = optimizer.get("state")
+        if not isinstance(state, dict) or not all(
+                isinstance(s, dict) and all(v is None or isinstance(v, torch.Tensor | int | float)
+                                            for v in s.values()) for s in state.values()):
+            raise CheckpointError(f"{path}: optimizer.state must map parameters to their "
+                                  "tensors; the file is damaged or was not written by resdist; "
+                                  "start anew with --overwrite")
+
     def _not_checkpointed(self) -> tuple[str, ...]:
         """Objective state kept out of ``objective`` in checkpoints: the student (saved as
         ``model``) and what the objective rebuilds itself (a frozen teacher)."""
@@ -491,22 +508,21 @@ class Trainer:
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             rng=rng_state(),
         )
-        last = self.run_dir / "last.pth"
-        try:
-            save_checkpoint(state, last)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
-                "written; make room and continue with --resume"
-            ) from e
+        # best.pth first: if it cannot be written, last.pth still holds the epoch before, so
+        # --resume trains this epoch again and writes best.pth then
+        files = []
         if best and self.cfg.train.save_best:
-            if self.cfg.train.best_weights_only:
-                state = state.weights_only()
+            files.append(("best.pth", state.weights_only() if self.cfg.train.best_weights_only
+                          else state))
+        files.append(("last.pth", state))
+        for name, saved in files:
             try:
-                save_checkpoint(state, self.run_dir / "best.pth")
+                save_checkpoint(saved, self.run_dir / name)
             except CheckpointError as e:
-                raise CheckpointError(f"{e}; {last} holds epoch {epoch}; make room and "
-                                      "continue with --resume") from e
+                raise CheckpointError(
+                    f"{e}; {self._kept(epoch - 1)} and the metrics of epoch {epoch} are not "
+                    "written; make room and continue with --resume"
+                ) from e
 
     def _kept(self, epoch: int) -> str:
         """What survives a failure after ``epoch`` completed epochs, for error messages."""

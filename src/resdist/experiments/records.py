@@ -18,13 +18,16 @@ when the planned run leaves that key at its default.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text_atomic
 from ..config import Config, settings
+from ..engine.rundir import RunLock
 from ..errors import ResdistError
 
 #: What every record holds besides its settings.
@@ -49,6 +52,24 @@ class RunStore:
             raise RecordError(f"cannot create the run records folder {self.dir}: "
                               f"{e.strerror or e}; choose another --results") from e
 
+    def lock(self) -> RunLock:
+        """Hold ``.lock`` in the records folder (an exclusive ``flock``, released with the
+        process), so two suites never write one folder's records at once.
+
+        Raises:
+            RunDirError: another ``reproduce`` holds it.
+        """
+        lock = RunLock(self.dir, user="reproduce", flag="--results")
+        lock.acquire()
+        return lock
+
+    def recorded_seeds(self) -> set[int]:
+        """The seeds that have a folder of records here."""
+        if not self.dir.is_dir():
+            return set()
+        return {int(p.name[4:]) for p in self.dir.iterdir()
+                if p.is_dir() and re.fullmatch(r"seed\d+", p.name)}
+
     def record_path(self, seed: int, run: str) -> Path:
         return self.dir / f"seed{seed}" / f"{run}.json"
 
@@ -66,14 +87,14 @@ class RunStore:
         if not path.exists():
             return None
         try:
-            record = json.loads(path.read_text())
-            stored = record["settings"]
-            missing = [k for k in _FIELDS if k not in record]
-            if missing or not isinstance(record["machine"].get("cpu"), str):
-                raise ValueError(f"missing {', '.join(missing) or 'machine.cpu'}")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RecordError(f"run record {path} is unreadable ({e}); delete it to train that "
-                              "run again") from e
+            record = json.loads(path.read_text(), parse_constant=_refuse_constant)
+            problem = record_problem(record)
+        except (OSError, ValueError, RecursionError) as e:
+            problem = str(e)
+        if problem:
+            raise RecordError(f"run record {path} is unreadable ({problem[:200]}); delete it to "
+                              "train that run again")
+        stored = record["settings"]
         want = settings(config)
         stored = _with_new_keys_at_default(stored)
         if stored != want:
@@ -101,6 +122,49 @@ class RunStore:
         from ..engine.checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint).weights_only().save(self.teacher_path(seed, run))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _is_top1(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and \
+        0 <= x <= 100
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a loaded run record, field by field, or None: accuracies are finite
+    percentages, the curve a non-empty list of them, the training time a finite number of
+    seconds, the history a list of mappings, the machine names its CPU, cores and torch, and
+    the settings map sections to mappings."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in (*_FIELDS, "settings") if k not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key in ("final_top1", "best_top1"):
+        if not _is_top1(record[key]):
+            return f"{key} must be a percentage in [0, 100], got {record[key]!r}"
+    curve = record["curve"]
+    if not isinstance(curve, list) or not curve or not all(_is_top1(v) for v in curve):
+        return "curve must be a non-empty list of percentages in [0, 100]"
+    t = record["train_time_s"]
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+        return f"train_time_s must be a number of seconds >= 0, got {t!r}"
+    if not isinstance(record["history"], list) or not all(
+            isinstance(h, dict) for h in record["history"]):
+        return "history must be a list of per-epoch mappings"
+    m = record["machine"]
+    if not isinstance(m, dict) or not all(isinstance(m.get(k), str) for k in ("cpu", "torch")) \
+            or not (isinstance(m.get("cores"), int) and not isinstance(m["cores"], bool)
+                    and m["cores"] >= 1):
+        return "machine must name its cpu, cores (a whole number >= 1) and torch"
+    settings_ = record["settings"]
+    if not isinstance(settings_, dict) or not all(
+            isinstance(v, dict) for v in settings_.values()):
+        return "settings must map sections to their keys"
+    return None
 
 
 def summary_fields(history: list[dict[str, Any]]) -> dict[str, Any]:

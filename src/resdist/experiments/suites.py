@@ -12,6 +12,7 @@ the machines that contributed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import statistics
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
-from ..config import Config, check_choice, settings
+from ..atomic import atomic_path, write_text_atomic
+from ..config import Config, ConfigError, check_choice, settings
 from ..machine import fingerprint, fingerprint_name
 from ..presets import preset_dict
 from ..tables import markdown_table
@@ -151,31 +152,71 @@ def run_suite(
     nothing is trained: the report is made from the records there, and the runs not yet
     recorded are listed in it (``summary["missing"]``).
     """
-    from ..models import teacher_name_for
-
     check_choice("suite", name, list(SUITES), "suite")
+    check_seeds(seeds)
     if len(seeds) > 1:
         require_scipy()  # the report's intervals: fail before training, not after
     suite = SUITES[name]
     base = Config.from_dict(suite_settings(name)).override(list(overrides or [])).validate()
-    student = base.model.name
-    teacher = teacher_name_for(student)
     store = RunStore(results_dir, name) if results_dir is not None else None
     if report_only and store is None:
         raise RecordError("a report from the records needs the results folder that holds them "
                           "(--results DIR)")
-    if store is not None and not report_only:
-        store.check_writable()
+    with contextlib.ExitStack() as stack:
+        if store is not None and not report_only:
+            store.check_writable()
+            stack.callback(store.lock().release)
+        summary = _run_plan(suite, name, base, seeds, out, store, command, report_only)
+        if results_dir is not None:
+            write_report(summary, Path(results_dir), suite.report)
+    return summary
+
+
+def check_seeds(seeds: tuple[int, ...]) -> None:
+    """Refuse, before any run starts, a seed list that is empty, holds a seed outside
+    ``[0, 2**32 - 1]`` or names a seed twice (one run would count twice in the statistics).
+
+    Raises:
+        ConfigError: naming the seed.
+    """
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ConfigError(f"--seeds: each seed must be a whole number in [0, 2^32 - 1], "
+                              f"got {seed!r}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"--seeds names seed {', '.join(map(str, twice))} more than once; "
+                          "each seed is one run of every row, so list it once")
+
+
+def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out: str | Path,
+              store: RunStore | None, command: str, report_only: bool = False
+              ) -> dict[str, Any]:
+    """Train or reuse every run of the suite, in order, and summarise them."""
+    from ..models import teacher_name_for
+
+    student = base.model.name
+    teacher = teacher_name_for(student)
     here = fingerprint(base.train.device)
     runs: list[dict[str, Any]] = []
     missing: list[str] = []
     plan = [(teacher, Row("ce"))] + [(student, row) for row in suite.rows]
+
+    def config(model: str, row: Row, seed: int) -> Config:
+        cfg = run_config(base, model, row, teacher, Path(out) / name / f"seed{seed}")
+        cfg.train.seed = seed
+        return cfg
+
+    if store is not None:  # every record in the folder, of any seed, is checked before training
+        for seed in sorted(set(seeds) | store.recorded_seeds()):
+            for model, row in plan:
+                store.load(seed, run_name(model, row), config(model, row, seed).to_dict())
     for seed in seeds:
-        root = Path(out) / name / f"seed{seed}"
         teacher_run = run_name(teacher, Row("ce"))
         for model, row in plan:
-            cfg = run_config(base, model, row, teacher, root)
-            cfg.train.seed = seed
+            cfg = config(model, row, seed)
             what = " ".join(filter(None, (f"seed {seed}:", model, row.method, row.variant)))
             label = f"{model} ({row.label})" if row.label else model
             if report_only:
@@ -187,14 +228,13 @@ def run_suite(
                 record = _run_one(cfg, store, seed, run_name(model, row), teacher_run, what, here)
             runs.append({"model": label, "method": row.method, "seed": seed, **record})
     if not runs:
-        raise RecordError(f"no run of suite {name} is recorded under {results_dir} for seeds "
+        raise RecordError(f"no run of suite {name} is recorded under {store and store.dir} for "
+                          f"seeds "
                           f"{list(seeds)}: run it without --report-only first")
     summary = summarize(runs, base, seeds, command)
     summary["suite"], summary["title"] = name, suite.title
     summary["missing"] = missing
     summary["machine"] = here
-    if results_dir is not None:
-        write_report(summary, Path(results_dir), suite.report)
     return summary
 
 
@@ -337,5 +377,6 @@ def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accura
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(results_dir / f"{stem}.png", dpi=120)
+    with atomic_path(results_dir / f"{stem}.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

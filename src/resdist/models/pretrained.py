@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ResdistError
-from ..safe_load import UnsafeFileError, load_torch_file
+from ..safe_load import UnsafeFileError, load_torch_file, read_failure
 
 
 class WeightsError(ResdistError, ValueError):
@@ -51,6 +51,23 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source:
                 f"weights from {source} do not fit the model: {k} has shape "
                 f"{tuple(state[k].shape)}, model expects {tuple(v.shape)}{what}"
             )
+    _check_values(own, state, source)
+
+
+def _check_values(own: Mapping[str, Tensor], state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse weights of another kind than the model's (integer or bool for float, complex)
+    and floating-point weights holding NaN or inf, as checkpoints are refused: loading would
+    cast them silently, or train and predict on garbage."""
+    for k, v in own.items():
+        theirs = state[k]
+        if theirs.is_complex() or (v.is_floating_point() and not theirs.is_floating_point()):
+            raise WeightsError(f"weights from {source} do not fit the model: {k} is "
+                               f"{theirs.dtype}, the model keeps {v.dtype}; the file holds no "
+                               "trained float weights, or is damaged")
+        if theirs.is_floating_point() and theirs.numel() and not bool(
+                torch.isfinite(theirs).all()):
+            raise WeightsError(f"weights from {source}: {k} holds NaN or infinite values (saved "
+                               "from a run that diverged?); use weights of a finished run")
 
 
 #: file endings read as weights files rather than as names of published weights
@@ -112,7 +129,7 @@ def _read_weights_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], str 
     except UnsafeFileError:
         raise
     except Exception as e:  # corrupt or not a torch file
-        raise WeightsError(f"cannot read weights file {path}: {e}") from e
+        raise WeightsError(f"cannot read weights file {path}: {read_failure(e)}") from e
     origin = None
     if isinstance(obj, Mapping) and isinstance(obj.get("model_name"), str):
         origin = obj["model_name"][:100]
@@ -121,8 +138,9 @@ def _read_weights_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], str 
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise WeightsError(f"{path} does not hold a state dict")
+    if not isinstance(obj, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise WeightsError(f"{path} does not hold a state dict (names -> tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}, origin
 
 

@@ -20,8 +20,9 @@ from ...data.contract import InputContract
 from ..errors import DeployError
 from .common import ExportJob, FileInfo, Runner, Written
 
-__all__ = ["FORMATS", "ExportJob", "FileInfo", "Format", "Runner", "Written", "format_names",
-           "format_of", "get_format"]
+__all__ = ["FORMATS", "ExportJob", "FileInfo", "Format", "Runner", "Written",
+           "check_export_contract", "check_export_target", "format_names", "format_of",
+           "get_format"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,64 @@ def _is_zip(path: Path) -> bool:
     import zipfile
 
     return zipfile.is_zipfile(path)
+
+
+def check_export_target(out: str | os.PathLike, fmt: Format) -> Path:
+    """The file ``out`` an export in format ``fmt`` may write, checked before anything is
+    built: it names a file (not a folder, nor ``DIR/``), ends in the format's suffix (so a
+    checkpoint such as ``RUN/last.pth`` or a file of notes is never taken for the target), and
+    is either new or an earlier export of the same format, which the atomic write replaces
+    only once the new file is complete.
+
+    Raises:
+        DeployError: naming the target and what to choose instead.
+    """
+    text = os.fspath(out)
+    path = Path(text)
+    example = f"model{fmt.suffixes[0]}"
+    if not text or text.endswith(("/", os.sep)) or path.is_dir():
+        raise DeployError(f"--out {text or repr(text)} names a folder, not a file; name the file "
+                          f"to write, e.g. {path / example}")
+    if path.suffix.lower() not in fmt.suffixes:
+        raise DeployError(
+            f"--out {text}: {fmt.label} files end in {' or '.join(fmt.suffixes)}, so "
+            f"that no other file (a checkpoint, your own file) is replaced; name it e.g. "
+            f"{path.with_name(path.stem + fmt.suffixes[0])}")
+    ours = False
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise DeployError(f"--out {text} exists and is not a regular file; choose another "
+                              "--out")
+        if not fmt.impl().sniff(path):
+            raise DeployError(f"--out {text} exists and is no {fmt.label} file, so resdist "
+                              "did not write it and will not replace it; choose another --out, "
+                              "or move that file away first")
+        ours = True
+    for suffix in _SIDE_FILES.get(fmt.name, ()):
+        side = path.with_suffix(suffix)
+        if not ours and (side.exists() or side.is_symlink()):
+            raise DeployError(f"--out {text} would also write {side}, which exists and is no "
+                              f"part of an earlier {fmt.label} export there; choose another "
+                              "--out, or move that file away first")
+    return path
+
+
+#: files a format writes beside the one ``--out`` names (OpenVINO keeps its weights in a .bin)
+_SIDE_FILES: dict[str, tuple[str, ...]] = {"openvino": (".bin",)}
+
+
+def check_export_contract(contract: InputContract | None) -> None:
+    """Check, before a file is written, that ``contract`` reads back from the JSON the file
+    will carry (size limit, class names), so that no export is written and then refused.
+
+    Raises:
+        DeployError: the contract would not read back (the message says why).
+    """
+    if contract is None:
+        return
+    from ...data.errors import DataError
+
+    try:
+        InputContract.from_json(contract.to_json())
+    except DataError as e:
+        raise DeployError(f"the model's {e}; nothing was written") from e

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +33,7 @@ from .._onnx_graph import (
 )
 from ..errors import DeployError, require
 from ..quiet import quiet
-from ..runtime import cpu_session
+from ..runtime import cpu_session, session_runner
 from .common import (
     CONTRACT_KEY,
     INPUT_NAME,
@@ -45,7 +44,6 @@ from .common import (
     Written,
     check_input_shape,
     example_input,
-    first_line,
     reference_outputs,
     relative_error,
     write_file,
@@ -316,6 +314,9 @@ def sniff(path: Path) -> bool:
     onnx = require("onnx")
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
+    except PermissionError as e:
+        raise DeployError(f"cannot read {path}: permission denied; make the file readable "
+                          "(chmod a+r) or use a copy you may read") from e
     except Exception:
         return False
     return model.HasField("graph") and bool(model.graph.node) and model.ir_version >= 1
@@ -341,17 +342,7 @@ def load_runner(path: Path, threads: int | None = None, trusted: bool = False) -
     """ONNX Runtime on the CPU; a failure inside the runtime is one :class:`DeployError`."""
     del trusted  # an ONNX file runs no code of its own
     require("onnxruntime")
-    session = cpu_session(path, threads)
-    name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        try:
-            return session.run(None, {name: batch})[0]
-        except Exception as e:
-            raise DeployError(f"ONNX Runtime failed on a batch of shape {batch.shape}: "
-                              f"{first_line(e)}") from e
-
-    return run
+    return session_runner(cpu_session(path, threads), path)
 
 
 def write(job: ExportJob) -> Written:

@@ -21,7 +21,13 @@ from typing import Any
 from torch import nn
 
 from ...engine.denormals import flush_denormal
-from ...machine import available_cores, environment, load_average
+from ...machine import (
+    available_cores,
+    available_memory,
+    environment,
+    format_bytes,
+    load_average,
+)
 from ...models import UnknownModelError, create_model, is_model, list_models, teacher_name_for
 from ...models.fold import calibrate_bn, to_deploy
 from ...models.pretrained import load_torchvision_weights
@@ -32,7 +38,7 @@ from ..formats.onnx import count_feature_adds, export_onnx
 from .int8 import add_int8_latency
 from .latency import latency_ratios, ratio
 from .liveness import analyze_onnx
-from .memory import memory_cross_check
+from .memory import largest_activation_bytes, memory_cross_check
 from .records import (
     BatchMemory,
     FusedAddFigures,
@@ -133,6 +139,19 @@ def _compare(plain: ModelProfile, res: ModelProfile) -> PairComparison:
     )
 
 
+def _check_activation_memory(name: str, model: nn.Module, shape: Sequence[int], batch: int
+                             ) -> None:
+    """Refuse, before anything is allocated, a model whose largest activation (input and output
+    of one layer) at batch ``batch`` exceeds the free memory (e.g. ``--input-size 60000``)."""
+    need, free = 2 * batch * largest_activation_bytes(model, shape), available_memory()
+    if free is not None and need > free:
+        raise DeployError(
+            f"{name} at input {'x'.join(map(str, shape))} needs at least {format_bytes(need)} "
+            f"for one layer's activations at batch {batch}, more than the "
+            f"{format_bytes(free)} of memory free on this machine; use a smaller input size "
+            "(--input-size) or smaller batches (--batch-sizes)")
+
+
 def _profile_one(
     src: _Source, index: int, s: ProfileSettings, onnx_dir: Path
 ) -> tuple[ModelProfile, Path, tuple[int, ...], nn.Module]:
@@ -140,6 +159,8 @@ def _profile_one(
     shape = tuple(int(d) for d in src.input_shape)
     model = src.model
     calibrate = src.source == "registry" if s.calibrate is None else s.calibrate
+    _check_activation_memory(src.name, model, shape, max(
+        1, s.calibration_batch_size if calibrate else 1, *(s.batch_sizes if s.latency else ())))
     if calibrate and src.source == "module":
         model = copy.deepcopy(model)  # leave the caller's BatchNorm statistics alone
     if calibrate:

@@ -7,6 +7,7 @@ module; the same mode powers torch's own ``FlopCounterMode``), so the check is b
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -144,3 +145,30 @@ def memory_cross_check(
         difference_torch_rules_bytes=measured - torch_rules.peak_activation_bytes,
     )
     return result
+
+
+def largest_activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of the largest tensor ``model`` takes or produces for one fp32 image of shape
+    ``input_shape`` (C, H, W), counted on PyTorch's ``meta`` device: nothing is allocated. A
+    lower bound of what a forward pass needs; where the model cannot run on ``meta``, the
+    input's size alone."""
+    sizes = [4 * math.prod(int(d) for d in input_shape)]
+
+    def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * out.element_size())
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    state = {k: torch.empty_like(v, device="meta")
+             for k, v in (*model.named_parameters(), *model.named_buffers())}
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, state,
+                                       (torch.empty((1, *input_shape), device="meta"),))
+    except Exception:  # noqa: BLE001 - best effort: the input's size is still a bound
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return max(sizes)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic import write_text_atomic
+from ...atomic import atomic_path, write_text_atomic
 from ...tables import markdown_table
 from ..errors import require
 from .int8 import format_int8_table
@@ -145,7 +145,8 @@ def _plot(profile: ProfileResult, path: Path) -> None:
     fig.suptitle("ResNet (red) vs plain (blue): fp32, sequential liveness over the ONNX graph",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # a full disk leaves no half-written chart
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 

@@ -16,6 +16,7 @@ from ...data.contract import InputContract
 from ...models.fold import to_deploy
 from ..errors import DeployError
 from ..export import ExportReport, load_model_source
+from ..formats import FORMATS, check_export_contract, check_export_target
 from ..formats.common import CONTRACT_KEY
 from ..formats.onnx import DEFAULT_OPSET, export_onnx
 from ..runtime import cpu_session
@@ -131,6 +132,7 @@ def quantize_checkpoint(
         An :class:`Int8Export`: the quantiser's report, the model, its input shape and the
         fp32 top-1 agreement of the INT8 model on the calibration images.
     """
+    check_export_target(out, FORMATS["onnx"])  # before anything is built or written
     ckpt = None
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         from ...engine.checkpoint import load_checkpoint
@@ -138,6 +140,7 @@ def quantize_checkpoint(
         ckpt = load_checkpoint(checkpoint_or_model)
     model, shape, name, contract = load_model_source(
         ckpt if ckpt is not None else checkpoint_or_model, input_shape, with_contract=True)
+    check_export_contract(contract)
     batches, data_name = _calibration(ckpt, contract, calibration_data, data_dir,
                                       calibration_images, seed, shape)
     if shape is None:
