@@ -35,6 +35,7 @@ ROWS_DOC = Path(__file__).resolve().parents[1] / "docs" / "faults.md"
 def _round3_rows() -> list[str]:
     text = ROWS_DOC.read_text()
     section = text[text.index("## Round 3 (issue 34)"):]
+    section = section.split("\n## ", 1)[0]  # up to the next section (issue 35's rows)
     return re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M)
 
 
