@@ -119,7 +119,8 @@ class MetricsLogger:
         if self._pending is not None:
             self._pending.append(line)
             return
-        with self.log_path.open("a", encoding="utf-8") as f:
+        # a path undecodable under LANG=C (surrogate escapes) is written as its escapes
+        with self.log_path.open("a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(line.rstrip("\n") + "\n")
 
     def open_log(self) -> None:

@@ -125,7 +125,7 @@ class RunStore:
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise RecordError(f"{name} is not a number JSON allows")
 
 
 def _is_top1(x: Any) -> bool:
