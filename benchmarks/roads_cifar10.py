@@ -109,7 +109,7 @@ def find_checkpoint(store: RunStore, base: Config, seed: int, model: str, row: R
     found = {"seed": seed, "run": name, "network": label(model, row), "method": row.method,
              "record_top1": record["final_top1"]}
     if name == run_name(TEACHER, Row("ce")):
-        return {**found, "checkpoint": str(store.teacher_path(seed, name)),
+        return {**found, "checkpoint": str(store.weights_path(seed, name)),
                 "source": "recorded run (weights kept with the records)",
                 "checkpoint_top1": record["final_top1"]}
     want = settings(cfg.to_dict())

@@ -104,7 +104,9 @@ def test_models_lists_the_registry(capsys):
     assert main(["models", "timm*"]) == 0
     assert capsys.readouterr().out.startswith("timm:ARCH")
     resnet50 = next(ln for ln in lines if ln.startswith("resnet50 "))
-    assert "25.56 M params" in resnet50 and "ResNet-50" in resnet50
+    assert "25,557,032 params" in resnet50 and "ResNet-50" in resnet50
+    resnet8 = next(ln for ln in lines if ln.startswith("resnet8 "))
+    assert "78,042 params" in resnet8 and "MLPerf Tiny" in resnet8
     from resdist.models import parameter_count
 
     assert parameter_count("resnet50") == 25_557_032  # torchvision's ResNet-50, on no memory

@@ -202,6 +202,54 @@ def test_the_cifar10_suite_runs_the_paper_recipe_on_the_official_layout(tmp_path
     assert made["model"]["student_param"] == "repvgg" and made["distill"]["method"] == "jointrd"
 
 
+def test_the_tiny_suite_trains_both_teachers_and_each_student_through_its_own(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from data_writers import write_cifar
+
+    cfg = suites.suite_settings("tiny")
+    assert cfg["model"]["name"] == "plain8" and cfg["data"]["name"] == "cifar10"
+    write_cifar(tmp_path / "c10", per_batch=8, n_test=6)
+    args = ["reproduce", "tiny", "--seeds", "0", "1", "--data-dir", str(tmp_path / "c10"),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+            "--set", "model.width_mult=0.25", "--set", "data.batch_size=8",
+            "--set", "train.epochs=1", "--set", "train.device=cpu"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "res" / "accuracy_tiny.json").read_text())
+    assert [(r["model"], r["method"]) for r in summary["rows"]] == [
+        ("resnet8", "ce"), ("resnet20", "ce"), ("plain8", "ce"), ("plain8", "jointrd"),
+        ("plain20", "jointrd")]
+    records = tmp_path / "res" / "runs" / "tiny" / "seed1"
+    # every run's weights are kept (small networks), so INT8 can be measured anywhere later
+    for run in ("resnet8-ce", "resnet20-ce", "plain8-ce", "plain8-jointrd", "plain20-jointrd"):
+        assert (records / f"{run}.pth").exists() and (records / f"{run}.json").exists()
+    from resdist.config import Config
+
+    made = Config.from_yaml(tmp_path / "runs" / "tiny" / "seed1" / "plain20-jointrd" / "config.yaml")
+    assert made.teacher.checkpoint.endswith("resnet20-ce/last.pth")
+    comparisons = {p["comparison"] for p in paired_differences(summary)}
+    assert {"plain8 jointrd - plain CE", "teacher - plain8 jointrd", "teacher - plain20 jointrd",
+            "plain20 jointrd - resnet8 ce", "plain20 jointrd - plain8 jointrd"} == comparisons
+    md = (tmp_path / "res" / "accuracy_tiny.md").read_text()
+    assert md.startswith("MLPerf Tiny image classification (CIFAR-10, JPEG copy): all 50000")
+    assert "plain20 jointrd - resnet8 ce" in md
+
+
+def test_each_jointrd_row_is_compared_with_its_own_teacher():
+    summary = {"rows": [
+        _row("resnet8", "ce", [0, 1], [85.0, 86.0]),
+        _row("resnet20", "ce", [0, 1], [90.0, 91.0]),
+        _row("plain8", "jointrd", [0, 1], [84.0, 84.0]),
+        _row("plain20", "jointrd", [0, 1], [88.0, 90.0]),
+    ], "compare": [["plain20 jointrd", "resnet8 ce"], ["plain20 jointrd", "plain8 ce"]]}
+    by_name = {p["comparison"]: p["differences"] for p in paired_differences(summary)}
+    assert by_name == {"teacher - plain8 jointrd": [1.0, 2.0],
+                       "teacher - plain20 jointrd": [2.0, 1.0],
+                       "plain20 jointrd - resnet8 ce": [3.0, 4.0]}  # no plain8 ce row: left out
+
+
 def test_a_record_written_before_a_config_key_existed_is_reused_at_that_keys_default(tmp_path):
     """A key added later (here data.crop_pct) reads as its default in an older record: the
     record is reused while the planned run keeps the default, and refused once it does not."""

@@ -13,7 +13,7 @@ from resdist.models import (
 )
 from resdist.models.pretrained import WeightsError, load_torchvision_weights
 
-THIN = [f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)]
+THIN = [f"{k}{d}" for k in ("resnet", "plain") for d in (8, 14, 20, 32, 44, 56, 110)]
 WIDE = [f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50)]
 
 
@@ -101,6 +101,36 @@ def test_shortcut_counts():
     assert keep50.count_shortcut_adds() == 3  # stride-2 blocks of stages 2..4 only
     with pytest.raises(ValueError, match="plain"):
         create_model("resnet56", keep_downsample_shortcuts=True)
+
+
+def test_resnet8_has_mlperf_tinys_layout_and_plain20_the_same_widest_maps():
+    from resdist.models import parameter_count
+
+    net = create_model("resnet8")
+    assert [len(net.layer1), len(net.layer2), len(net.layer3)] == [1, 1, 1]
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.out_channels == 16
+    # 1x1 projection shortcuts at the two stride-2 stages only, one Add per block
+    assert net.layer1[0].downsample is None
+    assert [net.layer2[0].downsample[0].kernel_size, net.layer3[0].downsample[0].stride] == [
+        (1, 1), (2, 2)]
+    assert net.count_shortcut_adds() == 3 and create_model("plain8").count_shortcut_adds() == 0
+    # MLPerf Tiny's Keras model: 78,186 trainable parameters; it has conv biases (336) and no BN
+    # on the projections (192 here): 78,186 - 336 + 192
+    assert parameter_count("resnet8") == 78_186 - 336 + 192
+    assert parameter_count("plain8") == parameter_count("resnet8") - (512 + 64 + 2048 + 128)
+    x = torch.randn(1, 3, 32, 32)
+
+    def maps(name):  # the stem's and each stage's output shape
+        m = create_model(name).eval()
+        h = m.forward_stem(x)
+        shapes = [tuple(h.shape)]
+        for i in range(m.num_stages):
+            h = m.forward_stages(h, i, i + 1)
+            shapes.append(tuple(h.shape))
+        return shapes
+
+    assert maps("resnet8") == maps("plain20") == [
+        (1, 16, 32, 32), (1, 16, 32, 32), (1, 32, 16, 16), (1, 64, 8, 8)]
 
 
 def test_width_mult_and_in_chans():

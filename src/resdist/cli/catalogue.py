@@ -72,8 +72,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not names and not show_timm:
         raise ConfigError(f"no registered model matches {args.pattern!r}; `resdist models` "
                           "lists them all")
-    _print_listing(names, lambda name: f"{parameter_count(name, in_chans=3) / 1e6:6.2f} M "
-                   f"params  {model_description(name)}")
+    _print_listing(names, lambda name: f"{parameter_count(name, in_chans=3):>11,} params  "
+                   f"{model_description(name)}")
     if show_timm:
         print(("\n" if names else "") + TIMM_TEXT)
     return 0

@@ -39,10 +39,12 @@ def add_parsers(sub) -> None:
                        "for each seed (fashion-mnist: its own preset, 20k images x 2 "
                        "epochs per run; fashion-mnist-long: its own preset, all 60k images x 3 "
                        "epochs per run; cifar10: the cifar10-suite preset on real CIFAR-10, "
-                       "--data-dir DIR holding cifar-10-batches-py/). Each finished run is "
-                       "recorded under RESULTS/runs/ and reused by later invocations, here or "
-                       "on another machine; the report (accuracy[_long|_cifar10].json/.md/.png) "
-                       "names the machines that contributed.")
+                       "--data-dir DIR holding cifar-10-batches-py/; tiny: MLPerf Tiny's "
+                       "ResNet-8 and plain students near convergence, the tiny-suite preset on "
+                       "the same data). Each finished run is recorded under RESULTS/runs/ and "
+                       "reused by later invocations, here or on another machine; the report "
+                       "(accuracy[_long|_cifar10|_tiny].json/.md/.png) names the machines that "
+                       "contributed.")
     r.add_argument("suite", choices=list(SUITES), help="which suite to run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds; students of seed s learn from the teacher of seed s "
@@ -54,7 +56,8 @@ def add_parsers(sub) -> None:
                    help="run records (DIR/runs/SUITE/) and the report "
                    "(default: runs/reproduce/results)")
     r.add_argument("--data-dir", metavar="DIR",
-                   help="Fashion-MNIST folder (default: the standard locations)")
+                   help="data folder: Fashion-MNIST's (default: the standard locations), or "
+                   "for cifar10 and tiny the folder holding cifar-10-batches-py/")
     r.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs recorded under "
                    "--results, listing those not recorded yet")

@@ -73,8 +73,9 @@ class RunStore:
     def record_path(self, seed: int, run: str) -> Path:
         return self.dir / f"seed{seed}" / f"{run}.json"
 
-    def teacher_path(self, seed: int, run: str) -> Path:
-        """The weights-only checkpoint of seed ``seed``'s teacher run ``run``."""
+    def weights_path(self, seed: int, run: str) -> Path:
+        """The weights-only checkpoint kept for seed ``seed``'s run ``run`` (every teacher, and
+        every run of a suite that keeps weights)."""
         return self.dir / f"seed{seed}" / f"{run}.pth"
 
     def load(self, seed: int, run: str, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -116,12 +117,12 @@ class RunStore:
         _write_atomic(self.record_path(seed, run), json.dumps(record, indent=1) + "\n")
         return record
 
-    def save_teacher(self, seed: int, run: str, checkpoint: str | os.PathLike) -> Path:
-        """Keep the weights of the teacher checkpoint ``checkpoint`` (a resdist ``last.pth``)
-        as a small checkpoint without optimiser or RNG state; returns its path."""
+    def save_weights(self, seed: int, run: str, checkpoint: str | os.PathLike) -> Path:
+        """Keep the weights of ``checkpoint`` (a resdist ``last.pth``) as a small checkpoint
+        without optimiser or RNG state at :meth:`weights_path`; returns its path."""
         from ..engine.checkpoint import load_checkpoint
 
-        return load_checkpoint(checkpoint).weights_only().save(self.teacher_path(seed, run))
+        return load_checkpoint(checkpoint).weights_only().save(self.weights_path(seed, run))
 
 
 def _refuse_constant(name: str) -> Any:

@@ -47,33 +47,47 @@ def _is_road(row: dict[str, Any]) -> bool:
     return any(f"({label})" in row["model"] for label in ROADS)
 
 
+def _network(row: dict[str, Any]) -> str:
+    """The registered network of a report row (``"plain20 (RepVGG-style)" -> "plain20"``)."""
+    return row["model"].split(" ", 1)[0]
+
+
 def paired_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-seed paired differences of final top-1 between rows that share seeds (the students
     of seed s share the teacher and the data order): for every JointRD row, JointRD - CE,
-    JointRD - feature KD and teacher - JointRD; for every row of another road (a label in
-    :data:`ROADS`, such as the RepVGG-style student), that row - plain CE, that row - JointRD
-    on the plain student and teacher - that row. Each comes with its mean, sample std and a
-    95% t interval (:func:`t_interval`; none for one seed)."""
+    JointRD - feature KD (of the same network) and its teacher - JointRD; for every row of
+    another road (a label in :data:`ROADS`, such as the RepVGG-style student), that row - plain
+    CE, that row - JointRD on the plain student and teacher - that row; then the suite's own
+    pairs (``summary["compare"]``, ``"network method"`` labels). Each comes with its mean,
+    sample std and a 95% t interval (:func:`t_interval`; none for one seed)."""
     rows = summary["rows"]
-    teacher = rows[0]  # the suite trains the teacher first
-    student = next((r for r in rows if r["method"] == "ce" and r is not teacher), None)
-    plain = {r["method"]: r for r in rows if r["model"] == (student or {}).get("model")}
-    plain_jrd = plain.get("jointrd")
+    by_label = {f"{r['model']} {r['method']}": r for r in rows}
+
+    def teacher_of(row: dict[str, Any]) -> dict[str, Any]:
+        name = _network(row)
+        name = "resnet" + name[len("plain"):] if name.startswith("plain") else name
+        return by_label.get(f"{name} ce", rows[0])  # the suite trains the teacher first
+
+    def plain(row: dict[str, Any], method: str) -> dict[str, Any] | None:
+        return by_label.get(f"{_network(row)} {method}")
+
     comparisons = []
     for jrd in (r for r in rows if r["method"] == "jointrd" and "Dirac" not in r["model"]
                 and not _is_road(r)):
         name = f"{jrd['model']} jointrd"
-        comparisons += [(f"{name} - plain CE", jrd, plain.get("ce")),
-                        (f"{name} - feature KD", jrd, plain.get("feature-kd")),
-                        (f"teacher - {name}", teacher, jrd)]
+        comparisons += [(f"{name} - plain CE", jrd, plain(jrd, "ce")),
+                        (f"{name} - feature KD", jrd, plain(jrd, "feature-kd")),
+                        (f"teacher - {name}", teacher_of(jrd), jrd)]
     for road in (r for r in rows if _is_road(r)):
         name = f"{road['model']} {road['method']}"
-        comparisons += [(f"{name} - plain CE", road, plain.get("ce")),
-                        (f"{name} - plain JointRD", road, plain_jrd),
-                        (f"teacher - {name}", teacher, road)]
+        comparisons += [(f"{name} - plain CE", road, plain(road, "ce")),
+                        (f"{name} - plain JointRD", road, plain(road, "jointrd")),
+                        (f"teacher - {name}", teacher_of(road), road)]
+    for a, b in summary.get("compare") or []:
+        comparisons.append((f"{a} - {b}", by_label.get(a), by_label.get(b)))
     out = []
     for label, a, b in comparisons:
-        if b is None:
+        if a is None or b is None:
             continue
         va, vb = dict(zip(a["seeds"], a["final_top1"])), dict(zip(b["seeds"], b["final_top1"]))
         seeds = [s for s in a["seeds"] if s in vb]

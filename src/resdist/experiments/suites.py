@@ -37,6 +37,7 @@ class Row:
     variant: str = ""  # run-directory suffix; empty for the paper/released defaults
     label: str = ""  # shown after the network name in the table
     overrides: tuple[str, ...] = ()
+    model: str = ""  # the student of this row; empty: the suite preset's model
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Suite:
     rows: tuple[Row, ...]
     report: str  # accuracy.json/.md/.png or accuracy_long.json/...
     title: str
+    #: extra paired comparisons, ``(row A, row B)`` as ``"model method"`` labels: A - B per seed
+    compare: tuple[tuple[str, str], ...] = ()
+    #: keep every run's weights beside its record (small networks), not only the teachers'
+    keep_weights: bool = False
 
 
 #: Student rows of the short suite. Every row is reported and none is selected on the test set.
@@ -78,11 +83,22 @@ CIFAR10_ROWS: tuple[Row, ...] = (
     Row("jointrd", "repvgg", "RepVGG-style", ("model.student_param=repvgg",)),
 )
 
+#: Rows of the MLPerf Tiny suite: plain-8 (ResNet-8's layout without shortcuts) with CE and
+#: JointRD through ResNet-8, and plain-20 (the same widest feature maps as ResNet-8, 2.5x deeper)
+#: with JointRD through ResNet-20; the two ResNets are the teachers, trained first.
+TINY_ROWS: tuple[Row, ...] = (
+    Row("ce"), Row("jointrd"), Row("jointrd", model="plain20"),
+)
+
 SUITES: dict[str, Suite] = {
     "fashion-mnist": Suite("fashion-mnist", STUDENT_ROWS, "accuracy", "Fashion-MNIST, short budget"),
     "fashion-mnist-long": Suite("fashion-mnist-long", LONG_ROWS, "accuracy_long",
                                 "Fashion-MNIST, long budget"),
     "cifar10": Suite("cifar10-suite", CIFAR10_ROWS, "accuracy_cifar10", "CIFAR-10 (JPEG copy)"),
+    "tiny": Suite("tiny-suite", TINY_ROWS, "accuracy_tiny",
+                  "MLPerf Tiny image classification (CIFAR-10, JPEG copy)",
+                  compare=(("plain20 jointrd", "resnet8 ce"), ("plain20 jointrd", "plain8 jointrd")),
+                  keep_weights=True),
 }
 
 #: Training and test set sizes of the suites' data sets, for the report's first line.
@@ -197,15 +213,16 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
     """Train or reuse every run of the suite, in order, and summarise them."""
     from ..models import teacher_name_for
 
-    student = base.model.name
-    teacher = teacher_name_for(student)
+    students = [(row.model or base.model.name, row) for row in suite.rows]
+    teachers = list(dict.fromkeys(teacher_name_for(model) for model, _ in students))
     here = fingerprint(base.train.device)
     runs: list[dict[str, Any]] = []
     missing: list[str] = []
-    plan = [(teacher, Row("ce"))] + [(student, row) for row in suite.rows]
+    plan = [(teacher, Row("ce")) for teacher in teachers] + students
 
     def config(model: str, row: Row, seed: int) -> Config:
-        cfg = run_config(base, model, row, teacher, Path(out) / name / f"seed{seed}")
+        cfg = run_config(base, model, row, teacher_name_for(model),
+                         Path(out) / name / f"seed{seed}")
         cfg.train.seed = seed
         return cfg
 
@@ -214,9 +231,9 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
             for model, row in plan:
                 store.load(seed, run_name(model, row), config(model, row, seed).to_dict())
     for seed in seeds:
-        teacher_run = run_name(teacher, Row("ce"))
         for model, row in plan:
             cfg = config(model, row, seed)
+            teacher_run = run_name(teacher_name_for(model), Row("ce"))
             what = " ".join(filter(None, (f"seed {seed}:", model, row.method, row.variant)))
             label = f"{model} ({row.label})" if row.label else model
             if report_only:
@@ -225,7 +242,8 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
                     missing.append(f"seed {seed} {label} {row.method}")
                     continue
             else:
-                record = _run_one(cfg, store, seed, run_name(model, row), teacher_run, what, here)
+                record = _run_one(cfg, store, seed, run_name(model, row), teacher_run, what, here,
+                                  suite.keep_weights)
             runs.append({"model": label, "method": row.method, "seed": seed, **record})
     if not runs:
         raise RecordError(f"no run of suite {name} is recorded under {store and store.dir} for "
@@ -233,14 +251,16 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
                           f"{list(seeds)}: run it without --report-only first")
     summary = summarize(runs, base, seeds, command)
     summary["suite"], summary["title"] = name, suite.title
+    summary["compare"] = [list(pair) for pair in suite.compare]
     summary["missing"] = missing
     summary["machine"] = here
     return summary
 
 
 def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_run: str,
-             what: str, here: dict[str, Any]) -> dict[str, Any]:
-    """The record of one run: reused from ``store`` when there, else trained and recorded."""
+             what: str, here: dict[str, Any], keep_weights: bool = False) -> dict[str, Any]:
+    """The record of one run: reused from ``store`` when there, else trained and recorded (with
+    its weights when it is a teacher or ``keep_weights``)."""
     from ..engine.trainer import train
 
     config = cfg.to_dict()
@@ -251,7 +271,7 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
         return record
     if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).exists() and store:
         # the teacher was trained by an earlier invocation, maybe elsewhere: use its kept weights
-        kept = store.teacher_path(seed, teacher_run)
+        kept = store.weights_path(seed, teacher_run)
         if not kept.exists():
             raise RecordError(f"the teacher of seed {seed} is recorded but neither its run "
                               f"({cfg.teacher.checkpoint}) nor its weights ({kept}) exist; "
@@ -266,8 +286,8 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
     fields = summary_fields(history)
     if store is None:
         return {**fields, "machine": here}
-    if run == teacher_run:
-        store.save_teacher(seed, run, Path(cfg.train.out) / "last.pth")
+    if run == teacher_run or keep_weights:
+        store.save_weights(seed, run, Path(cfg.train.out) / "last.pth")
     return store.save(seed, run, config, fields, here)
 
 

@@ -6,6 +6,8 @@ from . import builders
 from .adapters import from_torchvision
 from .builders import (
     THIN_DEPTHS,
+    plain8,
+    plain14,
     plain18,
     plain20,
     plain32,
@@ -14,6 +16,8 @@ from .builders import (
     plain50,
     plain56,
     plain110,
+    resnet8,
+    resnet14,
     resnet18,
     resnet20,
     resnet32,
@@ -47,7 +51,8 @@ __all__ = [
     "check_staged_pair", "create_model", "fold_batchnorms", "fold_dirac", "fold_repvgg",
     "from_torchvision",
     "fuse_conv_bn", "is_model", "last_bn_of", "list_models", "model_description",
-    "parameter_count", "plain18", "plain20", "plain32", "plain34", "plain44", "plain50", "plain56",
-    "plain110", "register_model", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet110",
+    "parameter_count", "plain8", "plain14", "plain18", "plain20", "plain32", "plain34", "plain44",
+    "plain50", "plain56", "plain110", "register_model", "resnet8", "resnet14", "resnet18",
+    "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet110",
     "student_name_for", "teacher_name_for", "to_deploy",
 ]

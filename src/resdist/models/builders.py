@@ -1,7 +1,7 @@
 """Registered builders: ``resnetN`` / ``plainN`` for N in 18, 34, 50 (ImageNet width),
 ``resnetNd`` / ``plainNd`` for the same depths in the ResNet-D layout (deep stem, average-pool
-downsampling: timm's ``resnet18d/34d/50d``), and 20, 32, 44, 56, 110 (thin CIFAR ResNets of He et
-al., depth 6n+2)."""
+downsampling: timm's ``resnet18d/34d/50d``), and 8, 14, 20, 32, 44, 56, 110 (thin CIFAR ResNets of
+He et al., depth 6n+2; ``resnet8`` is MLPerf Tiny's image-classification model)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 
 _IMAGENET_SPECS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
                    50: (Bottleneck, [3, 4, 6, 3])}
-THIN_DEPTHS = (20, 32, 44, 56, 110)
+THIN_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 
 def _imagenet_resnet(
@@ -133,6 +133,35 @@ def plain50d(**kwargs: Any) -> ResNet:
     """Plain (shortcut-free) network with ResNet-50-D's layout (the student of a ``resnet50d``
     teacher). Keyword arguments go to :class:`ResNet`."""
     return _resnet_d(50, **_plain(kwargs))
+
+
+@register_model
+def resnet8(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-8, the layout of MLPerf Tiny's image-classification model. A 3x3 stem,
+    one basic block per stage (16-32-64 channels times ``width_mult``), 1x1 projection shortcuts
+    at stride 2; other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(8, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain8(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-8's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet8``)."""
+    return _thin_resnet(8, **_plain(kwargs))
+
+
+@register_model
+def resnet14(*, width_mult: float = 1.0, **kwargs: Any) -> ResNet:
+    """Thin CIFAR ResNet-14 (two basic blocks per stage, widths 16-32-64 times ``width_mult``).
+    Other keyword arguments go to :class:`ResNet`."""
+    return _thin_resnet(14, width_mult=width_mult, **kwargs)
+
+
+@register_model
+def plain14(**kwargs: Any) -> ResNet:
+    """Plain (shortcut-free) thin CIFAR network with ResNet-14's layout.
+    Keyword arguments go to :class:`ResNet` (and ``width_mult`` as for ``resnet14``)."""
+    return _thin_resnet(14, **_plain(kwargs))
 
 
 @register_model
