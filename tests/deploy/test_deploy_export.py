@@ -23,6 +23,7 @@ from resdist.deploy import (  # noqa: E402
     verify_onnx,
 )
 from resdist.engine.checkpoint import Checkpoint  # noqa: E402
+from resdist.errors import ResdistError  # noqa: E402
 from resdist.models import Bottleneck, ResNet, create_model  # noqa: E402
 
 SMALL = {"num_classes": 10, "in_chans": 1, "width_mult": 0.5}
@@ -118,7 +119,10 @@ def test_torchscript_round_trip(tmp_path):
             x = torch.randn(b, *SHAPE)
             with torch.no_grad():
                 assert torch.allclose(loaded(x), model(x), rtol=1e-4, atol=1e-5)
-        assert count_torchscript_feature_adds(path) == adds
+        assert count_torchscript_feature_adds(loaded) == adds
+        assert count_torchscript_feature_adds(path, trusted=True) == adds
+        with pytest.raises(ResdistError, match="runs the code it carries"):
+            count_torchscript_feature_adds(path)  # a path is code: refused unless trusted
 
 
 def _checkpoint(tmp_path, name="plain20", **kwargs):

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_fold import randomize  # BN statistics and affine parameters that make folding matter
 from torch import nn
 
 from resdist.models import Bottleneck, RepVGGConv2d, ResNet, create_model, fold_repvgg
 from resdist.models.errors import ModelError
 from resdist.models.fold import to_deploy
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters in every BN branch, eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize(("cin", "cout", "stride", "identity"),

@@ -21,10 +21,12 @@ from torch import nn
 
 from ...atomic import atomic_path, write_failure
 from ...data.contract import InputContract
+from ...data.errors import DataError
 from ..errors import DeployError
 
 __all__ = ["CONTRACT_KEY", "INPUT_NAME", "OUTPUT_NAME", "ExportJob", "FileInfo", "Runner",
-           "Written", "check_input_shape", "example_input", "first_line", "first_output",
+           "Written", "check_input_shape", "checked", "contract_from_text", "example_input", "first_line",
+           "first_output",
            "int8_agreement", "model_device", "reference_outputs", "relative_error",
            "verify_runner", "write_file"]
 
@@ -117,6 +119,17 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def contract_from_text(path: Path, text: Any) -> InputContract | None:
+    """The input contract in ``text``, the JSON a file's metadata holds (None when the file
+    has none), or one :class:`DeployError` line naming ``path``."""
+    if not text:
+        return None
+    try:
+        return InputContract.from_json(str(text))
+    except DataError as e:
+        raise DeployError(f"{path}: {e}") from e
+
+
 def check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, int, int]:
     """``input_shape`` as three positive ints ``(C, H, W)``, or :class:`DeployError`."""
     if input_shape is None:
@@ -198,6 +211,23 @@ def int8_agreement(run: Runner, model: nn.Module, images: np.ndarray | None,
         same += int((np.asarray(run(x)).argmax(1) == ref).sum())
     counted = len(images) - len(images) % batch
     return same / max(counted, 1)
+
+
+def checked(job: ExportJob, path: Path, run: Runner, feature_adds: int | None,
+            extra: dict[str, Any] | None = None, batch: int | None = None) -> Written:
+    """The record of a file just written for ``job`` and opened as ``run``: for INT8, the
+    top-1 agreement with PyTorch on the job's real images (``extra["int8_agreement"]``); for
+    fp32 with ``job.verify``, the relative error on random inputs. ``batch``: the fixed batch
+    the file takes (None: any)."""
+    extra = dict(extra or {})
+    err = None
+    if job.int8:
+        extra["int8_agreement"] = int8_agreement(run, job.reference, job.check_images, batch or 1)
+    elif job.verify:
+        err = verify_runner(run, job.reference, job.input_shape, job.input_dtype)
+    inputs = [{"name": INPUT_NAME, "shape": [batch or "N", *job.input_shape],
+               "dtype": job.input_dtype}]
+    return Written(path, inputs, None, feature_adds, err, "int8" if job.int8 else "fp32", extra)
 
 
 def write_file(path: str | os.PathLike, write: Callable[[Path], Any], what: str) -> Path:

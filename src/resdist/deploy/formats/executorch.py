@@ -21,20 +21,18 @@ import numpy as np
 import torch
 
 from ...data.contract import InputContract
-from ...data.errors import DataError
 from ..errors import DeployError, require
 from ..quiet import quiet
 from .common import (
     CONTRACT_KEY,
-    INPUT_NAME,
     ExportJob,
     FileInfo,
     Runner,
     Written,
+    checked,
+    contract_from_text,
     example_input,
     first_line,
-    int8_agreement,
-    verify_runner,
     write_file,
 )
 
@@ -162,13 +160,7 @@ def _constant(program: Any, name: str) -> Any:
 
 def read_contract(path: Path) -> InputContract | None:
     """The contract the program's ``input_contract`` constant method returns (None: none)."""
-    text = _constant(_program_file(path), CONTRACT_KEY)
-    if text is None:
-        return None
-    try:
-        return InputContract.from_json(str(text))
-    except DataError as e:
-        raise DeployError(f"{path}: {e}") from e
+    return contract_from_text(path, _constant(_program_file(path), CONTRACT_KEY))
 
 
 def sniff(path: Path) -> bool:
@@ -242,10 +234,4 @@ def write(job: ExportJob) -> Written:
                              "kernels": "XNNPACK delegate" if job.delegate else "portable"}
     if job.delegate:
         extra["memory_note"] = "the XNNPACK delegate's own workspace is not in the plan"
-    err = None
-    if job.int8:
-        extra["int8_agreement"] = int8_agreement(run, job.reference, job.check_images, batch)
-    elif job.verify:
-        err = verify_runner(run, job.reference, job.input_shape, job.input_dtype)
-    inputs = [{"name": INPUT_NAME, "shape": [batch, *job.input_shape], "dtype": job.input_dtype}]
-    return Written(path, inputs, None, adds, err, "int8" if job.int8 else "fp32", extra)
+    return checked(job, path, run, adds, extra, batch)

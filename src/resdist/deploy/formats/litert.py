@@ -18,20 +18,18 @@ import numpy as np
 import torch
 
 from ...data.contract import InputContract
-from ...data.errors import DataError
 from ..errors import DeployError, require
 from ..quiet import quiet
 from .common import (
     CONTRACT_KEY,
-    INPUT_NAME,
     ExportJob,
     FileInfo,
     Runner,
     Written,
+    checked,
+    contract_from_text,
     example_input,
     first_line,
-    int8_agreement,
-    verify_runner,
     write_file,
 )
 
@@ -99,13 +97,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def read_contract(path: Path) -> InputContract | None:
     """The contract in the flatbuffer's ``input_contract`` metadata (None: none)."""
-    text = read_metadata(path).get(CONTRACT_KEY)
-    if not text:
-        return None
-    try:
-        return InputContract.from_json(text)
-    except DataError as e:
-        raise DeployError(f"{path}: {e}") from e
+    return contract_from_text(path, read_metadata(path).get(CONTRACT_KEY))
 
 
 def sniff(path: Path) -> bool:
@@ -259,13 +251,4 @@ def write(job: ExportJob) -> Written:
         tmp.write_bytes(_with_metadata(tmp.read_bytes(), entries))
 
     path = write_file(job.out, fill, "LiteRT model")
-    run = load_runner(path)
-    extra: dict[str, Any] = {}
-    err = None
-    if job.int8:
-        extra["int8_agreement"] = int8_agreement(run, job.reference, job.check_images)
-    elif job.verify:
-        err = verify_runner(run, job.reference, job.input_shape, job.input_dtype)
-    inputs = [{"name": INPUT_NAME, "shape": ["N", *job.input_shape], "dtype": job.input_dtype}]
-    return Written(path, inputs, None, count_feature_adds(path), err,
-                   "int8" if job.int8 else "fp32", extra)
+    return checked(job, path, load_runner(path), count_feature_adds(path))

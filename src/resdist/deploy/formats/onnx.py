@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from ...data.contract import InputContract
-from ...data.errors import DataError
 from ...models.fold import to_deploy
 from .._onnx_graph import (
     activation_names,
@@ -43,6 +42,7 @@ from .common import (
     Runner,
     Written,
     check_input_shape,
+    contract_from_text,
     example_input,
     reference_outputs,
     relative_error,
@@ -298,14 +298,10 @@ def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
 def read_contract(path: Path) -> InputContract | None:
     """The contract in an ONNX file's metadata, checked against its graph (None: none)."""
     proto = load_onnx(path)
-    text = {p.key: p.value for p in proto.metadata_props}.get(CONTRACT_KEY)
-    if not text:
-        return None
-    try:
-        contract = InputContract.from_json(text)
-    except DataError as e:
-        raise DeployError(f"{path}: {e}") from e
-    check_graph_contract(proto, contract, path)
+    contract = contract_from_text(
+        path, {p.key: p.value for p in proto.metadata_props}.get(CONTRACT_KEY))
+    if contract is not None:
+        check_graph_contract(proto, contract, path)
     return contract
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from ...data.contract import InputContract
-from ...data.errors import DataError
 from ..errors import DeployError, require
 from ..quiet import quiet
 from .common import (
@@ -32,10 +31,10 @@ from .common import (
     FileInfo,
     Runner,
     Written,
+    checked,
+    contract_from_text,
     example_input,
     first_line,
-    int8_agreement,
-    verify_runner,
 )
 
 __all__ = ["count_feature_adds", "file_info", "load_runner", "read_contract", "sniff", "write"]
@@ -119,13 +118,7 @@ def _rt_value(root: ElementTree.Element, key: str) -> str | None:
 
 def read_contract(path: Path) -> InputContract | None:
     """The contract in the IR's ``rt_info`` (None: none), read by parsing the XML."""
-    text = _rt_value(_xml_root(path), CONTRACT_KEY)
-    if not text:
-        return None
-    try:
-        return InputContract.from_json(text)
-    except DataError as e:
-        raise DeployError(f"{path}: {e}") from e
+    return contract_from_text(path, _rt_value(_xml_root(path), CONTRACT_KEY))
 
 
 def sniff(path: Path) -> bool:
@@ -196,14 +189,7 @@ def write(job: ExportJob) -> Written:
     if job.contract is not None:
         model.set_rt_info(job.contract.to_json(), [RT_SECTION, CONTRACT_KEY])
     path = _save(model, job.out)
-    run = load_runner(path)
     extra: dict[str, Any] = {"weights_file": str(path.with_suffix(".bin"))}
-    err = None
-    if job.int8:
-        extra["int8_agreement"] = int8_agreement(run, job.reference, job.check_images)
-    elif job.verify:
-        err = verify_runner(run, job.reference, job.input_shape, job.input_dtype)
-    inputs = [{"name": INPUT_NAME, "shape": ["N", *job.input_shape], "dtype": job.input_dtype}]
     with contextlib.suppress(Exception):
         extra["openvino"] = _ov().__version__
-    return Written(path, inputs, None, adds, err, "int8" if job.int8 else "fp32", extra)
+    return checked(job, path, load_runner(path), adds, extra)

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ...data.contract import InputContract
-from ...data.errors import DataError
 from ..errors import DeployError, require
 from .common import (
     CONTRACT_KEY,
@@ -28,6 +27,7 @@ from .common import (
     FileInfo,
     Runner,
     Written,
+    contract_from_text,
     first_line,
     first_output,
     verify_runner,
@@ -74,13 +74,7 @@ def sniff(path: Path) -> bool:
 
 def read_contract(path: Path) -> InputContract | None:
     """The contract in the file's metadata (None: none, e.g. a timm checkpoint)."""
-    text = _metadata(path).get(CONTRACT_KEY)
-    if not text:
-        return None
-    try:
-        return InputContract.from_json(text)
-    except DataError as e:
-        raise DeployError(f"{path}: {e}") from e
+    return contract_from_text(path, _metadata(path).get(CONTRACT_KEY))
 
 
 def file_info(path: Path) -> FileInfo:

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ...data.contract import InputContract
-from ...data.errors import DataError
 from ...models.fold import to_deploy
 from ...safe_load import is_torchscript, load_torchscript, torchscript_extra_file
 from ..errors import DeployError
@@ -32,6 +31,7 @@ from .common import (
     Runner,
     Written,
     check_input_shape,
+    contract_from_text,
     example_input,
     first_output,
     reference_outputs,
@@ -82,21 +82,23 @@ def _jit_save(module: Any, path: Path, extra: dict[str, str]) -> None:
         torch.jit.save(module, f, _extra_files=extra)
 
 
-def _load_torchscript(module_or_path: Any) -> Any:
-    """A TorchScript module, or the file at a path loaded with ``torch.jit.load``, which runs the
-    code the file carries: resdist calls it only on the file it has just exported."""
+def _module(module_or_path: Any, trusted: bool) -> Any:
+    """A TorchScript module, or the file at a path loaded with ``torch.jit.load`` (which runs
+    the code the file carries) when ``trusted`` says the caller wrote it."""
     if isinstance(module_or_path, (str, os.PathLike)):
         if not os.path.isfile(module_or_path):
             raise DeployError(f"TorchScript file not found: {module_or_path}")
-        return load_torchscript(module_or_path, trusted=True, what="")  # our own export
+        return load_torchscript(module_or_path, trusted=trusted,
+                                what="pass the loaded module, or trusted=True for a file you "
+                                "exported yourself")
     return module_or_path
 
 
-def count_torchscript_feature_adds(module_or_path: Any) -> int:
+def count_torchscript_feature_adds(module_or_path: Any, *, trusted: bool = False) -> int:
     """Number of ``aten::add`` nodes in a traced module adding two computed tensors (neither a
-    constant nor a parameter): the shortcut additions. A path is loaded, which runs its code:
-    pass only files you exported yourself."""
-    module = _load_torchscript(module_or_path)
+    constant nor a parameter): the shortcut additions. A path is loaded only with
+    ``trusted=True`` (loading runs its code: for files you exported yourself)."""
+    module = _module(module_or_path, trusted)
     skip = {"prim::Constant", "prim::GetAttr"}
     count = 0
     for node in module.inlined_graph.nodes():
@@ -115,11 +117,13 @@ def verify_torchscript(
     batch_sizes: Sequence[int] = (1, 3),
     seed: int = 0,
     input_dtype: str = "float32",
+    *,
+    trusted: bool = False,
 ) -> float:
     """Largest relative error between a saved TorchScript module and ``model`` on random inputs
-    (of ``input_dtype``). A path is loaded, which runs its code: pass only files you exported
-    yourself."""
-    module = _load_torchscript(module_or_path)
+    (of ``input_dtype``). A path is loaded only with ``trusted=True`` (loading runs its code:
+    for files you exported yourself)."""
+    module = _module(module_or_path, trusted)
     shape = check_input_shape(input_shape)
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -136,13 +140,7 @@ def verify_torchscript(
 
 def read_contract(path: Path) -> InputContract | None:
     """The contract in the archive's extra file (None: none); the module is not loaded."""
-    text = torchscript_extra_file(path, f"{CONTRACT_KEY}.json")
-    if not text:
-        return None
-    try:
-        return InputContract.from_json(text)
-    except DataError as e:
-        raise DeployError(f"{path}: {e}") from e
+    return contract_from_text(path, torchscript_extra_file(path, f"{CONTRACT_KEY}.json"))
 
 
 def sniff(path: Path) -> bool:
@@ -178,8 +176,9 @@ def write(job: ExportJob) -> Written:
                           "executorch or tflite with --quantize int8")
     path = export_torchscript(job.deployed, job.out, job.input_shape, deploy=False,
                               contract=job.contract, input_dtype=job.input_dtype)
-    adds = count_torchscript_feature_adds(path)
-    err = verify_torchscript(path, job.reference, job.input_shape,
+    module = load_torchscript(path, trusted=True, what="")  # the file written just above
+    adds = count_torchscript_feature_adds(module)
+    err = verify_torchscript(module, job.reference, job.input_shape,
                              input_dtype=job.input_dtype) if job.verify else None
     inputs = [{"name": INPUT_NAME, "shape": ["N", *job.input_shape], "dtype": job.input_dtype}]
     return Written(path, inputs, None, adds, err)
