@@ -33,7 +33,7 @@ fashion-mnist:
 RUNTIME_TESTS := tests/deploy/test_runtimes.py
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 --ignore=$(RUNTIME_TESTS)
-	RESDIST_REQUIRE_RUNTIMES=openvino,executorch,litert $(PY) -m pytest -q -n 2 --durations=10 $(RUNTIME_TESTS)
+	RESDIST_REQUIRE_RUNTIMES=openvino,executorch,litert,tflm $(PY) -m pytest -q -n 2 --durations=10 $(RUNTIME_TESTS)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m cuda --durations=15

@@ -29,10 +29,10 @@ from resdist.deploy.formats import format_of, get_format  # noqa: E402
 from resdist.engine.checkpoint import load_checkpoint  # noqa: E402
 
 PACKAGES = {"openvino": ("openvino", "nncf"), "executorch": ("executorch", "torchao"),
-            "tflite": ("ai_edge_litert", "litert_torch")}
-EXTRA = {"openvino": "openvino", "executorch": "executorch", "tflite": "litert"}
+            "tflite": ("ai_edge_litert", "litert_torch"), "tflm": ("tflite_micro",)}
+EXTRA = {"openvino": "openvino", "executorch": "executorch", "tflite": "litert", "tflm": "tflm"}
 RUNTIME = {"openvino": "openvino", "executorch": "executorch", "tflite": "litert"}
-FORMATS = list(PACKAGES)
+FORMATS = ["openvino", "executorch", "tflite"]
 
 
 def need(fmt: str) -> None:
@@ -202,8 +202,9 @@ def test_missing_runtime_is_one_line_naming_the_extra(monkeypatch, tmp_path, cap
         monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
     from resdist.deploy.errors import require
 
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)
     for module, extra in (("openvino", "openvino"), ("executorch", "executorch"),
-                          ("ai_edge_litert", "litert")):
+                          ("ai_edge_litert", "litert"), ("tflite_micro", "tflm")):
         with pytest.raises(MissingDependencyError, match=rf"resdist\[{extra}\]"):
             require(module)
     pte = tmp_path / "m.pte"
@@ -242,6 +243,44 @@ def test_profile_times_resnet_and_plain_on_the_runtime(runtime, int8, tmp_path):
                  for m in saved["memory"] if m["precision"] == "fp32"}
         portable = "memory plan of the portable-kernel program"
         assert plans[("resnet20", portable)] > plans[("plain20", portable)]
+
+
+def test_tflite_micro_finds_the_smallest_arena_and_the_shortcuts_cost_arena(tmp_path):
+    """ResNet-8 and plain-8 (MLPerf Tiny's layout) in INT8 through LiteRT, profiled: TFLite
+    Micro's smallest arena is in the memory table, the ResNet's larger; the arena found runs
+    and 16 bytes less does not; a file that is no model is one line."""
+    need("tflite")
+    need("tflm")
+    from tflite_micro.python.tflite_micro import runtime as tflm_runtime
+
+    from resdist.deploy import profile_models
+    from resdist.deploy.formats import tflm
+    from resdist.models import create_model
+
+    models = [(name, create_model(name, num_classes=10)) for name in ("resnet8", "plain8")]
+    result = profile_models(models, input_shape=(3, 32, 32), batch_sizes=(1,), threads=(1,),
+                            runs=1, warmup=0, memory_check=False, int8=True,
+                            runtimes=["litert"], onnx_dir=tmp_path / "onnx")
+    arenas = {m.model: m.planned_bytes for m in result.runtimes.memory
+              if m.covers.startswith("TFLite Micro")}
+    assert arenas["resnet8"] > arenas["plain8"] > 0
+    written = sorted((tmp_path / "onnx").rglob("plain8*int8*.tflite"))
+    assert written, list((tmp_path / "onnx").rglob("*"))
+    found = tflm.tflm_arena(written[0])
+    assert found.arena_bytes == arenas["plain8"] and found.model_bytes > 0
+    with tflm._native_stderr_quiet():
+        assert tflm._runs(tflm_runtime, written[0], found.arena_bytes)
+        assert not tflm._runs(tflm_runtime, written[0], found.arena_bytes - 16)
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(DeployError, match="not a .tflite model") as e:
+        tflm.tflm_arena(junk)
+    assert len(str(e.value).splitlines()) == 1
+    damaged = tmp_path / "damaged.tflite"  # the right identifier, nothing a model needs
+    damaged.write_bytes(written[0].read_bytes()[:4096])
+    with pytest.raises(DeployError, match="TFLite Micro cannot run") as e:
+        tflm.tflm_arena(damaged)
+    assert len(str(e.value).splitlines()) == 1
 
 
 def test_profile_runtime_flag_names_a_missing_extra(monkeypatch, capsys):

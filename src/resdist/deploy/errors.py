@@ -19,7 +19,7 @@ class MissingDependencyError(DeployError):
 _EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "matplotlib": "plot",
            "openvino": "openvino", "nncf": "openvino", "executorch": "executorch",
            "torchao": "executorch", "ai_edge_litert": "litert", "litert_torch": "litert",
-           "safetensors": "safetensors"}
+           "safetensors": "safetensors", "tflite_micro": "tflm"}
 
 
 def require(module: str) -> ModuleType:

@@ -7,11 +7,13 @@ reversed every other round) at each thread count and batch size; medians are rep
 runtime plans activation memory itself, its figure is recorded: ExecuTorch's memory-planned
 buffers (with the XNNPACK delegate the plan holds only the delegate's inputs and outputs; the
 portable-kernel program's plan shows every activation), LiteRT's tensor arena where the
-interpreter reports one.
+interpreter reports one, and for INT8 ``.tflite`` files the smallest arena TFLite Micro runs
+them in, when ``tflite-micro`` is installed (``resdist[tflm]``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -150,7 +152,7 @@ def _record(runtime: str, name: str, precision: str, threads: int, batch: int,
 
 def _memory(runtime: str, name: str, precision: str, model: nn.Module,
             shape: tuple[int, int, int], folder: Path, calibration: Any,
-            extra: Mapping[str, Any]) -> list[RuntimeMemory]:
+            extra: Mapping[str, Any], path: Path) -> list[RuntimeMemory]:
     found = []
     if runtime == "executorch":
         found.append(RuntimeMemory(runtime, name, precision, int(extra["planned_memory_bytes"]),
@@ -166,6 +168,12 @@ def _memory(runtime: str, name: str, precision: str, model: nn.Module,
     elif runtime == "litert" and extra.get("arena_bytes"):
         found.append(RuntimeMemory(runtime, name, precision, int(extra["arena_bytes"]),
                                    "LiteRT tensor arena"))
+    if runtime == "litert" and precision == "int8" and importlib.util.find_spec("tflite_micro"):
+        from ..formats.tflm import tflm_arena
+
+        found.append(RuntimeMemory(runtime, name, precision, tflm_arena(path).arena_bytes,
+                                   "TFLite Micro: the smallest tensor arena it runs in "
+                                   "(activations and interpreter state)"))
     return found
 
 
@@ -224,7 +232,7 @@ def profile_runtimes(
                                                         base, cal)
                     if b == batch_sizes[0]:
                         memory += _memory(runtime, name, precision, model, shape, base, cal,
-                                          extra)
+                                          extra, files[b][name])
                     say(f"{runtime} {precision} {name} batch {b}: exported in "
                         f"{time.perf_counter() - t0:.1f} s")
             for t in threads:
