@@ -6,7 +6,8 @@ feature KD, JointRD; the RepVGG-style plain-20 with CE and JointRD) is folded, e
 ONNX and quantised with ONNX Runtime's static QDQ tool (per-channel INT8 weights, INT8
 activations calibrated with MinMax on 512 training images drawn with seed 0, no augmentation);
 fp32 and INT8 top-1 are measured with ONNX Runtime on the full 10k test set, which is used for
-nothing else. The checkpoint of a row is, in this order:
+nothing else. ``--part executorch`` then quantises each measured checkpoint with ExecuTorch's
+PT2E XNNPACK quantiser (same calibration images) and scores the ``.pte`` in ExecuTorch. The checkpoint of a row is, in this order:
 
 - the teacher: the weights the suite's records keep (``runs/cifar10/seedS/resnet20-ce.pth``);
 - the recorded run itself, when its folder is at hand (``--runs``, the ``--out`` folder of
@@ -165,6 +166,46 @@ def measure_int8(entry: dict[str, Any], batches: list, test, onnx_dir: Path) -> 
                              if k not in ("path", "fp32_path")}}
 
 
+def measure_executorch(entry: dict[str, Any], batches: list, test, out_dir: Path
+                       ) -> dict[str, Any]:
+    """INT8 top-1 of one checkpoint through ExecuTorch: PT2E with the XNNPACK quantiser,
+    calibrated on the same images as ONNX Runtime's, run by the XNNPACK delegate, batch 1."""
+    import numpy as np
+
+    from resdist.deploy.formats import get_format
+    from resdist.deploy.onnx_eval import score_batches
+
+    path = out_dir / f"seed{entry['seed']}-{entry['run']}-int8.pte"
+    t0 = time.perf_counter()
+    written = export(entry["checkpoint"], "executorch", path, quantize="int8",
+                     calibration=lambda: iter(batches),
+                     check_images=np.concatenate(batches)[:256])
+    run = get_format("executorch").load_runner(path, threads=1)
+    m8 = score_batches(run, test, num_classes=10, source=str(path))
+    log(f"seed {entry['seed']} {entry['run']}: ExecuTorch XNNPACK INT8 {m8['top1']:.2f}% "
+        f"({time.perf_counter() - t0:.0f} s)")
+    return {"et_int8_top1": m8["top1"], "et_int8_drop_points": entry["fp32_top1"] - m8["top1"],
+            "et_feature_adds": written.feature_adds,
+            "et_int8_agreement": (written.extra or {}).get("int8_agreement")}
+
+
+def executorch_part(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """ExecuTorch XNNPACK INT8 for every row already measured in ONNX Runtime."""
+    todo = [e for e in result["int8"] if "et_int8_top1" not in e]
+    log(f"ExecuTorch INT8: {len(todo)} checkpoints to measure")
+    if not todo:
+        return
+    data = base_config(args.data_dir).data
+    batches = calibration_batches(data, CALIBRATION_IMAGES, seed=SEED)
+    test = build_data(dataclasses.replace(data, limit_test=None, val_split=0.0, batch_size=1),
+                      device="cpu").test
+    with tempfile.TemporaryDirectory(prefix="roads-et-") as tmp:
+        for entry in todo:
+            entry.update(measure_executorch(entry, batches, test, Path(tmp)))
+            result["et_machine"] = fingerprint("cpu")
+            write(result, Path(args.results))
+
+
 def int8_part(result: dict[str, Any], args: argparse.Namespace) -> None:
     """Measure every row of every seed whose checkpoint is at hand and not yet measured."""
     base = base_config(args.data_dir)
@@ -277,7 +318,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     plain_sig = result.get("plain_graph")
     lines = [f"# Every road to a shortcut-free network: CIFAR-10 suite, INT8 and cost "
              f"({result['date']})", "", "Produced by:", ""]
-    lines += [f"    {result[k]}" for k in ("int8_command", "speed_command") if k in result]
+    lines += [f"    {result[k]}" for k in ("int8_command", "executorch_command", "speed_command")
+              if k in result]
     lines.append("")
     if result["int8"]:
         m = result["int8_machine"]
@@ -287,12 +329,15 @@ def format_markdown(result: dict[str, Any]) -> str:
             f"{CALIBRATION_IMAGES} training images, seed {SEED}), fp32 and INT8 top-1 on the full "
             f"10k test set (CIFAR-10, JPEG copy), measured on {fingerprint_name(m)}. 'record' is the suite record's fp32 top-1 "
             "(PyTorch); 'checkpoint' the fp32 top-1 of the weights measured here (the same run, "
-            "or a retrained one: see source).", ""]
+            "or a retrained one: see source). ExecuTorch: PT2E with the XNNPACK quantiser on the "
+            "same calibration images, run by the XNNPACK delegate, batch 1; its drop is "
+            "against the ONNX fp32 top-1.", ""]
         table = []
         for r in rows:
             es = r["entries"]
             if not es:
-                table.append([r["network"], r["method"], *["-"] * 7, "no checkpoint at hand (not retrained)"])
+                table.append([r["network"], r["method"], *["-"] * 8,
+                              "no checkpoint at hand (not retrained)"])
                 continue
             drops = [e["int8_drop_points"] for e in es]
             tensor = [e["int8_per_tensor_drop_points"] for e in es
@@ -301,18 +346,22 @@ def format_markdown(result: dict[str, Any]) -> str:
                 "yes" if all(e["graph"] == plain_sig for e in es) else
                 f"no ({es[0]['feature_adds']} Adds)")
             sources = sorted({e["source"] for e in es})
+            et = [e for e in es if "et_int8_top1" in e]
+            et_cell = (f"{_mean([e['et_int8_top1'] for e in et])} "
+                       f"({statistics.fmean(e['et_int8_drop_points'] for e in et):+.2f})"
+                       if et else "-")
             table.append([
                 r["network"], r["method"], ", ".join(str(e["seed"]) for e in es),
                 _mean([e["record_top1"] for e in es]), _mean([e["checkpoint_top1"] for e in es]),
                 _mean([e["fp32_top1"] for e in es]), _mean([e["int8_top1"] for e in es]),
                 f"{statistics.fmean(drops):+.2f} ({', '.join(f'{d:+.2f}' for d in drops)})",
                 (f"{statistics.fmean(tensor):+.2f} ({', '.join(f'{d:+.2f}' for d in tensor)})"
-                 if tensor else "-"),
+                 if tensor else "-"), et_cell,
                 f"{same}; {'; '.join(sources)}"])
         lines.append(markdown_table(
             ["network", "method", "seeds", "record fp32 (%)", "checkpoint fp32 (%)",
              "ONNX fp32 (%)", "ONNX INT8 (%)", "INT8 drop, points (per seed)",
-             "drop with per-tensor weights",
+             "drop with per-tensor weights", "ExecuTorch XNNPACK INT8 (%) (drop)",
              "deployed graph = plain-20's; source"], table))
     speed = result.get("speed")
     if speed:
@@ -345,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrained", help="folder of retrained runs: DIR/seedS/RUN/last.pth")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--results", default="benchmarks/results")
-    p.add_argument("--part", choices=("int8", "speed", "all"), default="all")
+    p.add_argument("--part", choices=("int8", "executorch", "speed", "all"), default="all")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=20, help="interleaved rounds of steps at most")
     p.add_argument("--time-limit", type=float, default=240.0, help="seconds of timing at most")
@@ -359,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.part in ("int8", "all"):
             result["int8_command"] = command
             int8_part(result, args)
+        if args.part in ("executorch", "all"):
+            result["executorch_command"] = command
+            executorch_part(result, args)
         if args.part in ("speed", "all"):
             result["speed_command"] = command
             speed_part(result, args)
