@@ -13,7 +13,8 @@ resdist's liveness figure.
     python benchmarks/deploy_runtimes.py --quick            # thin nets only, few runs
 
 Each group's profile is kept in ``deploy_runtimes_GROUP.json`` as soon as it is measured, so
-the groups can run on different days (the report names each group's machine); the report is
+the groups can run on different days (the report names each group's machine); ``--runtime R``
+on a group already measured replaces only R's rows (said in the report); the report is
 benchmarks/results/deploy_runtimes.{json,md,png} (``--out`` to change the folder).
 """
 
@@ -78,6 +79,20 @@ def _plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _replace_runtimes(kept: dict, new: dict) -> dict:
+    """``kept`` with the rows of the runtimes ``new`` measured replaced by ``new``'s (a group
+    re-measured on some runtimes only); the other runtimes' rows and the group's own meta stay,
+    and the re-measurement is listed in ``meta["remeasured"]``."""
+    redone = {r["runtime"] for part in new["runtimes"].values() for r in part}
+    for part, rows in new["runtimes"].items():
+        kept["runtimes"][part] = [r for r in kept["runtimes"].get(part, [])
+                                  if r["runtime"] not in redone] + rows
+    meta = {k: new["meta"].get(k) for k in ("command", "cpu", "date", "wall_seconds",
+                                            "loadavg_start", "loadavg_end")}
+    kept["meta"].setdefault("remeasured", []).append({"runtimes": sorted(redone), **meta})
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -105,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         result.meta["command"] = shlex.join(["python", "benchmarks/deploy_runtimes.py",
                                              *(argv or sys.argv[1:])])
         result.meta["wall_seconds"] = round(time.perf_counter() - start, 1)
-        write_text_atomic(out / f"deploy_runtimes_{key}.json",
-                          json.dumps(result.to_dict(), indent=2, default=str))
+        measured = result.to_dict()
+        kept = out / f"deploy_runtimes_{key}.json"
+        if "all" not in args.runtime and not args.quick and kept.is_file():
+            measured = _replace_runtimes(json.loads(kept.read_text()), measured)
+        write_text_atomic(kept, json.dumps(measured, indent=2, default=str))
     results = [json.loads((out / f"deploy_runtimes_{key}.json").read_text())
                for key in GROUPS if (out / f"deploy_runtimes_{key}.json").is_file()]
     if not results:
@@ -124,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             "bytes):\n\n" + liveness + "\n\nMeasured by: " + "; ".join(
                 f"`{r['meta'].get('command')}` on {r['meta'].get('cpu')} at "
                 f"{r['meta'].get('date')}, {r['meta'].get('wall_seconds')} s, load average at "
-                f"the end {r['meta'].get('loadavg_end')}" for r in results) + "\n")
+                f"the end {r['meta'].get('loadavg_end')}" + "".join(
+                    f" ({', '.join(m['runtimes'])} re-measured by `{m['command']}` at "
+                    f"{m['date']}, load average at the end {m['loadavg_end']})"
+                    for m in r["meta"].get("remeasured", [])) for r in results) + "\n")
     write_text_atomic(out / "deploy_runtimes.md", text)
     _plot(result, out / "deploy_runtimes.png")
     print(text)

@@ -144,6 +144,30 @@ def test_resnet_keeps_its_shortcut_adds(fmt, tmp_path):
     assert report.max_rel_error < 1e-4
 
 
+def test_litert_int8_resnet_quantises_every_shortcut_add(tmp_path):
+    """Each identity block's Add is INT8: a block calls its one nn.ReLU twice, and LiteRT's
+    quantiser skipped such Adds (leaving them float, with DEQUANTIZE/QUANTIZE around them) on
+    the non-strict export graph."""
+    need("tflite")
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from resdist.models import create_model
+    from resdist.models.fold import calibrate_bn
+
+    model = create_model("resnet20", num_classes=4, in_chans=3, width_mult=0.25)
+    calibrate_bn(model, input_shape=(3, 16, 16))
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 3, 16, 16)).astype(np.float32) for _ in range(2)]
+    out = tmp_path / "r-int8.tflite"
+    report = export(model.eval(), "tflite", out, input_shape=(3, 16, 16), quantize="int8",
+                    calibration=lambda: iter(batches), check_images=batches[0])
+    assert report.feature_adds == 9
+    interpreter = Interpreter(model_path=str(out))
+    floats = [t["name"] for t in interpreter.get_tensor_details() if t["dtype"] == np.float32]
+    assert floats == []
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_strangers_and_damaged_files_are_refused_in_one_line(fmt, cifar_run, tmp_path, capsys):
     need(fmt)

@@ -198,6 +198,18 @@ def load_runner(path: Path, threads: int | None = None, trusted: bool = False) -
     return run
 
 
+def _export_for_quantizer(model: torch.nn.Module, example: torch.Tensor) -> Any:
+    """The graph LiteRT's PT2E quantiser annotates. Strict export (TorchDynamo) records each
+    call of a module on its own; the non-strict graph groups the two calls of a block's shared
+    ``nn.ReLU`` into one partition, which the quantiser's add+ReLU pattern skips, leaving every
+    identity shortcut's Add in float. Non-strict export is the fallback for models Dynamo
+    cannot trace."""
+    try:
+        return torch.export.export(model, (example,), strict=True).module()
+    except Exception:  # noqa: BLE001 - any tracing failure: the non-strict path still works
+        return torch.export.export(model, (example,)).module()
+
+
 def _quantized(model: torch.nn.Module, example: torch.Tensor, job: ExportJob) -> Any:
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
@@ -211,7 +223,7 @@ def _quantized(model: torch.nn.Module, example: torch.Tensor, job: ExportJob) ->
                           "whose data can be read, or pass --calibration-data")
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    prepared = prepare_pt2e(_export_for_quantizer(model, example), quantizer)
     with torch.no_grad():
         for chunk in job.calibration():
             for i in range(len(chunk)):
