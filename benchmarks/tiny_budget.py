@@ -186,6 +186,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     b.set(xscale="log", xlabel="budget (epochs)", ylabel="final validation top-1 (%)",
           title="final validation top-1 against budget")
     b.set_xticks([r["epochs"] for r in budgets], [str(r["epochs"]) for r in budgets])
+    b.minorticks_off()  # the log axis' own minor labels would clash with the budgets
     b.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
