@@ -131,3 +131,32 @@ def test_preprocessing_is_configurable_and_the_contract_records_it(tree, tmp_pat
         with pytest.raises(ValueError, match=key.split(".")[1]):
             Config().override(["data.name=imagefolder", "data.image_size=16",
                                f"data.{key.split('.')[1]}={value}"]).validate()
+
+
+def test_workers_start_by_forkserver_once_a_threaded_runtime_is_loaded(tree, monkeypatch):
+    """Forking a process that holds JAX's (LiteRT's) or ExecuTorch's threads can kill the child;
+    once one of them is imported, workers start by forkserver, which needs a picklable dataset,
+    and give the same batches as loading in the main process."""
+    import pickle
+    import sys
+    import types
+
+    bundle = build_data(_cfg(tree))
+    dataset = bundle.test.dataset
+    folder = getattr(dataset, "dataset", dataset)  # the ImageFolder, under a Subset or not
+    copy = pickle.loads(pickle.dumps(folder))
+    assert copy.samples == folder.samples and type(copy) is type(folder)
+
+    def batches(loader):
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    reference = batches(TorchLoader(dataset, batch_size=2))
+    assert TorchLoader(dataset, batch_size=2, num_workers=1).loader.multiprocessing_context is None
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", types.ModuleType("ai_edge_litert"))
+    loader = TorchLoader(dataset, batch_size=2, num_workers=1)
+    assert loader.loader.multiprocessing_context.get_start_method() == "forkserver"
+    got = batches(loader)
+    assert len(got) == len(reference)
+    for (x, y), (rx, ry) in zip(got, reference):
+        assert torch.equal(y, ry)
+        torch.testing.assert_close(x, rx)

@@ -59,7 +59,14 @@ def _check_listable(folder: Path) -> None:
                         "make the folder readable (chmod a+rx)") from e
 
 
-def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
+_FOLDER_CLASS = None
+
+
+def _folder_class():  # -> type[torchvision.datasets.ImageFolder]
+    """The ``ImageFolder`` subclass below, built on first use (torchvision loads only then)."""
+    global _FOLDER_CLASS
+    if _FOLDER_CLASS is not None:
+        return _FOLDER_CLASS
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -97,10 +104,24 @@ def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
                     + "; add images or remove the folder")
             return samples
 
+    # a module-level name, so that a DataLoader worker started by spawn or forkserver can
+    # unpickle the dataset (see __getattr__ below)
+    _Folder.__module__, _Folder.__qualname__ = __name__, "_Folder"
+    _FOLDER_CLASS = _Folder
+    return _Folder
+
+
+def __getattr__(name: str):
+    if name == "_Folder":
+        return _folder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _image_folder(root: Path, transform):  # -> torchvision.datasets.ImageFolder
     if not root.is_dir():
         raise DataError(f"{show(root)}: no such folder")
     try:
-        return _Folder(str(root), transform=transform, loader=pil_loader)
+        return _folder_class()(str(root), transform=transform, loader=pil_loader)
     except (FileNotFoundError, OSError) as e:
         # torchvision: "Couldn't find any class folder" / "Found no valid file for the classes"
         raise DataError(f"{show(root)}: {e}") from e

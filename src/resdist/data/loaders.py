@@ -9,6 +9,7 @@ shuffle order is a function of ``seed + epoch`` only, so every rank draws the sa
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
@@ -209,6 +210,19 @@ class _StridedSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
+# Deployment runtimes that start threads of their own when imported or used; forking a process
+# that holds them can deadlock or crash the child (and has crashed the parent in our tests).
+_THREADED_RUNTIMES = ("jax", "executorch", "openvino", "ai_edge_litert", "tensorflow")
+
+
+def _worker_context() -> str | None:
+    """DataLoader workers start by fork (fast) unless a threaded runtime is loaded in this
+    process, as when an exported file is evaluated: then by forkserver."""
+    if any(name in sys.modules for name in _THREADED_RUNTIMES):
+        return "forkserver"
+    return None
+
+
 class TorchLoader:
     """A ``torch.utils.data.DataLoader`` (CPU workers, per-sample transforms) behind the same
     interface as :class:`InMemoryLoader`; batches are moved to ``device`` as they come.
@@ -258,6 +272,7 @@ class TorchLoader:
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,
+            multiprocessing_context=_worker_context() if num_workers > 0 else None,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(seed + 7919 * rank),
         )
