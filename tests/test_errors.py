@@ -71,6 +71,8 @@ def _bare_raises(node: ast.AST, caught: frozenset[str] = frozenset()) -> list[as
             found.append(node)
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
         caught = frozenset()  # runs later, outside the try that surrounds its definition
+        if getattr(node, "name", "") == "__getattr__":  # Python's protocol: AttributeError
+            caught = frozenset({"AttributeError"})
     if isinstance(node, ast.Try):
         inner = caught | frozenset().union(*(_caught(h) for h in node.handlers))
         for child in node.body:
