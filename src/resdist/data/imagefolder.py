@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 from .contract import class_name_problem
@@ -59,14 +59,9 @@ def _check_listable(folder: Path) -> None:
                         "make the folder readable (chmod a+rx)") from e
 
 
-_FOLDER_CLASS = None
-
-
+@cache
 def _folder_class():  # -> type[torchvision.datasets.ImageFolder]
     """The ``ImageFolder`` subclass below, built on first use (torchvision loads only then)."""
-    global _FOLDER_CLASS
-    if _FOLDER_CLASS is not None:
-        return _FOLDER_CLASS
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -107,7 +102,6 @@ def _folder_class():  # -> type[torchvision.datasets.ImageFolder]
     # a module-level name, so that a DataLoader worker started by spawn or forkserver can
     # unpickle the dataset (see __getattr__ below)
     _Folder.__module__, _Folder.__qualname__ = __name__, "_Folder"
-    _FOLDER_CLASS = _Folder
     return _Folder
 
 
