@@ -312,6 +312,22 @@ def test_reproduce_seeds(tmp_path, capsys, fake_suite, seeds, words):
     assert fake_suite == [] and not (tmp_path / "res").exists()
 
 
+@pytest.mark.parametrize("extra,words", [
+    (("--runs", "plain20-ce", "nope"), "suite fashion-mnist has no run 'nope'; its runs are: "
+     "resnet20-ce, plain20-ce"),
+    (("--runs", "plain20-kd"), "plain20-kd of seed 0 learns from resnet20-ce, which is neither "
+     "recorded nor trained for that seed yet; add resnet20-ce to --runs"),
+    (("--runs", "plain20-ce", "--report-only"), "pass one of them"),
+    (("--set", "model.name=plain20"), "suite tiny would train plain20-jointrd twice"),
+])
+def test_reproduce_runs(tmp_path, capsys, fake_suite, extra, words):
+    args = _reproduce(tmp_path, 0, extra=extra)
+    if "model.name=plain20" in extra:  # the tiny suite: its plain-20 row is its own
+        args[1] = "tiny"
+    line = fails(args, capsys)
+    assert words in line
+    assert fake_suite == [] and not list(tmp_path.rglob("*.json"))
+
 def test_reproduce_locked(tmp_path, capsys, fake_suite):
     from resdist.experiments.records import RunStore
 

@@ -237,6 +237,42 @@ def test_the_tiny_suite_trains_both_teachers_and_each_student_through_its_own(tm
     assert "plain20 jointrd - resnet8 ce" in md
 
 
+
+def test_runs_splits_a_suite_by_run(tmp_path, capsys):
+    """--runs trains only the runs it names; a later invocation (another machine: no run
+    folders) trains another run, reusing the recorded one, and the report holds all three,
+    listing the rest as missing. (Refusals: test_reproduce_runs in test_faults_issue35.py.)"""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from data_writers import write_cifar
+
+    assert suites.suite_runs("tiny") == ["resnet8-ce", "resnet20-ce", "plain8-ce",
+                                         "plain8-jointrd", "plain20-jointrd"]
+    write_cifar(tmp_path / "c10", per_batch=8, n_test=6)
+    base = ["reproduce", "tiny", "--seeds", "0", "--data-dir", str(tmp_path / "c10"),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+            "--set", "model.width_mult=0.25", "--set", "data.batch_size=8",
+            "--set", "train.epochs=1", "--set", "train.device=cpu"]
+    records = tmp_path / "res" / "runs" / "tiny" / "seed0"
+    assert main([*base, "--runs", "resnet8-ce", "plain8-jointrd"]) == 0
+    assert sorted(p.name for p in records.iterdir()) == [
+        "plain8-jointrd.json", "plain8-jointrd.pth", "resnet8-ce.json", "resnet8-ce.pth"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "seed0").iterdir()) == [
+        "plain8-jointrd", "resnet8-ce"]
+    shutil.rmtree(tmp_path / "runs")  # another machine: only the records travel
+    capsys.readouterr()
+    assert main([*base, "--runs", "plain8-ce", "plain8-jointrd"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("recorded run reused") == 1 and "== seed 0: plain8 ce ==" in out
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "seed0").iterdir()) == [
+        "plain8-ce"]
+    summary = json.loads((tmp_path / "res" / "accuracy_tiny.json").read_text())
+    assert [(r["model"], r["method"]) for r in summary["rows"]] == [
+        ("resnet8", "ce"), ("plain8", "ce"), ("plain8", "jointrd")]
+    assert summary["missing"] == ["seed 0 resnet20 ce", "seed 0 plain20 jointrd"]
+
 def test_each_jointrd_row_is_compared_with_its_own_teacher():
     summary = {"rows": [
         _row("resnet8", "ce", [0, 1], [85.0, 86.0]),

@@ -61,6 +61,11 @@ def add_parsers(sub) -> None:
     r.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs recorded under "
                    "--results, listing those not recorded yet")
+    r.add_argument("--runs", nargs="+", metavar="RUN",
+                   help="train only these runs of each seed (e.g. resnet8-ce plain8-jointrd; "
+                   "a wrong name lists the suite's runs), to split a suite over machines by run "
+                   "as --seeds splits it by seed; the other runs are reported when recorded "
+                   "(default: every run)")
     add_set_arg(r, "override a config key of every run (repeatable)")
     r.set_defaults(func=cmd_reproduce)
 
@@ -87,7 +92,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     ])
     try:
         summary = run_suite(args.suite, tuple(args.seeds), args.out, overrides, args.results,
-                            command, report_only=args.report_only)
+                            command, report_only=args.report_only, runs=args.runs)
     except KeyboardInterrupt as e:
         raise type(e)(f"the finished runs and their records in {args.results} are kept; run "
                       "the same command again to go on (an unfinished run continues from its "

@@ -160,13 +160,17 @@ def run_suite(
     results_dir: str | Path | None = None,
     command: str = "",
     report_only: bool = False,
+    runs: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Train every (method, seed) of suite ``name`` not yet recorded; return and save the summary.
 
     With ``results_dir``, each finished run is recorded there at once and recorded runs are not
     trained again (:class:`resdist.experiments.records.RunStore`). With ``report_only``,
     nothing is trained: the report is made from the records there, and the runs not yet
-    recorded are listed in it (``summary["missing"]``).
+    recorded are listed in it (``summary["missing"]``). With ``runs`` (names as
+    :func:`suite_runs` lists them), only those runs are trained; the others are reported when
+    recorded and listed as missing otherwise, so one suite can be split over machines by run as
+    well as by seed.
     """
     check_choice("suite", name, list(SUITES), "suite")
     check_seeds(seeds)
@@ -174,6 +178,17 @@ def run_suite(
         require_scipy()  # the report's intervals: fail before training, not after
     suite = SUITES[name]
     base = Config.from_dict(suite_settings(name)).override(list(overrides or [])).validate()
+    planned = suite_runs(name, base.model.name)
+    twice = sorted({r for r in planned if planned.count(r) > 1})
+    if twice:
+        raise ConfigError(f"with model.name={base.model.name}, suite {name} would train "
+                          f"{', '.join(twice)} twice (two of its rows become the same run); "
+                          "keep the suite's own student")
+    if runs is not None:
+        if report_only:
+            raise ConfigError("--runs chooses what to train and --report-only trains nothing: "
+                              "pass one of them")
+        check_runs(name, tuple(runs), base.model.name)
     store = RunStore(results_dir, name) if results_dir is not None else None
     if report_only and store is None:
         raise RecordError("a report from the records needs the results folder that holds them "
@@ -182,7 +197,8 @@ def run_suite(
         if store is not None and not report_only:
             store.check_writable()
             stack.callback(store.lock().release)
-        summary = _run_plan(suite, name, base, seeds, out, store, command, report_only)
+        summary = _run_plan(suite, name, base, seeds, out, store, command, report_only,
+                            None if runs is None else tuple(runs))
         if results_dir is not None:
             write_report(summary, Path(results_dir), suite.report)
     return summary
@@ -207,18 +223,52 @@ def check_seeds(seeds: tuple[int, ...]) -> None:
                           "each seed is one run of every row, so list it once")
 
 
-def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out: str | Path,
-              store: RunStore | None, command: str, report_only: bool = False
-              ) -> dict[str, Any]:
-    """Train or reuse every run of the suite, in order, and summarise them."""
+def suite_runs(name: str, student: str | None = None) -> list[str]:
+    """The run names of suite ``name`` in training order (teachers first), as ``--runs`` takes
+    them and as the records under ``RESULTS/runs/SUITE/seedS/`` are named (``student``: the
+    suite's default student when its preset's is overridden)."""
+    check_choice("suite", name, list(SUITES), "suite")
+    suite = SUITES[name]
+    student = student or preset_dict(suite.preset)["model"]["name"]
+    return [run_name(model, row) for model, row in _plan(suite, student)]
+
+
+def check_runs(name: str, runs: tuple[str, ...], student: str | None = None) -> None:
+    """Refuse, before any run starts, an empty ``--runs`` or a name suite ``name`` lacks.
+
+    Raises:
+        ConfigError: naming the run and listing the suite's runs.
+    """
+    known = suite_runs(name, student)
+    if not runs:
+        raise ConfigError(f"--runs needs at least one run; suite {name} has: {', '.join(known)}")
+    unknown = [r for r in runs if r not in known]
+    if unknown:
+        raise ConfigError(f"--runs: suite {name} has no run {', '.join(map(repr, unknown))}; "
+                          f"its runs are: {', '.join(known)}")
+
+
+def _plan(suite: Suite, default: str) -> list[tuple[str, Row]]:
+    """Every (model, row) of a suite in training order: the teachers (CE), then the students
+    (``default``: the student of rows that name none)."""
     from ..models import teacher_name_for
 
-    students = [(row.model or base.model.name, row) for row in suite.rows]
+    students = [(row.model or default, row) for row in suite.rows]
     teachers = list(dict.fromkeys(teacher_name_for(model) for model, _ in students))
+    return [(teacher, Row("ce")) for teacher in teachers] + students
+
+
+def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out: str | Path,
+              store: RunStore | None, command: str, report_only: bool = False,
+              selected: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Train (the ``selected`` runs, or all) or reuse every run of the suite, in order, and
+    summarise them."""
+    from ..models import teacher_name_for
+
     here = fingerprint(base.train.device)
     runs: list[dict[str, Any]] = []
     missing: list[str] = []
-    plan = [(teacher, Row("ce")) for teacher in teachers] + students
+    plan = _plan(suite, base.model.name)
 
     def config(model: str, row: Row, seed: int) -> Config:
         cfg = run_config(base, model, row, teacher_name_for(model),
@@ -230,13 +280,15 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
         for seed in sorted(set(seeds) | store.recorded_seeds()):
             for model, row in plan:
                 store.load(seed, run_name(model, row), config(model, row, seed).to_dict())
+    if selected is not None and not report_only:
+        _check_teachers(plan, selected, seeds, store, config)
     for seed in seeds:
         for model, row in plan:
             cfg = config(model, row, seed)
             teacher_run = run_name(teacher_name_for(model), Row("ce"))
             what = " ".join(filter(None, (f"seed {seed}:", model, row.method, row.variant)))
             label = f"{model} ({row.label})" if row.label else model
-            if report_only:
+            if report_only or (selected is not None and run_name(model, row) not in selected):
                 record = store.load(seed, run_name(model, row), cfg.to_dict())
                 if record is None:
                     missing.append(f"seed {seed} {label} {row.method}")
@@ -255,6 +307,33 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
     summary["missing"] = missing
     summary["machine"] = here
     return summary
+
+
+def _check_teachers(plan: list[tuple[str, Row]], selected: tuple[str, ...],
+                    seeds: tuple[int, ...], store: RunStore | None, config) -> None:
+    """Refuse, before training, a selected student whose teacher will not be there: neither
+    selected, nor recorded in ``store``, nor finished in its run folder.
+
+    Raises:
+        RecordError: naming the student, the seed and the teacher to add to ``--runs``.
+    """
+    from ..models import teacher_name_for
+
+    for seed in seeds:
+        for model, row in plan:
+            if row.method == "ce" or run_name(model, row) not in selected:
+                continue
+            teacher = teacher_name_for(model)
+            teacher_run = run_name(teacher, Row("ce"))
+            if teacher_run in selected:
+                continue
+            if store is not None and store.weights_path(seed, teacher_run).exists():
+                continue
+            if Path(config(model, row, seed).teacher.checkpoint).exists():
+                continue
+            raise RecordError(f"--runs: {run_name(model, row)} of seed {seed} learns from "
+                              f"{teacher_run}, which is neither recorded nor trained for that "
+                              f"seed yet; add {teacher_run} to --runs")
 
 
 def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_run: str,
