@@ -30,6 +30,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``'s ``flags``: ``avx2``, ``avx512_vnni``, ...);
+    empty where they are not known (not Linux, or no x86 flags line)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU known to lack the VNNI INT8 dot-product instructions (``avx512_vnni``,
+    ``avx_vnni``), where ONNX Runtime's u8s8 INT8 kernels can saturate; False where it has them
+    or the flags are not known."""
+    flags = cpu_flags()
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def available_memory() -> int | None:
     """Bytes of memory this machine can still give (``MemAvailable`` of ``/proc/meminfo``, else
     free physical pages); ``None`` where neither is known."""

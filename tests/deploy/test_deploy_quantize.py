@@ -247,6 +247,58 @@ def test_export_quantize_command(trained, fmnist, tmp_path, capsys):
     assert out.is_file() and report["feature_adds"] == 9 and report["calibration_images"] == 32
 
 
+
+def _weight_codes(path: Path) -> np.ndarray:
+    """Every INT8 weight code of an ONNX QDQ model (the int8 initialisers)."""
+    from onnx import numpy_helper
+
+    codes = [numpy_helper.to_array(t).ravel() for t in onnx.load(path).graph.initializer
+             if t.data_type == onnx.TensorProto.INT8]
+    return np.concatenate(codes)
+
+
+def test_reduce_range_writes_7_bit_weights_and_the_note_suggests_it_where_int8_saturates(
+        trained, fmnist, tmp_path, capsys, monkeypatch):
+    """--reduce-range reaches ONNX Runtime's quantiser (weights in 7 bits); on an x86 CPU
+    without VNNI a low INT8/fp32 agreement brings a one-line note that suggests it."""
+    from resdist import machine
+    from resdist.deploy.quantize import checkpoint as qc
+
+    args = ["export", "--checkpoint", str(trained["resnet20"]), "--format", "onnx",
+            "--quantize", "int8", "--calibration-data", "fashion-mnist", "--data-dir",
+            str(fmnist), "--calibration-images", "32"]
+    monkeypatch.setattr(machine, "x86_without_vnni", lambda: True)
+    monkeypatch.setattr(qc, "LOW_AGREEMENT", 1.01)  # every agreement counts as low here
+    assert main([*args, "--out", str(tmp_path / "q8.onnx")]) == 0
+    cap = capsys.readouterr()
+    report = json.loads(cap.out)
+    assert report["settings"]["reduce_range"] is False and len(report["notes"]) == 1
+    note = [ln for ln in cap.err.splitlines() if "note:" in ln]
+    assert len(note) == 1 and "this CPU has no VNNI" in note[0] and "--reduce-range" in note[0]
+    assert np.abs(_weight_codes(tmp_path / "q8.onnx")).max() > 64
+
+    assert main([*args, "--out", str(tmp_path / "q7.onnx"), "--reduce-range"]) == 0
+    cap = capsys.readouterr()
+    report = json.loads(cap.out)
+    assert report["settings"]["reduce_range"] is True and report["notes"] == []
+    assert "note:" not in cap.err
+    assert np.abs(_weight_codes(tmp_path / "q7.onnx")).max() <= 64
+    monkeypatch.setattr(machine, "x86_without_vnni", lambda: False)  # a VNNI CPU: no note
+    assert qc.saturation_note(0.5, reduce_range=False) is None
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"sse2", "avx2", "fma"}, True),  # AVX2 only: u8s8 through 16-bit sums
+    ({"avx2", "avx512f", "avx512_vnni"}, False),
+    ({"avx2", "avx_vnni"}, False),
+    (set(), False),  # flags not known (not Linux, not x86): no advice
+])
+def test_x86_without_vnni_reads_the_cpu_flags(flags, expected, monkeypatch):
+    from resdist import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
+    assert machine.x86_without_vnni() is expected
+
 def _one_line_error(argv: list[str], capsys) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -266,6 +318,11 @@ def test_user_errors_are_one_line(trained, fmnist, tmp_path, capsys):
     assert "TorchScript export stays fp32" in err
     err = _one_line_error(base + ["--calibration-data", "fashion-mnist"], capsys)
     assert "only used with --quantize" in err
+    err = _one_line_error(base + ["--reduce-range"], capsys)
+    assert "--reduce-range is only used with --quantize" in err
+    err = _one_line_error(base + ["--format", "openvino", "--out", str(tmp_path / "x.xml"),
+                                  "--quantize", "int8", "--reduce-range"], capsys)
+    assert "--reduce-range is ONNX Runtime's option" in err
     assert not (tmp_path / "x.onnx").exists()
     err = _one_line_error(["profile", "plain20", "--int8", "--no-latency"], capsys)
     assert "drop --no-latency" in err

@@ -76,6 +76,10 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="folder of the calibration data set (default: its standard location)")
     q.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
                    help="training images to calibrate on (default: 512)")
+    q.add_argument("--reduce-range", action="store_true",
+                   help="ONNX only: 7-bit weights, for x86 CPUs without VNNI, where ONNX "
+                   "Runtime's INT8 kernels can saturate (the report's notes suggest it when "
+                   "the INT8 model agrees poorly with fp32 on such a CPU)")
     p.set_defaults(func=run_export)
     return p
 
@@ -83,6 +87,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _check_quantize_args(args: argparse.Namespace) -> None:
     quant_only = {"--calibration-data": args.calibration_data, "--data-dir": args.data_dir,
                   "--calibration-images": args.calibration_images}
+    if args.reduce_range:
+        quant_only["--reduce-range"] = True
     if args.quantize is None:
         given = [flag for flag, value in quant_only.items() if value is not None]
         if given:
@@ -91,6 +97,9 @@ def _check_quantize_args(args: argparse.Namespace) -> None:
     if args.fmt == "torchscript":
         raise DeployError("--quantize int8 writes ONNX, OpenVINO, ExecuTorch or LiteRT; "
                           "TorchScript export stays fp32")
+    if args.reduce_range and args.fmt != "onnx":
+        raise DeployError(f"--reduce-range is ONNX Runtime's option (--format onnx); the "
+                          f"{args.fmt} quantiser keeps its own weight range")
     if args.preprocess or args.input_dtype != "float32":
         raise DeployError("--quantize int8 takes normalised float inputs; drop --preprocess / "
                           "--input-dtype (bake the normalisation into an fp32 export instead)")
@@ -131,9 +140,11 @@ def _run_export(args: argparse.Namespace) -> int:
         written = quantize_checkpoint(
             ckpt, args.out, args.calibration_data, data_dir=args.data_dir,
             calibration_images=args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
-            input_shape=args.input_shape, opset=args.opset,
+            input_shape=args.input_shape, opset=args.opset, reduce_range=args.reduce_range,
         )
         print(json.dumps(written.to_dict(), indent=2))
+        for note in written.notes:
+            print(f"resdist export: note: {note}", file=sys.stderr)
         return 0
     report = export(
         ckpt, args.fmt, args.out, input_shape=args.input_shape, opset=args.opset,

@@ -17,8 +17,9 @@ provider (1.32) turns a QDQ ``Add`` into ``QLinearAdd`` only for uint8, so with 
 activations every shortcut ``Add`` of a ResNet, and the convolution feeding it, stays in fp32
 (ResNet-18: 11 of 20 convolutions), which would make the INT8 ResNet look slow for a reason
 that has nothing to do with shortcuts. With uint8 every convolution becomes ``QLinearConv``.
-On x86 CPUs without VNNI, U8S8 can saturate (ONNX Runtime documents ``reduce_range`` for that);
-the CPUs measured here have AVX512-VNNI.
+On x86 CPUs without VNNI, U8S8 can saturate: a ResNet-8 lost 5 points on an AVX2-only CPU and
+none with ``reduce_range=True`` (7-bit weights), which :func:`quantize_checkpoint` takes and its
+report's ``notes`` suggest when the INT8 model agrees poorly with fp32 on such a CPU.
 """
 
 from .calibration import (

@@ -112,7 +112,7 @@ def _check_request(fp32_path: Path, calibrate_method: str) -> None:
 
 def _run_quantiser(
     fp32_path: Path, int8_path: Path, reader: Any, fed: Callable[[], int | None],
-    per_channel: bool, calibrate_method: str,
+    per_channel: bool, calibrate_method: str, reduce_range: bool = False,
 ) -> None:
     """``quant_pre_process`` then ``quantize_static`` into ``int8_path``; the tool's own
     failures become one :class:`DeployError` line."""
@@ -128,6 +128,7 @@ def _run_quantiser(
                 os.fspath(pre), os.fspath(int8_path), reader,
                 quant_format=ort_quant.QuantFormat.QDQ,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 activation_type=ort_quant.QuantType.QUInt8,
                 weight_type=ort_quant.QuantType.QInt8,
                 calibrate_method=method,
@@ -160,6 +161,7 @@ def quantize_onnx(
     calibrate_method: str = "minmax",
     metadata: Mapping[str, str] | None = None,
     calibration_source: str = "",
+    reduce_range: bool = False,
 ) -> QuantizeReport:
     """Statically quantise an fp32 ONNX model to INT8 (QDQ) with ONNX Runtime's tool.
 
@@ -172,6 +174,8 @@ def quantize_onnx(
         calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         metadata: extra ``metadata_props`` to store in the INT8 model.
         calibration_source: a description of the calibration data, kept in the report.
+        reduce_range: 7-bit weights (ONNX Runtime's ``reduce_range``), for x86 CPUs without
+            VNNI, whose u8s8 kernels can otherwise saturate their 16-bit sums.
 
     Returns:
         A :class:`QuantizeReport` (shortcut-Add count, Q/DQ counts, file sizes).
@@ -183,7 +187,8 @@ def quantize_onnx(
     reader, fed = calibration_reader(calibration, _input_name(fp32_path))
     with tempfile.TemporaryDirectory(prefix="resdist-quant-") as tmp:
         int8 = Path(tmp) / "int8.onnx"
-        _run_quantiser(fp32_path, int8, reader, fed, per_channel, calibrate_method)
+        _run_quantiser(fp32_path, int8, reader, fed, per_channel, calibrate_method,
+                       reduce_range)
         _save_with_metadata(int8, out_path, metadata or {})  # atomic: never half-written
     return QuantizeReport(
         path=str(out_path),
@@ -198,6 +203,7 @@ def quantize_onnx(
             "tool": "onnxruntime.quantization (quant_pre_process + quantize_static)",
             "format": "QDQ", "weights": "QInt8", "activations": "QUInt8",
             "per_channel": per_channel, "calibrate_method": calibrate_method,
+            "reduce_range": reduce_range,
         },
         **count_qdq(out_path),
     )
