@@ -80,7 +80,8 @@ def shrink(argv: list[str]) -> list[str]:
     if command == "export":
         return args + ["--opset", "17"]  # the TorchScript-based exporter: quicker
     if command == "profile":
-        return args + ["--runs", "2", "--batch-sizes", "1", "--threads", "1", "--in-chans", "1"]
+        return args + ["--runs", "2", "--batch-sizes", "1", "--threads", "1", "--in-chans", "1",
+                       "--opset", "17"]  # the TorchScript-based exporter: quicker
     if command == "reproduce":  # TINY_SUITE's student is plain20, so --runs names change too
         return [a.replace("32-", "20-") for a in args] + TINY_SUITE
     if command in ("predict", "models", "presets"):

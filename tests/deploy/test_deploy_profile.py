@@ -178,6 +178,19 @@ def test_profile_models_side_by_side_and_report(tmp_path):
     assert format_table(saved) == table
 
 
+
+def test_profile_writes_its_graphs_at_the_opset_asked_for(tmp_path):
+    import onnx
+
+    result = profile_models(["resnet8", "plain8"], input_shape=(1, 8, 8), latency=False,
+                            memory_check=False, model_kwargs={"in_chans": 1, "width_mult": 0.25},
+                            onnx_dir=tmp_path, opset=17)
+    assert result.meta["opset"] == 17
+    for m in result.models:
+        (domain,) = [o for o in onnx.load(tmp_path / m.onnx_file).opset_import if not o.domain]
+        assert domain.version == 17
+    assert [m.feature_adds for m in result.models] == [3, 0]
+
 def test_merged_profiles_keep_every_model_and_pair(tmp_path):
     kwargs = {"in_chans": 1, "width_mult": 0.25}
     one = profile_models(["resnet20", "plain20"], input_shape=(1, 8, 8), latency=False,

@@ -198,6 +198,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``resdist profile MODEL [MODEL ...]``: memory, bytes moved and ORT latency side by side."""
+    from ..deploy.formats.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
     p = subparsers.add_parser(
         "profile",
         help="compare ResNets and plain networks: peak memory, bytes moved, ORT latency",
@@ -245,6 +247,9 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "executorch, litert, or all), fp32 and with --int8 INT8 through each "
                    "runtime's own quantiser, with the memory each runtime plans; each needs its "
                    "extra: pip install 'resdist[openvino,executorch,litert]'")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset of the profiled graphs, {MIN_OPSET}..{MAX_OPSET}, as for "
+                   "export: the one your runtime takes (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write profile.json, profile.png and profile.md there")
     p.set_defaults(func=run_profile)
@@ -278,7 +283,7 @@ def run_profile(args: argparse.Namespace) -> int:
         threads=[t or None for t in args.threads], runs=args.runs, max_seconds=args.max_seconds,
         latency=not args.no_latency, int8=args.int8, runtimes=args.runtime,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        calibration_data=args.calibration_data, data_dir=args.data_dir,
+        calibration_data=args.calibration_data, data_dir=args.data_dir, opset=args.opset,
     )
     result.meta["command"] = "resdist " + shlex.join(sys.argv[1:]) if sys.argv else None
     print(format_table(result))

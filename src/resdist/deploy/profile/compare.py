@@ -34,7 +34,7 @@ from ...models.pretrained import load_torchvision_weights
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
 from ..export import load_model_source
-from ..formats.onnx import count_feature_adds, export_onnx
+from ..formats.onnx import DEFAULT_OPSET, count_feature_adds, export_onnx
 from .int8 import add_int8_latency
 from .latency import latency_ratios, ratio
 from .liveness import analyze_onnx
@@ -171,7 +171,8 @@ def _profile_one(
         weights = {"module": "as given", "weights": f"state dict {src.checkpoint}"}.get(
             src.source, "trained (checkpoint)")
     deployed = to_deploy(model)
-    path = export_onnx(deployed, onnx_dir / f"{index:02d}.onnx", shape, deploy=False)
+    path = export_onnx(deployed, onnx_dir / f"{index:02d}.onnx", shape, opset=s.opset,
+                       deploy=False)
     proto = load_onnx(path)
     mem = [analyze_onnx(proto, b) for b in sorted({1, *s.batch_sizes})]
     one = mem[0]
@@ -212,7 +213,7 @@ def _meta(s: ProfileSettings) -> dict[str, Any]:
         "threads": [available_cores() if t is None or t <= 0 else int(t) for t in s.threads],
         "runs": dict(s.runs) if isinstance(s.runs, Mapping) else s.runs,
         "warmup": s.warmup, "min_runs": s.min_runs, "max_seconds": s.max_seconds,
-        "model_kwargs": s.model_kwargs,
+        "model_kwargs": s.model_kwargs, "opset": s.opset,
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "denormals": "flushed (torch.set_flush_denormal, ORT session.set_denormal_as_zero)",
         "ort_session": "CPUExecutionProvider, ORT_SEQUENTIAL, ORT_ENABLE_ALL, "
@@ -276,6 +277,7 @@ def profile_models(
     runtimes: Sequence[str] = (),
     calibration_data: Any = None,
     data_dir: str | None = None,
+    opset: int = DEFAULT_OPSET,
 ) -> ProfileResult:
     """Profile several models side by side: memory, bytes moved, MACs, ORT latency, ratios.
 
@@ -292,6 +294,8 @@ def profile_models(
             interleaved run (:func:`~resdist.deploy.profile.add_int8_latency`); needs
             ``latency``.
         onnx_dir: keep the exported graphs there (default: a temporary folder).
+        opset: the ONNX opset of those graphs (18 and above: the torch.export-based exporter;
+            lower: the TorchScript-based one, quicker on deep networks).
         log: called with progress lines.
         runtimes: also time every model on these runtimes
             (:data:`~resdist.deploy.profile.runtimes.RUNTIMES`, or ``all``), fp32 and, with
@@ -326,7 +330,7 @@ def profile_models(
         warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
         model_kwargs=dict(model_kwargs or {}), calibrate=calibrate,
         calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
-        memory_check=memory_check, latency=latency and not int8, seed=seed,
+        memory_check=memory_check, latency=latency and not int8, seed=seed, opset=opset,
     )
     with flush_denormal(True), contextlib.ExitStack() as stack:
         if onnx_dir is None:
@@ -365,7 +369,7 @@ def _runtimes(result: ProfileResult, deployed: Mapping[str, nn.Module], runtimes
     return profile_runtimes(models, runtimes, folder / "runtimes", int8=int8,
                             calibration=calibration, threads=s.threads,
                             batch_sizes=s.batch_sizes, runs=runs, warmup=s.warmup, seed=s.seed,
-                            log=log)
+                            log=log, opset=s.opset)
 
 
 def merge_profiles(results: Sequence[ProfileResult | Mapping[str, Any]]) -> ProfileResult:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..formats.onnx import DEFAULT_OPSET
 from ..quantize import QuantizeReport
 from .latency import LatencyRatio, LatencyRecord, Setting, measure_latency
 
@@ -35,6 +36,7 @@ class ProfileSettings:
     memory_check: bool = True
     latency: bool = True
     seed: int = 0
+    opset: int = DEFAULT_OPSET
 
     def time(self, onnx_paths: Mapping[str, Any], input_shapes: Mapping[str, Sequence[int]],
              log: Callable[[str], None] | None = None) -> list[LatencyRecord]:

@@ -27,6 +27,7 @@ from ...machine import available_cores
 from ..errors import DeployError
 from ..formats import ExportJob, get_format
 from ..formats.common import Runner
+from ..formats.onnx import DEFAULT_OPSET
 from .latency import ratio
 
 __all__ = ["RUNTIMES", "RuntimeLatency", "RuntimeMemory", "RuntimeProfile", "check_runtimes",
@@ -103,24 +104,24 @@ def check_runtimes(runtimes: Sequence[str]) -> list[str]:
 
 def _export(runtime: str, model: nn.Module, shape: tuple[int, int, int], precision: str,
             batch: int, out: Path, calibration: Callable[[], Any] | None,
-            delegate: bool = True) -> tuple[Path, dict[str, Any]]:
+            delegate: bool = True, opset: int = DEFAULT_OPSET) -> tuple[Path, dict[str, Any]]:
     fmt = get_format(RUNTIMES[runtime])
     suffix = fmt.suffixes[0]
     path = out / f"{out.name}-{runtime}-{precision}-b{batch}{'' if delegate else '-portable'}"
     job = ExportJob(model, model, path.with_suffix(suffix), shape, None, verify=False,
-                    int8=precision == "int8", calibration=calibration, batch=batch,
+                    opset=opset, int8=precision == "int8", calibration=calibration, batch=batch,
                     delegate=delegate)
     written = fmt.write(job)
     return written.path, written.extra
 
 
 def _onnx_int8(model: nn.Module, shape: tuple[int, int, int], out: Path,
-               calibration: Callable[[], Any]) -> Path:
+               calibration: Callable[[], Any], opset: int = DEFAULT_OPSET) -> Path:
     from ..formats.onnx import export_onnx
     from ..quantize.static import quantize_onnx
 
     fp32 = export_onnx(model, out.with_name(out.name + "-fp32-for-int8.onnx"), shape,
-                       deploy=False)
+                       opset=opset, deploy=False)
     quantize_onnx(fp32, out.with_name(out.name + "-onnxruntime-int8.onnx"),
                   list(calibration()), calibration_source="profile calibration images")
     return out.with_name(out.name + "-onnxruntime-int8.onnx")
@@ -190,6 +191,7 @@ def profile_runtimes(
     warmup: int = 3,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    opset: int = DEFAULT_OPSET,
 ) -> RuntimeProfile:
     """Time the folded ``models`` (name -> (module, ``(C, H, W)``)) on every runtime.
 
@@ -201,6 +203,7 @@ def profile_runtimes(
         int8: also export each model in INT8 through the runtime's own quantiser, calibrated
             with ``calibration[name]()`` (prepared ``(N, C, H, W)`` batches).
         threads: thread counts (None: every core); batch_sizes, runs, warmup: the timing.
+        opset: the ONNX opset of the files made through ONNX (ONNX Runtime, OpenVINO).
 
     Returns:
         A :class:`RuntimeProfile`: one :class:`RuntimeLatency` per runtime, model, precision,
@@ -226,10 +229,10 @@ def profile_runtimes(
                     base = folder / name.replace("/", "_").replace(" ", "_")
                     t0 = time.perf_counter()
                     if runtime == "onnxruntime" and precision == "int8":
-                        files[b][name], extra = _onnx_int8(model, shape, base, cal), {}
+                        files[b][name], extra = _onnx_int8(model, shape, base, cal, opset), {}
                     else:
                         files[b][name], extra = _export(runtime, model, shape, precision, b,
-                                                        base, cal)
+                                                        base, cal, opset=opset)
                     if b == batch_sizes[0]:
                         memory += _memory(runtime, name, precision, model, shape, base, cal,
                                           extra, files[b][name])
