@@ -364,7 +364,8 @@ def test_profile_int8_times_both_precisions_and_pairs_them(tmp_path):
                                                width_mult=0.25), 1, (1, 16, 16), 8))
               for name in ("resnet20", "plain20")]
     result = profile_models(models, input_shape=(1, 16, 16), batch_sizes=(1, 2), threads=(1,),
-                            runs=2, latency=False, memory_check=False, onnx_dir=tmp_path)
+                            runs=2, latency=False, memory_check=False, onnx_dir=tmp_path,
+                            opset=17)  # the TorchScript-based exporter: quicker
     add_int8_latency(result, tmp_path, calibration_images=8)
     res, plain = result.models
     assert (res.int8.quantization.feature_adds, plain.int8.quantization.feature_adds) == (9, 0)
