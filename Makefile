@@ -35,11 +35,10 @@ RUNTIME_TESTS := tests/deploy/test_runtimes.py
 RUNTIME_PYTEST := RESDIST_REQUIRE_RUNTIMES=openvino,executorch,litert,tflm $(PY) -m pytest -q -n 2 \
 	--durations=5 $(RUNTIME_TESTS)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 --ignore=$(RUNTIME_TESTS)
-	$(RUNTIME_PYTEST) -k "openvino"
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 --ignore=$(RUNTIME_TESTS)
+	$(RUNTIME_PYTEST) -k "openvino or onnxruntime"
 	$(RUNTIME_PYTEST) -k "executorch"
 	$(RUNTIME_PYTEST) -k "tflite or litert"
-	$(RUNTIME_PYTEST) -k "not (openvino or executorch or tflite or litert)"
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m cuda --durations=15

@@ -41,6 +41,10 @@ from resdist.engine.trainer import train  # noqa: E402
 
 N_TRAIN, N_TEST = 128, 48
 
+# one xdist worker runs this module (`make test` uses --dist loadgroup), so its trained and
+# quantised models, module-scoped fixtures, are built once rather than once per worker
+pytestmark = pytest.mark.xdist_group("deploy_quantize")
+
 
 def _images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """28x28 images whose class is a bright horizontal band (rows 2c..2c+4) over noise."""

@@ -12,6 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# one xdist worker runs this module (`make test` uses --dist loadgroup): one pip install
+pytestmark = pytest.mark.xdist_group("install")
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
