@@ -92,6 +92,23 @@ def test_each_run_is_recorded_as_it_finishes_and_another_machine_finishes_the_su
     assert [m["runs"] for m in summary["machines"]] == [1, len(suites.LONG_ROWS)]
 
 
+
+def test_a_student_learns_from_the_recorded_teacher_not_an_unfinished_run_folder(
+        tmp_path, capsys, tiny_suite):
+    """The teacher is recorded (by another machine, say) while this machine's folder of the
+    same teacher run holds an unfinished run: the student learns from the recorded weights."""
+    import yaml
+
+    base = _args(tmp_path, 0, suite="fashion-mnist-long")
+    assert main([*base, "--runs", "resnet20-ce"]) == 0
+    folder = tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "resnet20-ce"
+    (folder / "metrics.jsonl").write_text("")  # as if killed before its first epoch ended
+    assert main([*base, "--runs", "plain20-kd"]) == 0
+    made = yaml.safe_load((tmp_path / "runs" / "fashion-mnist-long" / "seed0" / "plain20-kd"
+                           / "config.yaml").read_text())
+    kept = tmp_path / "res" / "runs" / "fashion-mnist-long" / "seed0" / "resnet20-ce.pth"
+    assert made["teacher"]["checkpoint"] == str(kept)
+
 def _row(model, method, seeds, values):
     return {"model": model, "method": method, "seeds": seeds, "final_top1": values}
 

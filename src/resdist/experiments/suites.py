@@ -289,7 +289,8 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
             what = " ".join(filter(None, (f"seed {seed}:", model, row.method, row.variant)))
             label = f"{model} ({row.label})" if row.label else model
             if report_only or (selected is not None and run_name(model, row) not in selected):
-                record = store.load(seed, run_name(model, row), cfg.to_dict())
+                record = (store.load(seed, run_name(model, row), cfg.to_dict())
+                          if store is not None else None)
                 if record is None:
                     missing.append(f"seed {seed} {label} {row.method}")
                     continue
@@ -312,7 +313,8 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
 def _check_teachers(plan: list[tuple[str, Row]], selected: tuple[str, ...],
                     seeds: tuple[int, ...], store: RunStore | None, config) -> None:
     """Refuse, before training, a selected student whose teacher will not be there: neither
-    selected, nor recorded in ``store``, nor finished in its run folder.
+    selected, nor recorded in ``store``, nor finished in its run folder (an unfinished
+    teacher would teach half-trained).
 
     Raises:
         RecordError: naming the student, the seed and the teacher to add to ``--runs``.
@@ -329,7 +331,8 @@ def _check_teachers(plan: list[tuple[str, Row]], selected: tuple[str, ...],
                 continue
             if store is not None and store.weights_path(seed, teacher_run).exists():
                 continue
-            if Path(config(model, row, seed).teacher.checkpoint).exists():
+            cfg = config(model, row, seed)
+            if finished_history(Path(cfg.teacher.checkpoint).parent, cfg.train.epochs):
                 continue
             raise RecordError(f"--runs: {run_name(model, row)} of seed {seed} learns from "
                               f"{teacher_run}, which is neither recorded nor trained for that "
@@ -348,13 +351,16 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
         print(f"== {what}: recorded run reused (measured on {fingerprint_name(record['machine'])}) ==",
               flush=True)
         return record
-    if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).exists() and store:
-        # the teacher was trained by an earlier invocation, maybe elsewhere: use its kept weights
+    teacher_dir = Path(cfg.teacher.checkpoint).parent if cfg.teacher.checkpoint else None
+    if teacher_dir and store and finished_history(teacher_dir, cfg.train.epochs) is None:
+        # the teacher was trained by an earlier invocation, maybe elsewhere, and its folder here
+        # is missing or holds an unfinished run: use its kept weights, the recorded teacher
         kept = store.weights_path(seed, teacher_run)
         if not kept.exists():
-            raise RecordError(f"the teacher of seed {seed} is recorded but neither its run "
-                              f"({cfg.teacher.checkpoint}) nor its weights ({kept}) exist; "
-                              f"delete {store.record_path(seed, teacher_run)} to train it again")
+            raise RecordError(f"the teacher of seed {seed} has neither a finished run "
+                              f"({teacher_dir}) nor recorded weights ({kept}); train it "
+                              f"first (add {teacher_run} to --runs), or delete "
+                              f"{store.record_path(seed, teacher_run)} to train it again")
         cfg.teacher.checkpoint = str(kept)
     history = finished_history(Path(cfg.train.out), cfg.train.epochs, config)
     if history is None:
