@@ -86,9 +86,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _check_quantize_args(args: argparse.Namespace) -> None:
     quant_only = {"--calibration-data": args.calibration_data, "--data-dir": args.data_dir,
-                  "--calibration-images": args.calibration_images}
-    if args.reduce_range:
-        quant_only["--reduce-range"] = True
+                  "--calibration-images": args.calibration_images,
+                  "--reduce-range": args.reduce_range or None}
     if args.quantize is None:
         given = [flag for flag, value in quant_only.items() if value is not None]
         if given:

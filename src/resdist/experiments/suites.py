@@ -188,7 +188,7 @@ def run_suite(
         if report_only:
             raise ConfigError("--runs chooses what to train and --report-only trains nothing: "
                               "pass one of them")
-        check_runs(name, tuple(runs), base.model.name)
+        check_runs(name, tuple(runs), planned)
     store = RunStore(results_dir, name) if results_dir is not None else None
     if report_only and store is None:
         raise RecordError("a report from the records needs the results folder that holds them "
@@ -233,13 +233,13 @@ def suite_runs(name: str, student: str | None = None) -> list[str]:
     return [run_name(model, row) for model, row in _plan(suite, student)]
 
 
-def check_runs(name: str, runs: tuple[str, ...], student: str | None = None) -> None:
-    """Refuse, before any run starts, an empty ``--runs`` or a name suite ``name`` lacks.
+def check_runs(name: str, runs: tuple[str, ...], known: list[str]) -> None:
+    """Refuse, before any run starts, an empty ``--runs`` or a name suite ``name`` lacks
+    (``known``: its runs, :func:`suite_runs`).
 
     Raises:
         ConfigError: naming the run and listing the suite's runs.
     """
-    known = suite_runs(name, student)
     if not runs:
         raise ConfigError(f"--runs needs at least one run; suite {name} has: {', '.join(known)}")
     unknown = [r for r in runs if r not in known]
@@ -280,7 +280,7 @@ def _run_plan(suite: Suite, name: str, base: Config, seeds: tuple[int, ...], out
         for seed in sorted(set(seeds) | store.recorded_seeds()):
             for model, row in plan:
                 store.load(seed, run_name(model, row), config(model, row, seed).to_dict())
-    if selected is not None and not report_only:
+    if selected is not None:  # (never with report_only: run_suite refuses the pair)
         _check_teachers(plan, selected, seeds, store, config)
     for seed in seeds:
         for model, row in plan:
@@ -327,16 +327,24 @@ def _check_teachers(plan: list[tuple[str, Row]], selected: tuple[str, ...],
                 continue
             teacher = teacher_name_for(model)
             teacher_run = run_name(teacher, Row("ce"))
-            if teacher_run in selected:
-                continue
-            if store is not None and store.weights_path(seed, teacher_run).exists():
-                continue
-            cfg = config(model, row, seed)
-            if finished_history(Path(cfg.teacher.checkpoint).parent, cfg.train.epochs):
+            if teacher_run in selected or _teacher_weights(config(model, row, seed), store, seed,
+                                                           teacher_run) is not None:
                 continue
             raise RecordError(f"--runs: {run_name(model, row)} of seed {seed} learns from "
                               f"{teacher_run}, which is neither recorded nor trained for that "
                               f"seed yet; add {teacher_run} to --runs")
+
+
+def _teacher_weights(cfg: Config, store: RunStore | None, seed: int, teacher_run: str
+                     ) -> Path | None:
+    """The weights a student of ``cfg`` learns from: its teacher's finished run folder, else the
+    teacher's weights kept in ``store`` (recorded by an earlier invocation, maybe elsewhere);
+    None when there are neither (an unfinished teacher folder would teach half-trained)."""
+    local = Path(cfg.teacher.checkpoint)
+    if finished_history(local.parent, cfg.train.epochs) is not None:
+        return local
+    kept = store.weights_path(seed, teacher_run) if store is not None else None
+    return kept if kept is not None and kept.exists() else None
 
 
 def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_run: str,
@@ -351,17 +359,15 @@ def _run_one(cfg: Config, store: RunStore | None, seed: int, run: str, teacher_r
         print(f"== {what}: recorded run reused (measured on {fingerprint_name(record['machine'])}) ==",
               flush=True)
         return record
-    teacher_dir = Path(cfg.teacher.checkpoint).parent if cfg.teacher.checkpoint else None
-    if teacher_dir and store and finished_history(teacher_dir, cfg.train.epochs) is None:
-        # the teacher was trained by an earlier invocation, maybe elsewhere, and its folder here
-        # is missing or holds an unfinished run: use its kept weights, the recorded teacher
-        kept = store.weights_path(seed, teacher_run)
-        if not kept.exists():
+    if cfg.teacher.checkpoint and store:
+        found = _teacher_weights(cfg, store, seed, teacher_run)
+        if found is None:
             raise RecordError(f"the teacher of seed {seed} has neither a finished run "
-                              f"({teacher_dir}) nor recorded weights ({kept}); train it "
-                              f"first (add {teacher_run} to --runs), or delete "
+                              f"({Path(cfg.teacher.checkpoint).parent}) nor recorded weights "
+                              f"({store.weights_path(seed, teacher_run)}); train it first (add "
+                              f"{teacher_run} to --runs), or delete "
                               f"{store.record_path(seed, teacher_run)} to train it again")
-        cfg.teacher.checkpoint = str(kept)
+        cfg.teacher.checkpoint = str(found)
     history = finished_history(Path(cfg.train.out), cfg.train.epochs, config)
     if history is None:
         print(f"== {what} ==", flush=True)
