@@ -20,6 +20,19 @@ def test_help_lists_commands():
         assert cmd in out
 
 
+def test_the_command_line_starts_without_importing_torch():
+    # torch takes seconds to import: `resdist --help`, `docs` and `presets` must not wait for it
+    code = ("import contextlib, io, sys\n"
+            "from resdist.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['docs']) == 0 and main(['presets']) == 0\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'onnx', 'onnxruntime') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize("args,match", [
     (["train", "--data", "synthetic", "--model", "plain99", "--epochs", "1"], "unknown model"),
     (["train", "--set", "optim.nope=1"], "optim.nope"),

@@ -639,7 +639,7 @@ def test_export_target_ten_thousand_classes(tmp_path, capsys, trained, fmt):
     import dataclasses
 
     pytest.importorskip("onnx")
-    from resdist.deploy.export import read_contract
+    from resdist.deploy.exporter import read_contract
     from resdist.engine import Checkpoint
     from resdist.models import create_model
 

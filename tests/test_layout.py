@@ -5,12 +5,15 @@ the floor every package may use."""
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 import resdist
 
 PACKAGE = Path(resdist.__file__).parent
-FLOORS = {"errors": 0, "config": 0, "presets": 0, "safe_load": 0, "weights": 0, "atomic": 0, "machine": 0, "tables": 0, "guides": 0, "data": 1, "models": 2, "distill": 3, "engine": 4,
+FLOORS = {"errors": 0, "config": 0, "presets": 0, "safe_load": 0, "weights": 0, "atomic": 0, "machine": 0, "tables": 0, "guides": 0, "lazy": 0, "data": 1, "models": 2, "distill": 3, "engine": 4,
           "deploy": 5, "experiments": 6, "cli": 6, "__main__": 6, "__init__": 6}
 
 
@@ -73,3 +76,25 @@ def test_relative_imports_resolve_to_real_modules():
         for target in _imports(path):
             rel = Path(*target.split(".")[1:])
             assert (PACKAGE / rel).with_suffix(".py").exists() or (PACKAGE / rel).is_dir(), target
+
+
+@pytest.mark.parametrize("package", ["resdist.data", "resdist.engine", "resdist.deploy",
+                                     "resdist.deploy.formats"])
+def test_lazy_packages_give_every_public_name(package):
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if getattr(module, name, None) is None]
+    assert missing == []
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018
+
+
+def test_a_package_function_is_not_shadowed_by_a_submodule_of_its_name():
+    # the deploy submodules are exporter/predictor, so importing them (as the command line
+    # does) never turns resdist.deploy.export or .predict into a module
+    import resdist.deploy
+    import resdist.deploy.exporter
+    import resdist.deploy.predictor
+
+    assert resdist.deploy.export is resdist.deploy.exporter.export
+    assert resdist.deploy.predict is resdist.deploy.predictor.predict

@@ -221,7 +221,7 @@ def test_readme_library_example_trains_saves_and_exports(tmp_path, monkeypatch):
     ONNX file with the contract and no shortcut Add."""
     pytest.importorskip("onnx")
     from resdist.data.contract import contract_for_data
-    from resdist.deploy.export import count_feature_adds, read_contract
+    from resdist.deploy.exporter import count_feature_adds, read_contract
 
     section = README.read_text().split("### Library", 1)[1].split("\n### ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)

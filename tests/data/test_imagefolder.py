@@ -104,7 +104,7 @@ def test_preprocessing_is_configurable_and_the_contract_records_it(tree, tmp_pat
     mean/std; the run's contract says exactly that, and predict then feeds what eval fed."""
     from resdist.config import Config
     from resdist.data.contract import contract_from_bundle
-    from resdist.deploy.predict import load_image
+    from resdist.deploy.predictor import load_image
 
     cfg = _cfg(tree, crop_pct=1.0, train_crop="pad-crop", interpolation="bicubic",
                normalization="dataset")

@@ -224,7 +224,7 @@ def test_int8_file_carries_the_contract_and_predicts_and_evaluates(trained, fmni
     file."""
     from PIL import Image
 
-    from resdist.deploy.export import read_contract
+    from resdist.deploy.exporter import read_contract
 
     ckpt = trained["plain20"]
     out = tmp_path / "q.onnx"
@@ -433,7 +433,7 @@ def test_imagefolder_model_at_a_small_size_round_trips_through_fp32_and_int8(tmp
     model was trained at (not ImageNet's 224), without telling eval the size."""
     from data_writers import write_imagefolder
 
-    from resdist.deploy.export import read_contract
+    from resdist.deploy.exporter import read_contract
 
     root = tmp_path / "imgs"
     write_imagefolder(root, num_classes=3, n_train=8, n_val=3, size=30)

@@ -21,8 +21,8 @@ from resdist.config import Config  # noqa: E402
 from resdist.data import build_data  # noqa: E402
 from resdist.data.contract import InputContract  # noqa: E402
 from resdist.deploy import export  # noqa: E402
-from resdist.deploy.export import onnx_opset, read_contract  # noqa: E402
-from resdist.deploy.predict import Predictor, load_image, predict  # noqa: E402
+from resdist.deploy.exporter import onnx_opset, read_contract  # noqa: E402
+from resdist.deploy.predictor import Predictor, load_image, predict  # noqa: E402
 from resdist.engine.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from resdist.engine.trainer import train  # noqa: E402
 
@@ -228,7 +228,7 @@ def test_sixteen_bit_grey_png_is_scaled_not_clipped(trained, tmp_path):
     deep = tmp_path / "deep.png"
     Image.fromarray(pixels.astype(np.uint16) * 257).save(deep)
     assert Image.open(deep).mode == "I;16"
-    from resdist.deploy.predict import load_image
+    from resdist.deploy.predictor import load_image
 
     contract = Predictor.load(trained["ckpt"]).contract
     assert np.array_equal(load_image(deep, contract), load_image(trained["files"][0], contract))

@@ -28,8 +28,7 @@ def add_parsers(sub) -> None:
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``resdist export --checkpoint PATH --format {onnx,torchscript} --out FILE``."""
-    from ..deploy.formats import FORMATS
-    from ..deploy.formats.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from ..deploy.formats import DEFAULT_OPSET, FORMATS, MAX_OPSET, MIN_OPSET
 
     p = subparsers.add_parser(
         "export",
@@ -118,7 +117,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import export
+    from ..deploy.exporter import export
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
@@ -181,7 +180,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``resdist predict``; prints one block (or JSON) per image and returns 0."""
-    from ..deploy.predict import predict
+    from ..deploy.predictor import predict
 
     results = predict(args.model, args.images, topk=args.topk,
                       trust_torchscript=args.trust_torchscript)
@@ -197,7 +196,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``resdist profile MODEL [MODEL ...]``: memory, bytes moved and ORT latency side by side."""
-    from ..deploy.formats.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from ..deploy.formats import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
     p = subparsers.add_parser(
         "profile",

@@ -18,34 +18,22 @@
 ONNX features need the ``onnx`` extra: ``pip install 'resdist[onnx]'``.
 """
 
-from ..models.fold import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
-from .errors import DeployError, MissingDependencyError
-from .evaluate import evaluate_file
-from .export import (
-    ExportReport,
-    count_feature_adds,
-    count_torchscript_feature_adds,
-    export,
-    export_onnx,
-    export_torchscript,
-    read_contract,
-    verify_onnx,
-    verify_torchscript,
-    with_preprocessing,
-)
-from .predict import Predictor, predict
-from .profile import (
-    GraphProfile,
-    ProfileResult,
-    analyze_onnx,
-    format_table,
-    measure_latency,
-    memory_cross_check,
-    merge_profiles,
-    profile_models,
-    torch_activation_peak,
-    write_profile_report,
-)
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "..models.fold": ("calibrate_bn", "fold_batchnorms", "fuse_conv_bn", "to_deploy"),
+    ".errors": ("DeployError", "MissingDependencyError"),
+    ".evaluate": ("evaluate_file",),
+    ".exporter": ("ExportReport", "count_feature_adds", "count_torchscript_feature_adds", "export",
+        "export_onnx", "export_torchscript", "read_contract", "verify_onnx", "verify_torchscript",
+        "with_preprocessing"),
+    ".predictor": ("Predictor", "predict"),
+    ".profile": ("GraphProfile", "ProfileResult", "analyze_onnx", "format_table",
+        "measure_latency", "memory_cross_check", "merge_profiles", "profile_models",
+        "torch_activation_peak", "write_profile_report"),
+}
 
 __all__ = [
     "DeployError", "ExportReport", "GraphProfile", "MissingDependencyError", "Predictor",
@@ -56,3 +44,35 @@ __all__ = [
     "to_deploy", "torch_activation_peak", "verify_onnx", "verify_torchscript",
     "with_preprocessing", "write_profile_report",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use
+    from ..models.fold import calibrate_bn, fold_batchnorms, fuse_conv_bn, to_deploy
+    from .errors import DeployError, MissingDependencyError
+    from .evaluate import evaluate_file
+    from .exporter import (
+        ExportReport,
+        count_feature_adds,
+        count_torchscript_feature_adds,
+        export,
+        export_onnx,
+        export_torchscript,
+        read_contract,
+        verify_onnx,
+        verify_torchscript,
+        with_preprocessing,
+    )
+    from .predictor import Predictor, predict
+    from .profile import (
+        GraphProfile,
+        ProfileResult,
+        analyze_onnx,
+        format_table,
+        measure_latency,
+        memory_cross_check,
+        merge_profiles,
+        profile_models,
+        torch_activation_peak,
+        write_profile_report,
+    )

@@ -15,14 +15,28 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from ...data.contract import InputContract
+from ...lazy import lazy_exports
 from ..errors import DeployError
-from .common import ExportJob, FileInfo, Runner, Written
 
-__all__ = ["FORMATS", "ExportJob", "FileInfo", "Format", "Runner", "Written",
-           "check_export_contract", "check_export_target", "format_names", "format_of",
-           "get_format"]
+if TYPE_CHECKING:
+    from ...data.contract import InputContract
+    from .common import ExportJob, FileInfo, Runner, Written
+
+__all__ = ["DEFAULT_OPSET", "FORMATS", "MAX_OPSET", "MIN_OPSET", "ExportJob", "FileInfo",
+           "Format", "Runner", "Written", "check_export_contract", "check_export_target",
+           "format_names", "format_of", "get_format"]
+
+# the registry and the opsets are read by the command line's parser, so this module imports
+# no torch; the types a format module works with come from .common on first use
+__getattr__, __dir__ = lazy_exports(__name__, {".common": ("ExportJob", "FileInfo", "Runner",
+                                                           "Written")})
+
+#: ONNX opsets ``export --opset`` takes (18 and above: the torch.export-based exporter; lower:
+#: the TorchScript-based one) and the default
+MIN_OPSET, MAX_OPSET = 9, 23
+DEFAULT_OPSET = 18
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,7 @@ def check_export_contract(contract: InputContract | None) -> None:
     """
     if contract is None:
         return
+    from ...data.contract import InputContract
     from ...data.errors import DataError
 
     try:

@@ -33,6 +33,7 @@ from .._onnx_graph import (
 from ..errors import DeployError, require
 from ..quiet import quiet
 from ..runtime import cpu_session, session_runner
+from . import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .common import (
     CONTRACT_KEY,
     INPUT_NAME,
@@ -53,10 +54,8 @@ __all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "check_graph_contract",
            "count_feature_adds", "export_onnx", "file_info", "load_runner", "onnx_opset",
            "read_contract", "save_onnx", "sniff", "verify_onnx", "write"]
 
-DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and above
 TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript-based exporter writes up to opset 20
-MIN_OPSET, MAX_OPSET = 9, 23
 Exporter = Literal["auto", "dynamo", "torchscript"]
 _EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "torch.export")
 INT8_OPS = ("QuantizeLinear", "QLinearConv")

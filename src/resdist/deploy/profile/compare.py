@@ -33,7 +33,7 @@ from ...models.fold import calibrate_bn, to_deploy
 from ...models.pretrained import load_torchvision_weights
 from .._onnx_graph import load_onnx
 from ..errors import DeployError, require
-from ..export import load_model_source
+from ..exporter import load_model_source
 from ..formats.onnx import DEFAULT_OPSET, count_feature_adds, export_onnx
 from .int8 import add_int8_latency
 from .latency import latency_ratios, ratio

@@ -15,7 +15,7 @@ import numpy as np
 from ...data.contract import InputContract
 from ...models.fold import to_deploy
 from ..errors import DeployError
-from ..export import ExportReport, load_model_source
+from ..exporter import ExportReport, load_model_source
 from ..formats import FORMATS, check_export_contract, check_export_target
 from ..formats.common import CONTRACT_KEY
 from ..formats.onnx import DEFAULT_OPSET, export_onnx
@@ -204,7 +204,7 @@ def export_int8(
     of the first ``check_images`` calibration images whose INT8 top-1 class is the fp32
     PyTorch model's.
     """
-    from ..export import export
+    from ..exporter import export
 
     ckpt = None
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
