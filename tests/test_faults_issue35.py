@@ -361,9 +361,16 @@ def test_reproduce_other_settings_other_seed(tmp_path, capsys, fake_suite):
     ("final_top1", True, "final_top1 must be a percentage"),
     ("final_top1", -1e9, "final_top1 must be a percentage"),
     ("train_time_s", None, "train_time_s must be a number of seconds"),
-    ("machine", {"cpu": "x", "torch": "2"}, "machine must name its cpu, cores"),
+    ("machine", {"cpu": "x", "torch": "2"}, "machine must name its cpu and torch"),
     ("settings", "lr=0.1", "settings must map sections"),
     ("curve", [], "curve must be a non-empty list"),
+    # a record from another machine: its text goes into the reports and the terminal
+    ("machine", {"cpu": "EVIL\n# Injected\x1b[2J", "cores": 2, "torch": "2"}, "printable"),
+    ("machine", {"cpu": "x", "cores": 10**30, "torch": "2"}, "a whole number in [1, 65536]"),
+    ("train_time_s", 1e308, "train_time_s must be a number of seconds in [0, 1e+08]"),
+    ("best_top1", 0, "final_top1 and best_top1 must be the curve's last and best values"),
+    ("run", "resnet8-ce", "it is the record of run 'resnet8-ce', seed 0"),
+    ("seed", "0", "it is the record of run 'plain20-kd', seed '0'"),
 ])
 def test_run_record_fields(tmp_path, capsys, fake_suite, field, value, words):
     assert main(_reproduce(tmp_path, 0)) == 0
@@ -378,6 +385,17 @@ def test_run_record_fields(tmp_path, capsys, fake_suite, field, value, words):
     line = fails(_reproduce(tmp_path, 0), capsys)
     assert f"run record {path} is unreadable" in line and words in line, line
     assert "delete it" in line and len(fake_suite) == n
+
+
+def test_a_run_record_that_is_a_looping_link_is_unreadable_not_missing(tmp_path, capsys,
+                                                                        fake_suite):
+    assert main(_reproduce(tmp_path, 0)) == 0
+    path = tmp_path / "res" / "runs" / "fashion-mnist" / "seed0" / "plain20-kd.json"
+    path.unlink()
+    path.symlink_to(path.name)
+    n = len(fake_suite)
+    line = fails(_reproduce(tmp_path, 0), capsys)
+    assert f"run record {path} is unreadable" in line and len(fake_suite) == n
 
 
 # --- worker-error ----------------------------------------------------------------------------

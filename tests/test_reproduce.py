@@ -343,7 +343,8 @@ def test_report_only_makes_the_report_from_the_records_and_lists_the_missing_run
         cfg = suites.run_config(base, model, row, "resnet20", Path("unused"))
         cfg.train.seed = seed
         store.save(seed, suites.run_name(model, row), cfg.to_dict(),
-                   {**fields, "final_top1": 70.0 + seed}, fingerprint("cpu"))
+                   {**fields, "final_top1": 70.0 + seed, "best_top1": 70.0 + seed,
+                    "curve": [70.0 + seed]}, fingerprint("cpu"))
     assert main(["reproduce", "cifar10", "--seeds", "0", "1", "--results", str(tmp_path / "res"),
                  "--out", str(tmp_path / "runs"), "--report-only"]) == 0
     assert not (tmp_path / "runs").exists()  # nothing trained
@@ -356,3 +357,26 @@ def test_report_only_makes_the_report_from_the_records_and_lists_the_missing_run
     with pytest.raises(RecordError, match="no run of suite cifar10"):
         suites.run_suite("cifar10", (2,), tmp_path / "runs", results_dir=tmp_path / "res",
                          report_only=True)
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_previous_report_whole(
+        tmp_path, monkeypatch, tiny_suite):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    args = _args(tmp_path, 0)
+    assert main(args) == 0
+    res = tmp_path / "res"
+    before = {p.name: p.read_bytes() for p in res.iterdir() if p.is_file()}
+    assert {"accuracy.json", "accuracy.md", "accuracy.png"} <= set(before)
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    summary = json.loads((res / "accuracy.json").read_text())
+    summary["command"] = "changed"
+    with pytest.raises(OSError):
+        suites.write_report(summary, res)
+    assert {p.name: p.read_bytes() for p in res.iterdir() if p.is_file()} == before

@@ -85,13 +85,16 @@ class RunStore:
             RecordError: the record is unreadable, or was measured with other settings.
         """
         path = self.record_path(seed, run)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():  # a dangling or looping link is read
             return None
         try:
             record = json.loads(path.read_text(), parse_constant=_refuse_constant)
             problem = record_problem(record)
         except (OSError, ValueError, RecursionError) as e:
             problem = str(e)
+        if problem is None and (record["run"] != run or record["seed"] != seed
+                                or isinstance(record["seed"], bool)):
+            problem = f"it is the record of run {record['run']!r}, seed {record['seed']!r}"
         if problem:
             raise RecordError(f"run record {path} is unreadable ({problem[:200]}); delete it to "
                               "train that run again")
@@ -129,6 +132,14 @@ def _refuse_constant(name: str) -> Any:
     raise RecordError(f"{name} is not a number JSON allows")
 
 
+#: bounds of what a record from another machine may say (its text ends up in reports)
+_MAX_TRAIN_S, _MAX_CORES, _MAX_LABEL = 1e8, 1 << 16, 200
+
+
+def _is_label(x: Any) -> bool:
+    return isinstance(x, str) and x.isprintable() and len(x) <= _MAX_LABEL
+
+
 def _is_top1(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and \
         0 <= x <= 100
@@ -141,7 +152,7 @@ def record_problem(record: Any) -> str | None:
     the settings map sections to mappings."""
     if not isinstance(record, dict):
         return "not a JSON object"
-    missing = [k for k in (*_FIELDS, "settings") if k not in record]
+    missing = [k for k in (*_FIELDS, "settings", "run", "seed") if k not in record]
     if missing:
         return f"missing {', '.join(missing)}"
     for key in ("final_top1", "best_top1"):
@@ -150,17 +161,21 @@ def record_problem(record: Any) -> str | None:
     curve = record["curve"]
     if not isinstance(curve, list) or not curve or not all(_is_top1(v) for v in curve):
         return "curve must be a non-empty list of percentages in [0, 100]"
+    if record["final_top1"] != curve[-1] or record["best_top1"] != max(curve):
+        return "final_top1 and best_top1 must be the curve's last and best values"
     t = record["train_time_s"]
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-        return f"train_time_s must be a number of seconds >= 0, got {t!r}"
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= _MAX_TRAIN_S:
+        return f"train_time_s must be a number of seconds in [0, {_MAX_TRAIN_S:g}], got {t!r}"
     if not isinstance(record["history"], list) or not all(
             isinstance(h, dict) for h in record["history"]):
         return "history must be a list of per-epoch mappings"
     m = record["machine"]
-    if not isinstance(m, dict) or not all(isinstance(m.get(k), str) for k in ("cpu", "torch")) \
+    if not isinstance(m, dict) or not all(_is_label(m.get(k)) for k in ("cpu", "torch")) \
             or not (isinstance(m.get("cores"), int) and not isinstance(m["cores"], bool)
-                    and m["cores"] >= 1):
-        return "machine must name its cpu, cores (a whole number >= 1) and torch"
+                    and 1 <= m["cores"] <= _MAX_CORES) \
+            or not all(_is_label(m[k]) for k in ("isa", "gpu") if m.get(k) is not None):
+        return (f"machine must name its cpu and torch (printable, at most {_MAX_LABEL} "
+                f"characters) and its cores (a whole number in [1, {_MAX_CORES}])")
     settings_ = record["settings"]
     if not isinstance(settings_, dict) or not all(
             isinstance(v, dict) for v in settings_.values()):

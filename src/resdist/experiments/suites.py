@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path
 from ..config import Config, ConfigError, check_choice, settings
 from ..machine import fingerprint, fingerprint_name
 from ..presets import preset_dict
@@ -463,10 +463,28 @@ def format_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accuracy") -> None:
-    """Write ``{stem}.json``, ``{stem}.md`` and (with matplotlib) ``{stem}.png``."""
+    """Write ``{stem}.json``, ``{stem}.md`` and (with matplotlib) ``{stem}.png`` as one set:
+    all three are written to temporaries first, so a full disk leaves the previous set whole."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(results_dir / f"{stem}.json", json.dumps(summary, indent=2))
-    write_text_atomic(results_dir / f"{stem}.md", format_markdown(summary) + "\n")
+    fig = _plot(summary)
+    try:
+        with contextlib.ExitStack() as stack:
+            for suffix, text in (("json", json.dumps(summary, indent=2)),
+                                 ("md", format_markdown(summary) + "\n")):
+                tmp = stack.enter_context(atomic_path(results_dir / f"{stem}.{suffix}"))
+                tmp.write_text(text, encoding="utf-8")
+            if fig is not None:
+                tmp = stack.enter_context(atomic_path(results_dir / f"{stem}.png"))
+                fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        if fig is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+
+def _plot(summary: dict[str, Any]) -> Any:
+    """The report's chart of mean test accuracy per epoch (None without matplotlib)."""
     try:
         import matplotlib
 
@@ -474,7 +492,7 @@ def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accura
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        return
+        return None
     fig, ax = plt.subplots(figsize=(9, 4))
     for r in summary["rows"]:
         curves = r["curves"]
@@ -488,6 +506,4 @@ def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accura
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
-    with atomic_path(results_dir / f"{stem}.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return fig
