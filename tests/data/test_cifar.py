@@ -90,6 +90,16 @@ def test_corrupt_batch_names_file(cifar10_root, mutate, message):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("names", [5, None, "airplane", [b"a"] * 9])
+def test_a_strangers_class_names_file_is_one_error(cifar10_root, names):
+    root, ref = cifar10_root
+    path = ref["folder"] / "batches.meta"
+    path.write_bytes(pickle.dumps({b"label_names": names}, 2))
+    with pytest.raises(DataError, match="no list of 10 'label_names'") as err:
+        read_cifar(root)
+    assert str(path) in str(err.value)
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(DataError) as err:
         read_cifar(tmp_path / "nowhere", num_classes=100)

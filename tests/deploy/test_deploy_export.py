@@ -184,3 +184,77 @@ def test_export_of_weights_without_data_is_one_clear_error(tmp_path):
     model = create_model("plain20", num_classes=4, in_chans=1, width_mult=0.25).to("meta")
     with pytest.raises(DeployError, match="meta device"):
         export(model, "onnx", tmp_path / "m.onnx", input_shape=(1, 8, 8))
+
+
+def _edit_checkpoint(src, dst, key, change):
+    """A copy of a resdist checkpoint with one model tensor changed, as a damaged or hostile
+    file would hold it (written past resdist's own checks)."""
+    raw = torch.load(src, weights_only=True)
+    state = next(v for v in raw.values() if isinstance(v, dict) and key in v)
+    state[key] = change(state[key])
+    torch.save(raw, dst)
+
+
+def test_a_checkpoint_whose_model_outputs_nan_is_refused_before_anything_is_written(tmp_path):
+    # finite weights, but a negative BatchNorm variance: every output is NaN
+    path, model = _checkpoint(tmp_path)
+    key = next(k for k in model.state_dict() if k.endswith("running_var"))
+    _edit_checkpoint(path, tmp_path / "neg.pth", key, lambda t: -t.abs() - 1)
+    with pytest.raises(ResdistError, match="negative variances"):
+        export(tmp_path / "neg.pth", "onnx", tmp_path / "neg.onnx")
+    # the same model handed over directly (no checkpoint check): its outputs are checked
+    state = model.state_dict()
+    state[key] = -state[key].abs() - 1
+    model.load_state_dict(state)
+    with pytest.raises(DeployError, match="NaN or infinite values on a random input"):
+        export(model, "onnx", tmp_path / "neg.onnx", SHAPE)
+    assert not (tmp_path / "neg.onnx").exists()
+
+
+@pytest.mark.parametrize("how", ["sparse", "meta"])
+def test_a_checkpoint_with_weights_that_hold_no_dense_data_is_refused(tmp_path, how):
+    from resdist.engine import load_checkpoint
+
+    path, model = _checkpoint(tmp_path)
+    key = next(k for k in model.state_dict() if k.endswith("weight"))
+    _edit_checkpoint(path, tmp_path / "odd.pth", key,
+                     lambda t: t.to_sparse() if how == "sparse" else t.to("meta"))
+    with pytest.raises(ResdistError, match=f"{key} is not a dense tensor with data"):
+        load_checkpoint(tmp_path / "odd.pth")
+
+
+def test_verification_does_not_let_a_nan_output_by(tmp_path):
+    from resdist.deploy.formats.common import verify_runner
+
+    model = randomize(create_model("plain20", **SMALL))
+
+    def nan_runner(batch):
+        return np.full((len(batch), SMALL["num_classes"]), np.nan, np.float32)
+
+    with pytest.raises(DeployError, match="outputs NaN or infinite values"):
+        verify_runner(nan_runner, model, SHAPE, "float32")
+
+
+def test_safetensors_export_on_a_full_disk_is_one_line_and_keeps_the_previous_file(
+        tmp_path, monkeypatch):
+    import errno
+    import pathlib
+    import stat
+
+    pytest.importorskip("safetensors")
+    path, _ = _checkpoint(tmp_path)
+    out = tmp_path / "m.safetensors"
+    export(path, "safetensors", out)
+    (tmp_path / "plain.txt").write_text("x")  # written with open(): the permissions to match
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    before = out.read_bytes()
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(DeployError, match="no space left on the device; the previous file is kept"):
+        export(path, "safetensors", out)
+    monkeypatch.undo()
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "m.safetensors", "plain.txt"]

@@ -164,7 +164,7 @@ def _class_names(folder: Path, layout: _Layout, num_classes: int) -> list[str] |
     if not path.is_file():
         return None
     names = read_pickle(path).get(layout.names_key)
-    if names is None or len(names) != num_classes:
+    if not isinstance(names, list | tuple) or len(names) != num_classes:
         raise DataError(f"{path}: no list of {num_classes} {layout.names_key!r}")
     return [str(_str(n)) for n in names]
 

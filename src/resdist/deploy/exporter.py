@@ -34,6 +34,7 @@ from .formats.common import (
     CONTRACT_KEY,
     INPUT_NAME,
     OUTPUT_NAME,
+    check_finite_outputs,
     check_input_shape,
     model_device,
 )
@@ -287,6 +288,7 @@ def export(
     deployed, reference, contract = _deploy_form(model, contract or found, preprocess,
                                                  input_dtype)
     check_export_contract(contract)
+    check_finite_outputs(reference, shape, input_dtype)
     kwargs = dict(source.model_kwargs) if isinstance(source, Checkpoint) else None
     job = ExportJob(deployed, reference, Path(out), tuple(shape), contract, input_dtype,
                     verify, opset, quantize == "int8", calibration, check_images, data_name,

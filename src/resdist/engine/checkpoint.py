@@ -156,8 +156,13 @@ class Checkpoint:
                 for k, v in self.state_dict.items()):
             raise bad("model must be a state dict (names -> tensors)")
         for key, tensor in self.state_dict.items():
+            if tensor.layout != torch.strided or tensor.is_meta:
+                raise bad(f"model weight {key} is not a dense tensor with data "
+                          f"({'meta' if tensor.is_meta else tensor.layout})")
             if tensor.is_complex():
                 raise bad(f"model weight {key} is complex ({tensor.dtype})")
+            if key.endswith("running_var") and tensor.numel() and bool((tensor < 0).any()):
+                raise bad(f"BatchNorm statistic {key} holds negative variances")
             if tensor.is_floating_point() and tensor.numel() and not bool(
                     torch.isfinite(tensor).all()):
                 raise bad(f"model weight {key} holds NaN or infinite values (a run that "

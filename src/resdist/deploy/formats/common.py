@@ -9,6 +9,7 @@ opens a file as a :data:`Runner` (a prepared ``(N, C, H, W)`` batch -> logits fu
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,8 +195,22 @@ def verify_runner(run: Runner, model: nn.Module, shape: Sequence[int], input_dty
     worst = 0.0
     for b in batch_sizes:
         x = example_input(b, shape, input_dtype, gen)
-        worst = max(worst, relative_error(run(x.numpy()), reference_outputs(model, x)))
+        err = relative_error(run(x.numpy()), reference_outputs(model, x))
+        if not math.isfinite(err):  # max() would pass a NaN by
+            raise DeployError("the exported file outputs NaN or infinite values on random "
+                              "inputs where the PyTorch model does not; do not ship it (report "
+                              "the model and format to resdist)")
+        worst = max(worst, err)
     return worst
+
+
+def check_finite_outputs(model: nn.Module, shape: Sequence[int], input_dtype: str) -> None:
+    """Refuse a model whose output on a random input is NaN or infinite (finite weights can
+    still do it: a negative BatchNorm variance), before any file is written."""
+    x = example_input(1, shape, input_dtype, torch.Generator().manual_seed(0))
+    if not np.isfinite(reference_outputs(model, x)).all():
+        raise DeployError("the model outputs NaN or infinite values on a random input (damaged "
+                          "weights or BatchNorm statistics); nothing was written")
 
 
 def int8_agreement(run: Runner, model: nn.Module, images: np.ndarray | None,

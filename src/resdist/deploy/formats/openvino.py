@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...atomic import write_failure
 from ...data.contract import InputContract
 from ..errors import DeployError, require
 from ..quiet import quiet
@@ -90,10 +91,14 @@ def _save(model: Any, out: Path) -> Path:
             ov.save_model(model, os.path.join(tmp, "m.xml"), compress_to_fp16=False)
             os.replace(os.path.join(tmp, "m.bin"), out.with_suffix(".bin"))
             os.replace(os.path.join(tmp, "m.xml"), out)
-    except OSError as e:
+    except Exception as e:  # OpenVINO's writer reports a full disk as a RuntimeError
+        if isinstance(e, DeployError):
+            raise
         kept = "the previous file is kept" if existed else "no file was written"
-        raise DeployError(f"cannot write the OpenVINO files {out}: {e.strerror or e}; {kept}") \
-            from e
+        said = " ".join(str(e).split())[:120] or type(e).__name__
+        reason = write_failure(e) or (f"OpenVINO's writer failed ({said}); check that the disk "
+                                      "has room")
+        raise DeployError(f"cannot write the OpenVINO files {out}: {reason}; {kept}") from e
     return out
 
 

@@ -137,7 +137,8 @@ def write(job: ExportJob) -> Written:
     if job.contract is not None and job.contract.normalized_inside:
         raise DeployError("a state dict has no graph to put the normalisation in: drop "
                           "--preprocess (the contract's mean and std say how to normalise)")
-    save_file = require("safetensors.torch").save_file
+    serialize = require("safetensors.torch").save  # to bytes: the file is written by us,
+    # so a full disk is an OSError and the file keeps the usual permissions (save_file's are 0600)
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
                .contiguous() for k, v in job.deployed.state_dict().items()}
     meta: dict[str, Any] = {"format": "pt"}
@@ -146,8 +147,8 @@ def write(job: ExportJob) -> Written:
     if job.model_name:
         meta[MODEL_KEY] = job.model_name
         meta[MODEL_KWARGS_KEY] = json.dumps(job.model_kwargs or {})
-    path = write_file(job.out, lambda tmp: save_file(tensors, str(tmp), metadata=meta),
-                      "safetensors file")
+    data = serialize(tensors, metadata=meta)
+    path = write_file(job.out, lambda tmp: tmp.write_bytes(data), "safetensors file")
     err = None
     if job.verify and job.model_name:
         err = verify_runner(load_runner(path), job.reference, job.input_shape, job.input_dtype)
