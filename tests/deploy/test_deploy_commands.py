@@ -72,6 +72,17 @@ def test_export_command_user_errors(tmp_path):
         parse("export", "--checkpoint", str(bad), "--format", "coreml", "--out", "m")
 
 
+def test_export_of_an_exported_file_says_to_start_from_the_checkpoint(checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert run("export", "--checkpoint", str(checkpoint), "--out", str(out), "--opset",
+               "17") == 0
+    with pytest.raises(ValueError) as err:
+        run("export", "--checkpoint", str(out), "--out", str(tmp_path / "again.onnx"))
+    assert "is an exported ONNX file; export starts from the resdist checkpoint" in \
+        one_line(err)
+    assert not (tmp_path / "again.onnx").exists()
+
+
 def test_missing_onnx_names_the_extra(monkeypatch, tmp_path):
     import resdist.deploy.errors as errors
 

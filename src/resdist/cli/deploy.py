@@ -119,9 +119,15 @@ def run_export(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from ..deploy.exporter import export
 
+    from ..deploy.formats import format_of
+
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise DeployError(f"checkpoint not found: {ckpt}")
+    exported = format_of(ckpt)
+    if exported is not None:
+        raise DeployError(f"{ckpt} is an exported {exported.label} file; export starts from "
+                          "the resdist checkpoint it came from (a run's last.pth or its folder)")
     _check_quantize_args(args)
     if args.quantize == "int8" and args.fmt != "onnx":
         from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, export_int8
