@@ -570,6 +570,7 @@ def test_high_bit_depth_image(tmp_path, capsys, trained, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 8x8 = 64 pixels: a "bomb"
     line = fails(["predict", str(trained), str(tmp_path / "8.png")], capsys)
     assert "decompression bomb" in line
+    assert "20 pixels" not in line  # Pillow refuses at twice its limit: no second number
     root = tmp_path / "imgs"
     write_imagefolder(root, num_classes=2, n_train=4, n_val=2, size=20)
     line = fails(_imagefolder_args(root, tmp_path / "a"), capsys)

@@ -81,6 +81,10 @@ def test_export_of_an_exported_file_says_to_start_from_the_checkpoint(checkpoint
     assert "is an exported ONNX file; export starts from the resdist checkpoint" in \
         one_line(err)
     assert not (tmp_path / "again.onnx").exists()
+    # --out under a file, as if it were a folder
+    with pytest.raises(ValueError) as err:
+        run("export", "--checkpoint", str(checkpoint), "--out", str(out / "x.onnx"))
+    assert f"{out} is a file, not a folder" in one_line(err)
 
 
 def test_missing_onnx_names_the_extra(monkeypatch, tmp_path):

@@ -118,7 +118,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _run_export(args: argparse.Namespace) -> int:
     from ..deploy.exporter import export
-
     from ..deploy.formats import format_of
 
     ckpt = Path(args.checkpoint)

@@ -65,10 +65,8 @@ def unreadable_reason() -> str:
 
 def bomb_reason(e: BaseException) -> str:
     """The words for an image over Pillow's pixel limit."""
-    from PIL import Image
-
-    return (f"too many pixels ({e}); resdist refuses images over Pillow's limit of "
-            f"{Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?); shrink it first")
+    return (f"too many pixels ({e}); resdist refuses images that large (a decompression "
+            "bomb?); shrink it first")
 
 
 def _to_8bit(img, path):  # PIL.Image -> PIL.Image

@@ -159,6 +159,10 @@ def check_export_target(out: str | os.PathLike, fmt: Format) -> Path:
     if not text or text.endswith(("/", os.sep)) or path.is_dir():
         raise DeployError(f"--out {text or repr(text)} names a folder, not a file; name the file "
                           f"to write, e.g. {path / example}")
+    blocker = next((d for d in path.parents if d.exists() and not d.is_dir()), None)
+    if blocker is not None:
+        raise DeployError(f"--out {text}: {blocker} is a file, not a folder; choose another "
+                          "--out")
     if path.suffix.lower() not in fmt.suffixes:
         raise DeployError(
             f"--out {text}: {fmt.label} files end in {' or '.join(fmt.suffixes)}, so "
