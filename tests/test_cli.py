@@ -178,6 +178,18 @@ def test_dry_run_says_where_the_teacher_comes_from(capsys, extra, words):
     assert words in capsys.readouterr().out
 
 
+def test_dry_run_does_not_call_a_fifo_teacher_checkpoint_loaded(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    assert main(["train", "--data", "synthetic", "--model", "plain20", "--method", "kd",
+                 "--dry-run", "--teacher-checkpoint", str(fifo)]) == 0
+    out = capsys.readouterr().out
+    assert "loaded and checked" not in out
+    assert f"teacher checkpoint {fifo} not found" in out
+
+
 @pytest.mark.parametrize("flags, kwargs", [
     (["--student-param", "repvgg"], {"repvgg": True}),
     (["--student-param", "dirac"], {"dirac": True}),

@@ -80,7 +80,7 @@ def _without_downloads(cfg: Config) -> tuple[Config, list[str]]:
                          "found (fix the path, or create the file first)")
             section.weights = None
     path = check.teacher.checkpoint
-    if path and not (os.path.isfile(path) or os.path.isfile(os.path.join(path, "last.pth"))):
+    if path and not _checkpoint_found(path):
         notes.append(f"the run would stop here: teacher checkpoint {path} not found (train the "
                      "teacher first, or fix --teacher-checkpoint)")
         check.teacher.checkpoint = None
@@ -90,11 +90,18 @@ def _without_downloads(cfg: Config) -> tuple[Config, list[str]]:
     return check, notes
 
 
+def _checkpoint_found(path: str) -> bool:
+    """Whether ``path`` is a checkpoint file or a run folder holding one (a FIFO or a device
+    is neither)."""
+    return os.path.isfile(path) or os.path.isfile(os.path.join(path, "last.pth"))
+
+
 def _teacher_text(cfg: Config) -> str:
     name = cfg.teacher.name or teacher_name_for(cfg.model.name)
     if cfg.teacher.checkpoint or cfg.teacher.weights:
         given = cfg.teacher.checkpoint or cfg.teacher.weights
-        found = os.path.exists(given) and (cfg.teacher.checkpoint or is_weights_file(given))
+        found = _checkpoint_found(given) if cfg.teacher.checkpoint else (
+            os.path.isfile(given) and is_weights_file(given))
         checked = ", loaded and checked" if found else ""
         return f" through teacher {name} ({cfg.teacher.checkpoint or cfg.teacher.weights}" \
             f"{checked})"
