@@ -124,7 +124,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if not ckpt.exists():
         raise DeployError(f"checkpoint not found: {ckpt}")
     exported = format_of(ckpt)
-    if exported is not None:
+    if exported is not None and not exported.runs_code:  # TorchScript: refused when loaded,
+        # with the words for a file that carries code
         raise DeployError(f"{ckpt} is an exported {exported.label} file; export starts from "
                           "the resdist checkpoint it came from (a run's last.pth or its folder)")
     _check_quantize_args(args)
