@@ -380,3 +380,12 @@ def test_a_full_disk_while_writing_the_report_keeps_the_previous_report_whole(
     with pytest.raises(OSError):
         suites.write_report(summary, res)
     assert {p.name: p.read_bytes() for p in res.iterdir() if p.is_file()} == before
+
+
+def test_the_report_keeps_a_path_python_could_not_decode_as_its_bytes(tmp_path, tiny_suite):
+    assert main(_args(tmp_path, 0)) == 0
+    res = tmp_path / "res"
+    summary = json.loads((res / "accuracy.json").read_text())
+    summary["command"] = "resdist reproduce fashion-mnist --results /data/\udcff"
+    suites.write_report(summary, res)
+    assert b"/data/\xff" in (res / "accuracy.md").read_bytes()

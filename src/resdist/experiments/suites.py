@@ -472,7 +472,8 @@ def write_report(summary: dict[str, Any], results_dir: Path, stem: str = "accura
             for suffix, text in (("json", json.dumps(summary, indent=2)),
                                  ("md", format_markdown(summary) + "\n")):
                 tmp = stack.enter_context(atomic_path(results_dir / f"{stem}.{suffix}"))
-                tmp.write_text(text, encoding="utf-8")
+                tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # as
+                # write_text_atomic: a path Python could not decode goes back as its bytes
             if fig is not None:
                 tmp = stack.enter_context(atomic_path(results_dir / f"{stem}.png"))
                 fig.savefig(tmp, dpi=120, format="png")

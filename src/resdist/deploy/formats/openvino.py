@@ -91,9 +91,9 @@ def _save(model: Any, out: Path) -> Path:
             ov.save_model(model, os.path.join(tmp, "m.xml"), compress_to_fp16=False)
             os.replace(os.path.join(tmp, "m.bin"), out.with_suffix(".bin"))
             os.replace(os.path.join(tmp, "m.xml"), out)
+    except DeployError:
+        raise
     except Exception as e:  # OpenVINO's writer reports a full disk as a RuntimeError
-        if isinstance(e, DeployError):
-            raise
         kept = "the previous file is kept" if existed else "no file was written"
         said = " ".join(str(e).split())[:120] or type(e).__name__
         reason = write_failure(e) or (f"OpenVINO's writer failed ({said}); check that the disk "
