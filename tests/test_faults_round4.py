@@ -115,3 +115,41 @@ def test_cifar_class_names(ckpt, tmp_path, capsys, names):
     line = fails(["eval", "--checkpoint", str(ckpt), "--data", "cifar10", "--data-dir",
                   str(tmp_path / "cifar")], capsys)
     assert "no list of 10 'label_names'" in line and str(meta) in line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--data", "synthetic", "--device", "meta", "--epochs", "1"], "meta devices"),
+    (["train", "--data", "synthetic", "--set", "train.device=xla"], "xla devices"),
+    (["eval", "--data", "synthetic", "--device", "meta"], "meta devices"),
+    (["eval", "--data", "synthetic", "--device", "bogus:3"], "is not a device"),
+])
+def test_unsupported_device(ckpt, tmp_path, capsys, args, words):
+    """torch parses ``meta`` and ``xla``, but resdist neither trains nor scores on them: the
+    device is refused before any file is read or written, not by a PyTorch traceback."""
+    extra = ["--out", str(tmp_path / "new")] if args[0] == "train" else ["--checkpoint",
+                                                                        str(ckpt)]
+    line = fails([*args, *extra], capsys)
+    assert words in line and "use auto, cpu, cuda, cuda:N or mps" in line
+    assert not (tmp_path / "new").exists()
+
+
+def test_teacher_name_mismatch(tmp_path, capsys):
+    """``--teacher resnet20 --teacher-checkpoint`` of a ResNet-8 run: the run would have
+    trained through the checkpoint's ResNet-8 and recorded resnet20 in its config."""
+    contract = contract_for_data("synthetic", in_chans=3, image_size=32, num_classes=4)
+    kw = {"num_classes": 4, "in_chans": 3}
+    teacher = tmp_path / "teacher.pth"
+    Checkpoint("resnet8", kw, create_model("resnet8", **kw).state_dict(),
+               contract=contract).save(teacher)
+    synth = ["--data", "synthetic", "--method", "jointrd", "--model", "plain8", "--dry-run",
+             "--set", "data.synthetic_classes=4", "--teacher-checkpoint", str(teacher)]
+    line = fails(["train", *synth, "--teacher", "resnet20"], capsys)
+    assert "holds resnet8, not the teacher resnet20" in line and "drop --teacher" in line
+    line = fails(["train", *synth, "--teacher-weights", "DEFAULT"], capsys)
+    assert "name two teachers" in line
+    # no --teacher, the matching one, or a preset that names its own teacher and published
+    # weights (a checkpoint given by flag replaces both): the checkpoint's network is the teacher
+    for extra in ([], ["--teacher", "resnet8"], ["--preset", "imagenet/plain18-jointrd", "--stem", "cifar"]):
+        assert main(["train", *synth, *extra]) == 0
+        out = capsys.readouterr().out
+        assert "through teacher resnet8 (" in out and "IMAGENET1K_V1" not in out

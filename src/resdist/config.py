@@ -35,6 +35,8 @@ STUDENT_PARAMS = ("plain", "dirac", "repvgg")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 NORMALIZATIONS = ("imagenet", "dataset")
 TRAIN_CROPS = ("random-resized", "pad-crop")
+#: the kinds of device resdist trains and scores on (``torch.device`` parses more: meta, xla, ...)
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 #: the largest float32: optimiser settings beyond it overflow the float32 weights they scale
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -47,6 +49,26 @@ def check_choice(
     kind of thing (``what``) and the valid values."""
     if value not in allowed:
         raise error(f"unknown {what} {key}={value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def check_device(key: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is ``auto`` or names a device resdist runs
+    on (``cpu``, ``cuda``, ``cuda:N``, ``mps``); whether that device is present is checked
+    when the run starts."""
+    import torch
+
+    fix = "use auto, cpu, cuda, cuda:N or mps"
+    if value == "auto":
+        return
+    try:
+        kind = torch.device(value).type if isinstance(value, str) else None
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind is None:
+        raise ConfigError(f"{key}={value!r} is not a device; {fix}")
+    if kind not in DEVICE_TYPES:
+        raise ConfigError(f"{key}={value!r}: resdist does not train or score on {kind} "
+                          f"devices; {fix}")
 
 
 def check_range(
@@ -198,6 +220,14 @@ class TeacherConfig:
     weights: str | None = None  # torchvision weights name ("DEFAULT") or state-dict file
     train: bool = False  # co-train the teacher (the released code's JOINT mode) instead of freezing
 
+    def check(self) -> None:
+        """Check that at most one source of weights is named."""
+        if self.checkpoint and self.weights:
+            raise ConfigError(
+                f"teacher.checkpoint ({self.checkpoint}) and teacher.weights ({self.weights}) "
+                "name two teachers: pass one of --teacher-checkpoint and --teacher-weights"
+            )
+
 
 @dataclass
 class DistillConfig:
@@ -280,6 +310,7 @@ class Config:
         d, m, o, t = self.data, self.model, self.optim, self.train
         d.check()
         m.check()
+        self.teacher.check()
         self.distill.check()
         if m.stem is not None:
             check_choice("model.stem", m.stem, STEMS, "stem")
@@ -307,15 +338,7 @@ class Config:
         check_range("train.dist_timeout_min", t.dist_timeout_min, 0, low_open=True)
         if not t.out:
             raise ConfigError("train.out (--out) must name a run directory")
-        if t.device != "auto":
-            import torch
-
-            try:
-                torch.device(t.device)
-            except (RuntimeError, ValueError):
-                raise ConfigError(
-                    f"train.device={t.device!r} is not a device (auto, cpu, cuda or cuda:N)"
-                ) from None
+        check_device("train.device", t.device)
         if t.resume and t.overwrite:
             raise ConfigError("train.resume and train.overwrite exclude each other: --resume "
                               "continues the run in --out, --overwrite replaces it")

@@ -32,7 +32,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="evaluation batch size (default: the run's data.eval_batch_size)")
     e.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto, cpu, cuda or cuda:N (default: auto)")
+                   help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     add_set_arg(e, "override a key of the checkpoint's config, e.g. --set "
                 "data.data_dir=/data (repeatable)")
     e.set_defaults(func=cmd_eval)

@@ -122,7 +122,7 @@ def _add_run_args(g: argparse._ArgumentGroup) -> None:
                    help="seed of weight initialisation, shuffling and augmentation; the same "
                    f"seed repeats a CPU run exactly (default: {_D.train.seed})")
     g.add_argument("--device", metavar="DEV",
-                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
+                   help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps "
                    f"(default: {_D.train.device})")
     g.add_argument("--amp", choices=AMP_MODES,
                    help="mixed-precision autocast: bf16 (CPU or GPU), fp16 (GPU, with loss "
@@ -172,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg = load_preset(args.preset)
     else:
         cfg = Config.from_yaml(args.config) if args.config else Config()
+    _teacher_flags_replace(cfg, args)
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -181,6 +182,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.train.progress = False
     cfg.override(list(args.set))
     return cfg.validate()
+
+
+def _teacher_flags_replace(cfg: Config, args: argparse.Namespace) -> None:
+    """A teacher given by flag replaces the preset's or YAML file's: ``--teacher-checkpoint``
+    drops their teacher name and weights (a checkpoint names its own network), and
+    ``--teacher-weights`` their checkpoint, unless those flags are given too."""
+    if getattr(args, "teacher_checkpoint", None) is not None:
+        if getattr(args, "teacher", None) is None:
+            cfg.teacher.name = None
+        if getattr(args, "teacher_weights", None) is None:
+            cfg.teacher.weights = None
+    elif getattr(args, "teacher_weights", None) is not None:
+        cfg.teacher.checkpoint = None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

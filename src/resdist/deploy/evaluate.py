@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import check_device
 from ..engine.evaluation import CheckpointScore, evaluate_checkpoint
 from ..errors import ResdistError
 from .errors import DeployError
@@ -47,7 +48,7 @@ def evaluate_file(
         batch_size, limit_test: evaluation batch size and the number of test images.
         overrides: ``section.key=value`` settings, as ``--set`` takes them.
         split: ``"test"``, or ``"val"`` for a checkpoint whose run held out a validation split.
-        device: for checkpoints and state dicts: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: for checkpoints and state dicts: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         model: the registry name of the network a plain state dict belongs to.
 
     Returns:
@@ -76,6 +77,7 @@ def evaluate_file(
 
 def _evaluate(path: str | os.PathLike, *, data, data_dir, download, batch_size, limit_test,
               overrides, split, device, model, trust_torchscript) -> CheckpointScore:
+    check_device("device", device)  # refused for an export too, before any file is read
     kind = "checkpoint" if model is not None else model_file_kind(path)
     if kind == "checkpoint":
         return evaluate_checkpoint(

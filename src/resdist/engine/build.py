@@ -62,6 +62,12 @@ def build_teacher(
     """
     if cfg.checkpoint:
         ckpt = _load_teacher_checkpoint(cfg.checkpoint)
+        if cfg.name and cfg.name != ckpt.model_name:
+            raise ConfigError(
+                f"teacher checkpoint {cfg.checkpoint} holds {ckpt.model_name}, not the teacher "
+                f"{cfg.name} the config names: drop --teacher (a checkpoint names its own "
+                f"network) or pass a {cfg.name} run's checkpoint"
+            )
         want, got = student_kwargs["num_classes"], ckpt.num_classes
         if got is not None and got != want:
             raise WeightsError(

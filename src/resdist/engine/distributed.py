@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import ConfigError, check_device
 
 
 @dataclass(frozen=True)
@@ -94,19 +94,18 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistInf
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
 
-def resolve_device(device: str, info: DistInfo) -> torch.device:
+def resolve_device(device: str, info: DistInfo, key: str = "train.device") -> torch.device:
     """``auto`` picks CUDA when present, else CPU. Distributed, a CUDA device is always this
-    process's local GPU (``cuda:LOCAL_RANK``), whatever index ``device`` names."""
+    process's local GPU (``cuda:LOCAL_RANK``), whatever index ``device`` names. ``key`` is
+    the setting's name in the error raised for a device that is not one, or not here."""
+    check_device(key, device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(
-            f"train.device={device!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from e
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device asks for CUDA but no CUDA device is available")
+        raise ConfigError(f"{key} asks for CUDA but no CUDA device is available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key} asks for Apple's MPS but it is not available here")
     if dev.type == "cuda" and info.enabled:
         return torch.device("cuda", cuda_index(info.local_rank, torch.cuda.device_count()))
     return dev

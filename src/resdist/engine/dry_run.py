@@ -13,6 +13,7 @@ from ..models import teacher_name_for
 from ..models.pretrained import is_weights_file
 from ..models.summary import summarize_model
 from .build import TEACHER_METHODS, build_all
+from .checkpoint import load_checkpoint
 
 __all__ = ["dry_run_text"]
 
@@ -102,6 +103,8 @@ def _teacher_text(cfg: Config) -> str:
         given = cfg.teacher.checkpoint or cfg.teacher.weights
         found = _checkpoint_found(given) if cfg.teacher.checkpoint else (
             os.path.isfile(given) and is_weights_file(given))
+        if found and cfg.teacher.checkpoint:
+            name = load_checkpoint(given).model_name  # the network it holds, checked by now
         checked = ", loaded and checked" if found else ""
         return f" through teacher {name} ({cfg.teacher.checkpoint or cfg.teacher.weights}" \
             f"{checked})"

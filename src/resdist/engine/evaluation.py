@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from ..config import ConfigError, DataConfig
+from ..config import ConfigError, DataConfig, check_device
 from ..data.eval_data import EvalData, contract_for_settings, eval_data
 from .checkpoint import load_checkpoint
 from .metrics import evaluate
@@ -63,6 +63,7 @@ def evaluate_checkpoint(
     """
     from .distributed import DistInfo, resolve_device
 
+    check_device("device", device)  # before the file is read
     if model is not None:
         return _evaluate_state_dict(checkpoint, model, data=data, data_dir=data_dir,
                                     download=download, batch_size=batch_size,
@@ -74,7 +75,7 @@ def evaluate_checkpoint(
         run = ckpt.run_config().data
         if not data or data == run.name:
             base = replace(run, limit_test=None)  # the full test set, whatever the run scored
-    dev = resolve_device(device, DistInfo())
+    dev = resolve_device(device, DistInfo(), key="device")
     prepared = eval_data(contract, data=base, data_dir=data_dir, download=download,
                          batch_size=batch_size, limit=limit_test, overrides=overrides,
                          split=split, device=dev)
@@ -101,7 +102,7 @@ def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_siz
     cfg.data.name, cfg.model.name = data, name
     cfg.override(list(overrides))
     cfg.validate()
-    dev = resolve_device(device, DistInfo())
+    dev = resolve_device(device, DistInfo(), key="device")
     contract = contract_for_settings(cfg.data)
     prepared = eval_data(contract, data=cfg.data, data_dir=data_dir, download=download,
                          batch_size=batch_size, limit=limit_test, device=dev)
