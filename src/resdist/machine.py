@@ -40,12 +40,16 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+#: x86 flags of the INT8 dot-product instructions that keep u8s8 kernels from saturating
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def x86_without_vnni() -> bool:
     """True on an x86 CPU known to lack the VNNI INT8 dot-product instructions (``avx512_vnni``,
     ``avx_vnni``), where ONNX Runtime's u8s8 INT8 kernels can saturate; False where it has them
     or the flags are not known."""
     flags = cpu_flags()
-    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return "avx2" in flags and not flags & VNNI_FLAGS
 
 
 def available_memory() -> int | None:
@@ -78,17 +82,22 @@ def load_average() -> list[float]:
 
 
 def environment() -> dict[str, Any]:
-    """CPU, cores, Python, torch, platform, onnx/onnxruntime versions and the load average
-    (``loadavg_start``) now: what a benchmark records beside its figures."""
+    """CPU, the vector instructions torch uses on it (``isa``), whether it has VNNI (``vnni``,
+    x86 only: INT8 figures depend on it), cores, Python, torch, platform, onnx/onnxruntime
+    versions and the load average (``loadavg_start``) now: what a benchmark records beside its
+    figures."""
     import torch
 
     env: dict[str, Any] = {
         "cpu": cpu_model(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
         "cores": available_cores(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
+    if "avx2" in (flags := cpu_flags()):
+        env["vnni"] = bool(flags & VNNI_FLAGS)
     for mod in ("onnx", "onnxruntime"):
         with contextlib.suppress(ImportError):
             env[mod] = __import__(mod).__version__

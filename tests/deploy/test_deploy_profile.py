@@ -163,6 +163,7 @@ def test_profile_models_side_by_side_and_report(tmp_path):
     assert "resnet20 / plain20" in table and "1.50x" in table
     md = write_profile_report(result, tmp_path, name="deploy")
     assert "| resnet20" in md
+    assert f"- CPU: {result.meta['cpu']} ({result.meta['isa']}" in md  # the ISA it ran with
     for ext in ("json", "png", "md"):
         assert (tmp_path / f"deploy.{ext}").stat().st_size > 0
     saved = json.loads((tmp_path / "deploy.json").read_text())

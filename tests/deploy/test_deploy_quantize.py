@@ -302,6 +302,12 @@ def test_x86_without_vnni_reads_the_cpu_flags(flags, expected, monkeypatch):
 
     monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
     assert machine.x86_without_vnni() is expected
+    import torch
+
+    # benchmarks and profile reports record it beside the ISA torch computes with
+    env = machine.environment()
+    assert env["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert env.get("vnni") is (None if not flags else not expected)
 
 def _one_line_error(argv: list[str], capsys) -> str:
     assert main(argv) == 2

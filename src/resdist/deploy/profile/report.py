@@ -174,7 +174,8 @@ def write_profile_report(
     if meta.get("command"):
         lines += ["Produced by:", "", f"    {meta['command']}", ""]
     lines += [
-        f"- CPU: {meta.get('cpu', '?')} ({meta.get('cores', '?')} cores available); "
+        f"- CPU: {meta.get('cpu', '?')}{_isa(meta)} ({meta.get('cores', '?')} cores "
+        "available); "
         f"ORT threads: {', '.join(map(str, meta.get('threads', [])))}",
         f"- torch {meta.get('torch', '?')}, onnxruntime {meta.get('onnxruntime', '?')}, "
         f"onnx {meta.get('onnx', '?')}, Python {meta.get('python', '?')}",
@@ -224,3 +225,11 @@ def runtime_report(profile: ProfileResult) -> str:
             "- Medians of interleaved runs after warm-up; ratio = ResNet / plain (above 1: "
             "the plain network is faster)", ""]
     return "\n".join(head) + "\n" + format_runtime_table(profile.runtimes, pairs)
+
+
+def _isa(meta: dict) -> str:
+    """`` (AVX2, no VNNI)``: what the CPU computes with, as far as the report knows."""
+    parts = [meta["isa"]] if meta.get("isa") else []
+    if "vnni" in meta:
+        parts.append("VNNI" if meta["vnni"] else "no VNNI")
+    return f" ({', '.join(parts)})" if parts else ""
