@@ -153,3 +153,20 @@ def test_teacher_name_mismatch(tmp_path, capsys):
         assert main(["train", *synth, *extra]) == 0
         out = capsys.readouterr().out
         assert "through teacher resnet8 (" in out and "IMAGENET1K_V1" not in out
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"foo": 1}, "plain8 takes no argument 'foo' (was the file or config written for another"),
+    ({"layers": [1, 1, 1]}, "plain8 sets 'layers' itself; leave it out"),
+])
+def test_stranger_model_kwargs(tmp_path, capsys, extra, words):
+    """A checkpoint whose builder arguments the network does not take: the one line names the
+    argument, not ``ResNet.__init__()``."""
+    path = tmp_path / "last.pth"
+    contract = contract_for_data("cifar10", in_chans=3, image_size=32, num_classes=10)
+    Checkpoint("plain8", {**KW, **extra}, create_model("plain8", **KW).state_dict(),
+               contract=contract).save(path)
+    assert words in fails(["eval", "--checkpoint", str(path), "--data", "synthetic"], capsys)
+    out = tmp_path / "m.onnx"
+    assert words in fails(["export", "--checkpoint", str(path), "--out", str(out)], capsys)
+    assert not out.exists()

@@ -114,8 +114,14 @@ def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     builder = _MODELS.get(name) or (lambda **kw: create_timm_resnet(name, **kw))
     try:
         return builder(**kwargs)
-    except TypeError as e:  # an argument the builder does not take
-        raise ModelError(f"{name}: {e}") from e
+    except TypeError as e:  # an argument the builder does not take, or one it sets itself
+        text = str(e)
+        if found := re.search(r"unexpected keyword argument '(\w+)'", text):
+            text = (f"takes no argument {found[1]!r} (was the file or config written for "
+                    "another network, or by another resdist version?)")
+        elif found := re.search(r"multiple values for (?:keyword )?argument '(\w+)'", text):
+            text = f"sets {found[1]!r} itself; leave it out"
+        raise ModelError(f"{name} {text}" if found else f"{name}: {text}") from e
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
