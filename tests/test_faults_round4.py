@@ -145,6 +145,10 @@ def test_teacher_name_mismatch(tmp_path, capsys):
              "--set", "data.synthetic_classes=4", "--teacher-checkpoint", str(teacher)]
     line = fails(["train", *synth, "--teacher", "resnet20"], capsys)
     assert "holds resnet8, not the teacher resnet20" in line and "drop --teacher" in line
+    # a preset that names its teacher (resnet18) and a checkpoint set under it by --set
+    line = fails(["train", "--preset", "cifar10/plain18-jointrd", *synth[:-2], "--set",
+                  f"teacher.checkpoint={teacher}"], capsys)
+    assert "holds resnet8, not the teacher resnet18" in line and "teacher.name" in line
     line = fails(["train", *synth, "--teacher-weights", "DEFAULT"], capsys)
     assert "name two teachers" in line
     # no --teacher, the matching one, or a preset that names its own teacher and published

@@ -65,8 +65,8 @@ def build_teacher(
         if cfg.name and cfg.name != ckpt.model_name:
             raise ConfigError(
                 f"teacher checkpoint {cfg.checkpoint} holds {ckpt.model_name}, not the teacher "
-                f"{cfg.name} the config names: drop --teacher (a checkpoint names its own "
-                f"network) or pass a {cfg.name} run's checkpoint"
+                f"{cfg.name} the config names: drop --teacher or teacher.name (a checkpoint "
+                f"names its own network) or pass a {cfg.name} run's checkpoint"
             )
         want, got = student_kwargs["num_classes"], ckpt.num_classes
         if got is not None and got != want:
