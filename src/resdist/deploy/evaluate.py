@@ -77,12 +77,12 @@ def evaluate_file(
 
 def _evaluate(path: str | os.PathLike, *, data, data_dir, download, batch_size, limit_test,
               overrides, split, device, model, trust_torchscript) -> CheckpointScore:
-    check_device("device", device)  # refused for an export too, before any file is read
     kind = "checkpoint" if model is not None else model_file_kind(path)
-    if kind == "checkpoint":
+    if kind == "checkpoint":  # its device is resolved, and checked, before the file is read
         return evaluate_checkpoint(
             path, data=data, data_dir=data_dir, download=download, batch_size=batch_size,
             limit_test=limit_test, overrides=overrides, split=split, device=device, model=model)
+    check_device("device", device)  # an export runs on the CPU, but a bad device is still refused
     if split != "test":
         raise DeployError("an exported model is evaluated on the test split only; --split val "
                           "needs the run's checkpoint (its config holds the validation split)")

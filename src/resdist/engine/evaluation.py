@@ -6,9 +6,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
-from ..config import ConfigError, DataConfig, check_device
+from ..config import ConfigError, DataConfig
 from ..data.eval_data import EvalData, contract_for_settings, eval_data
 from .checkpoint import load_checkpoint
 from .metrics import evaluate
@@ -63,11 +64,11 @@ def evaluate_checkpoint(
     """
     from .distributed import DistInfo, resolve_device
 
-    check_device("device", device)  # before the file is read
+    dev = resolve_device(device, DistInfo(), key="device")  # before the file is read
     if model is not None:
         return _evaluate_state_dict(checkpoint, model, data=data, data_dir=data_dir,
                                     download=download, batch_size=batch_size,
-                                    limit_test=limit_test, overrides=overrides, device=device)
+                                    limit_test=limit_test, overrides=overrides, device=dev)
     ckpt = load_checkpoint(checkpoint)
     contract = ckpt.require_contract()
     base: DataConfig | str | None = data
@@ -75,7 +76,6 @@ def evaluate_checkpoint(
         run = ckpt.run_config().data
         if not data or data == run.name:
             base = replace(run, limit_test=None)  # the full test set, whatever the run scored
-    dev = resolve_device(device, DistInfo(), key="device")
     prepared = eval_data(contract, data=base, data_dir=data_dir, download=download,
                          batch_size=batch_size, limit=limit_test, overrides=overrides,
                          split=split, device=dev)
@@ -90,11 +90,10 @@ def _score(name: str, net: nn.Module, prepared: EvalData) -> CheckpointScore:
 
 
 def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_size, limit_test,
-                         overrides, device) -> CheckpointScore:
+                         overrides, device: torch.device) -> CheckpointScore:
     from ..config import Config
     from ..models.pretrained import load_torchvision_weights
     from .build import build_model
-    from .distributed import DistInfo, resolve_device
 
     if not data:
         raise ConfigError(f"a state dict records no data set: pass --data NAME to score {path}")
@@ -102,10 +101,9 @@ def _evaluate_state_dict(path, name: str, *, data, data_dir, download, batch_siz
     cfg.data.name, cfg.model.name = data, name
     cfg.override(list(overrides))
     cfg.validate()
-    dev = resolve_device(device, DistInfo(), key="device")
     contract = contract_for_settings(cfg.data)
     prepared = eval_data(contract, data=cfg.data, data_dir=data_dir, download=download,
-                         batch_size=batch_size, limit=limit_test, device=dev)
+                         batch_size=batch_size, limit=limit_test, device=device)
     net, _ = build_model(cfg.model, prepared.num_classes, contract.input_shape[0])
     load_torchvision_weights(net, name, str(path))
-    return _score(name, net.to(dev), prepared)
+    return _score(name, net.to(device), prepared)
